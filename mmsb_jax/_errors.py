@@ -1,0 +1,74 @@
+"""Exception hierarchy: every error mmsb_jax raises on bad input subclasses :class:`MMSBError`.
+
+Each error also subclasses the matching builtin (``KeyError``, ``ValueError``, ``TypeError``),
+so code that already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MMSBError(Exception):
+    """Base class of every error raised by mmsb_jax."""
+
+
+class PageNotFoundError(MMSBError, KeyError):
+    """A page id that does not name a live page."""
+
+    def __init__(self, page_id, message: str | None = None):
+        self.page_id = page_id
+        super().__init__(message or f"page_id={page_id!r} does not name a live page")
+
+    def __str__(self) -> str:  # KeyError quotes its message; we don't want that.
+        return str(self.args[0])
+
+
+class InvalidDeltaError(MMSBError, ValueError):
+    """A delta or page write whose shape, dtype, size or indices do not fit the page."""
+
+
+class InvalidArgumentError(MMSBError, ValueError):
+    """Any other argument out of its allowed range (negative size, unknown option, ...)."""
+
+
+class UnsupportedLocationError(MMSBError, ValueError):
+    """A page location other than ``"cpu"`` or ``"gpu"``."""
+
+
+class GraphCycleError(MMSBError, ValueError):
+    """An edge that would close a cycle in the dependency graph.
+
+    Attributes:
+      cycle: the node path of the cycle, first node repeated at the end
+        (e.g. ``[3, 5, 7, 3]``).
+    """
+
+    def __init__(self, cycle, message: str | None = None):
+        self.cycle = list(cycle)
+        super().__init__(message or f"dependency would create a cycle: {' -> '.join(map(str, self.cycle))}")
+
+
+class SerializationError(MMSBError):
+    """A file that cannot be read or written as an mmsb_jax file."""
+
+
+class CorruptLogError(SerializationError):
+    """A transaction-log record that fails its checks.
+
+    Attributes:
+      path: the segment file.
+      offset: byte offset of the bad record in that file.
+    """
+
+    def __init__(self, path, offset: int, reason: str):
+        self.path = str(path)
+        self.offset = int(offset)
+        self.reason = reason
+        super().__init__(f"corrupt log record in {self.path} at byte offset {self.offset}: {reason}")
+
+
+class StateClosedError(MMSBError, RuntimeError):
+    """An operation on a state after :func:`mmsb_stop`."""
+
+
+class ReadOnlyError(MMSBError, RuntimeError):
+    """A write to a read-only snapshot (e.g. from :func:`replay_to_epoch`)."""

@@ -15,6 +15,7 @@ from ._deltas import (
 )
 from ._errors import (
     CorruptLogError as CorruptLogError,
+    GPUFallbackWarning as GPUFallbackWarning,
     GraphCycleError as GraphCycleError,
     InvalidArgumentError as InvalidArgumentError,
     InvalidDeltaError as InvalidDeltaError,
@@ -25,5 +26,21 @@ from ._errors import (
     StateClosedError as StateClosedError,
     UnsupportedLocationError as UnsupportedLocationError,
 )
+
+from ._api import (
+    checkpoint as checkpoint,
+    create_page as create_page,
+    create_pages as create_pages,
+    delete_page as delete_page,
+    get_stats as get_stats,
+    mmsb_open as mmsb_open,
+    mmsb_start as mmsb_start,
+    mmsb_stop as mmsb_stop,
+    query_page as query_page,
+    route_delta as route_delta,
+    state_digest as state_digest,
+    update_page as update_page,
+)
+from ._state import MMSBState as MMSBState, Page as Page
 
 __version__ = "0.1.0"

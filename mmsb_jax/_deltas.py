@@ -15,7 +15,6 @@ Everything here is pure and works under ``jit`` and ``vmap``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Union
 
 import jax

@@ -72,3 +72,7 @@ class StateClosedError(MMSBError, RuntimeError):
 
 class ReadOnlyError(MMSBError, RuntimeError):
     """A write to a read-only snapshot (e.g. from :func:`replay_to_epoch`)."""
+
+
+class GPUFallbackWarning(UserWarning):
+    """A GPU was asked for but none is usable; pages live on the CPU instead."""

@@ -1,0 +1,129 @@
+"""Checkpoints: plain orbax arrays plus a small JSON manifest.
+
+A checkpoint directory holds::
+
+    manifest.json   format, version, epoch, next page id, semiring, pools, log position
+    arrays/         an orbax StandardCheckpointer tree:
+                      {"pools": {"pool_<i>": (high_water, *shape) array, ...},
+                       "page_table": {"pool": int32[n], "slot": int64[n], "epoch": int64[n]}}
+
+``arrays/`` is restorable with orbax alone
+(``orbax.checkpoint.StandardCheckpointer().restore(path / "arrays")``). The manifest is
+written last and atomically (write to a temporary name, fsync, rename), so a directory whose
+manifest exists holds a complete checkpoint; a crash mid-write leaves no manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from ._errors import SerializationError
+
+FORMAT = "mmsb-checkpoint"
+VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = "arrays"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def save_checkpoint(directory: str, manifest: dict, tree: dict) -> None:
+    """Write ``tree`` with orbax and then ``manifest`` (atomically) into ``directory``.
+
+    Raises:
+      SerializationError: the directory exists and already holds a checkpoint, or orbax fails.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    if os.path.exists(os.path.join(directory, MANIFEST)):
+        raise SerializationError(f"{directory!r} already holds a checkpoint; choose a new directory")
+    os.makedirs(directory, exist_ok=True)
+    arrays = os.path.join(directory, ARRAYS)
+    if os.path.exists(arrays):  # left over from a crashed attempt: no manifest, so not valid
+        shutil.rmtree(arrays)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        ckptr.save(arrays, tree)
+        ckptr.wait_until_finished()
+    except Exception as e:  # surface orbax errors as ours, never swallow them
+        raise SerializationError(f"writing checkpoint arrays to {arrays!r} failed: {e}") from e
+    finally:
+        ckptr.close()
+    write_json_atomic(os.path.join(directory, MANIFEST), {"format": FORMAT, "version": VERSION, **manifest})
+
+
+def read_manifest(directory: str) -> dict:
+    """Read and check a checkpoint manifest.
+
+    Raises:
+      SerializationError: missing, unreadable, or not an mmsb checkpoint of a known version.
+    """
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(16 * 1024 * 1024 + 1)
+    except OSError as e:
+        raise SerializationError(f"no checkpoint manifest at {path!r}: {e}") from None
+    if len(raw) > 16 * 1024 * 1024:
+        raise SerializationError(f"checkpoint manifest {path!r} is larger than 16 MiB; refusing to parse it")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise SerializationError(f"checkpoint manifest {path!r} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SerializationError(f"{path!r} is not an mmsb checkpoint manifest (format={manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise SerializationError(f"{path!r} has checkpoint version {manifest.get('version')!r}; expected {VERSION}")
+    return manifest
+
+
+def load_arrays(directory: str) -> dict:
+    """Restore the orbax tree of a checkpoint as numpy arrays (host memory)."""
+    import orbax.checkpoint as ocp
+
+    arrays = os.path.join(directory, ARRAYS)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        tree = ckptr.restore(arrays)
+    except Exception as e:
+        raise SerializationError(f"restoring checkpoint arrays from {arrays!r} failed: {e}") from e
+    finally:
+        ckptr.close()
+    return _to_numpy(tree)
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def is_checkpoint(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, MANIFEST))

@@ -1,0 +1,174 @@
+"""Layer 0: page pools and the slot allocator.
+
+All pages of one ``(shape, dtype, device)`` live in one arena array of shape
+``(capacity, *shape)``. A page is a slot in that array. The allocator hands out slots from a
+free list (lowest slot first, so layouts are deterministic), grows capacity geometrically, and
+zeroes a slot when its page is deleted, so a reused slot reads as zeros.
+
+Capacity is reserved on the host at once, and the device array grows lazily, on the next
+access: reserving pages is pure bookkeeping (no device work), like an ``mmap`` that commits
+memory on first touch.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MIN_CAPACITY = 16
+
+# XLA's CPU copy insertion copies a donated arena whole when one output aliases it and another
+# output reads it (e.g. "write this page and return what changed"); region analysis proves the
+# read happens before the in-place write and keeps the update in place (60 ms -> 35 us for a
+# 120 MB pool). The option only affects CPU compilation.
+_POOL_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def pool_jit(fn=None, **jit_kwargs):
+    """``jax.jit`` for functions that update a donated pool (argument 0) in place."""
+    if fn is None:
+        return functools.partial(pool_jit, **jit_kwargs)
+    return jax.jit(fn, donate_argnums=(0,), compiler_options=_POOL_COMPILER_OPTIONS, **jit_kwargs)
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Round ``n`` up to a power of two (at least ``minimum``) to bound recompilations."""
+    n = max(int(n), minimum)
+    return 1 << (n - 1).bit_length()
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def _grow(old, capacity: int):
+    new = jnp.zeros((capacity,) + old.shape[1:], old.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(new, old, 0, axis=0)
+
+
+@pool_jit
+def _zero_slots(pool, slots):
+    # slots is padded with out-of-range entries, which mode="drop" ignores.
+    zeros = jnp.zeros((slots.shape[0],) + pool.shape[1:], pool.dtype)
+    return pool.at[slots].set(zeros, mode="drop")
+
+
+class PagePool:
+    """The arena of every page with one ``(shape, dtype, device)``.
+
+    Attributes:
+      shape: the page shape.
+      dtype: the page dtype (a ``numpy.dtype``).
+      device: the ``jax.Device`` the arena lives on.
+      capacity: slots reserved (the device array grows to it on next access).
+      high_water: one past the highest slot ever handed out.
+      live: slots in use.
+    """
+
+    def __init__(self, index: int, shape: tuple, dtype, device, location: str):
+        self.index = index
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.device = device
+        self.location = location
+        self.page_elems = int(np.prod(self.shape, dtype=np.int64))
+        self.page_bytes = self.page_elems * self.dtype.itemsize
+        self.capacity = 0
+        self.high_water = 0
+        self.live = 0
+        self._free: list[int] = []  # a heap: lowest free slot first
+        self._array = None
+
+    # ------------------------------------------------------------------ allocation
+    def alloc(self, n: int) -> np.ndarray:
+        """Reserve ``n`` slots; returns them as an int64 array (free slots first, lowest first)."""
+        if n == 1:
+            return np.array([self.alloc_one()], np.int64)
+        reuse = min(n, len(self._free))
+        parts = []
+        if reuse:
+            parts.append(np.array([heapq.heappop(self._free) for _ in range(reuse)], np.int64))
+        fresh = n - reuse
+        if fresh:
+            parts.append(np.arange(self.high_water, self.high_water + fresh, dtype=np.int64))
+            self.high_water += fresh
+            self._reserve(self.high_water)
+        self.live += n
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def alloc_one(self) -> int:
+        """Reserve one slot and return it (the fast path of :meth:`alloc`)."""
+        if self._free:
+            slot = heapq.heappop(self._free)
+        else:
+            slot = self.high_water
+            self.high_water += 1
+            if slot >= self.capacity:
+                self._reserve(self.high_water)
+        self.live += 1
+        return slot
+
+    def free(self, slots) -> None:
+        """Zero ``slots`` on the device and return them to the free list."""
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        if slots.size == 0:
+            return
+        padded = np.full(bucket(slots.size), np.iinfo(np.int32).max, np.int32)
+        padded[: slots.size] = slots
+        self.array = _zero_slots(self.array, jnp.asarray(padded))
+        for s in slots.tolist():
+            heapq.heappush(self._free, s)
+        self.live -= int(slots.size)
+
+    def _reserve(self, needed: int) -> None:
+        if needed > self.capacity:
+            self.capacity = max(needed, 2 * self.capacity, _MIN_CAPACITY)
+
+    # ------------------------------------------------------------------ the arena
+    @property
+    def array(self) -> jax.Array:
+        """The arena ``(capacity, *shape)``, grown on the device to the reserved capacity."""
+        arr = self._array
+        if arr is None:
+            with jax.default_device(self.device):
+                arr = jnp.zeros((self.capacity,) + self.shape, self.dtype)
+            self._array = arr
+        elif arr.shape[0] < self.capacity:
+            arr = self._array = _grow(arr, self.capacity)
+        return arr
+
+    @array.setter
+    def array(self, value: jax.Array) -> None:
+        self._array = value
+
+    @property
+    def materialized_bytes(self) -> int:
+        return 0 if self._array is None else int(self._array.shape[0]) * self.page_bytes
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "dtype": str(self.dtype),
+            "device": str(self.device),
+            "location": self.location,
+            "pages": self.live,
+            "bytes": self.live * self.page_bytes,
+            "capacity": self.capacity,
+            "capacity_bytes": self.capacity * self.page_bytes,
+            "materialized_bytes": self.materialized_bytes,
+            "pressure": (self.live / self.capacity) if self.capacity else 0.0,
+            "free_slots": len(self._free),
+        }
+
+    def restore(self, array: jax.Array, high_water: int, used_slots: np.ndarray) -> None:
+        """Install a restored arena (checkpoint) and rebuild the free list from the used slots."""
+        self.capacity = max(int(array.shape[0]), _MIN_CAPACITY)
+        self._array = jax.device_put(array, self.device)
+        self.high_water = int(high_water)
+        used = np.zeros(self.high_water, bool)
+        used[np.asarray(used_slots, np.int64)] = True
+        self._free = np.flatnonzero(~used).tolist()
+        heapq.heapify(self._free)
+        self.live = int(used.sum())

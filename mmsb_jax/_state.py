@@ -1,0 +1,581 @@
+"""The imperative shell: :class:`MMSBState` owns the pages, epochs, log and graph.
+
+Everything with a side effect (device buffers that are donated and replaced, files, epochs,
+locks) lives here; the pure core (deltas, semirings, propagation) knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._deltas import (
+    SparseDelta,
+    apply_delta,
+    bit_equal,
+    check_delta_fits,
+)
+from ._errors import (
+    GPUFallbackWarning,
+    InvalidArgumentError,
+    InvalidDeltaError,
+    PageNotFoundError,
+    SerializationError,
+    StateClosedError,
+    UnsupportedLocationError,
+)
+from ._checkpoint import load_arrays, read_manifest, save_checkpoint
+from ._pages import PagePool, pool_jit
+from .semirings import get_semiring
+
+_LOCATIONS = ("cpu", "gpu")
+_FSYNC = ("always", "batch", "never")
+
+
+# --------------------------------------------------------------------------- jitted kernels
+@pool_jit
+def _write_diff(pool, slot, new):
+    """Write ``new`` into ``pool[slot]``; return the pool and the bitwise change mask."""
+    old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+    mask = ~bit_equal(old, new)
+    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), mask
+
+
+@pool_jit
+def _apply_at(pool, slot, delta):
+    page = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(pool, apply_delta(page, delta), slot, 0)
+
+
+@jax.jit
+def _read_slot(pool, slot):
+    return jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+
+
+# --------------------------------------------------------------------------- page handle
+class Page:
+    """A handle to one page: its id and what it holds. Read it with :func:`query_page`.
+
+    Attributes:
+      id: the page id (an int, never reused within a state).
+      shape, dtype: the page's shape and numpy dtype.
+      location: ``"cpu"`` or ``"gpu"``, where the page really lives.
+      device: the ``jax.Device`` holding it.
+    """
+
+    __slots__ = ("id", "shape", "dtype", "location", "device")
+
+    def __init__(self, id: int, shape: tuple, dtype, location: str, device):
+        self.id = id
+        self.shape = shape
+        self.dtype = dtype
+        self.location = location
+        self.device = device
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def __repr__(self) -> str:
+        return f"Page(id={self.id}, shape={self.shape}, dtype={np.dtype(self.dtype).name}, location={self.location!r})"
+
+    def __int__(self) -> int:
+        return self.id
+
+    def __index__(self) -> int:
+        return self.id
+
+
+def _page_id(page_id) -> int:
+    if isinstance(page_id, Page):
+        return page_id.id
+    if isinstance(page_id, (int, np.integer)) and not isinstance(page_id, (bool, np.bool_)):
+        return int(page_id)
+    raise PageNotFoundError(page_id, f"page_id={page_id!r} is not a page id (expected an int or a Page)")
+
+
+# --------------------------------------------------------------------------- the state
+class MMSBState:
+    """A state store: pages, epochs, the transaction log and the dependency graph.
+
+    Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
+    ``state.epoch`` is the last committed epoch (0 for a new state).
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> page = mmsb.create_page(state, size=4, dtype=jnp.float32)
+      >>> mmsb.update_page(state, page.id, jnp.arange(4, dtype=jnp.float32))
+      2
+      >>> mmsb.query_page(state, page.id).tolist()
+      [0.0, 1.0, 2.0, 3.0]
+      >>> mmsb.mmsb_stop(state)
+    """
+
+    def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch"):
+        if fsync not in _FSYNC:
+            raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {_FSYNC}")
+        self.semiring = get_semiring(semiring)
+        self.fsync = fsync
+        self._owns_dir = path is None
+        if path is None:
+            path = tempfile.mkdtemp(prefix="mmsb-")
+        self.path = os.path.abspath(os.fspath(path))
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._epoch = 0
+        self._warned_gpu = False
+        self._cpu = jax.devices("cpu")[0]
+        self._gpu = self._find_gpu() if enable_gpu else None
+        if enable_gpu and self._gpu is None:
+            self._warn_gpu("mmsb_start(enable_gpu=True) found no usable GPU; pages will live on the CPU")
+        self.enable_gpu = self._gpu is not None
+        self._pools: list[PagePool] = []
+        self._pool_by_key: dict[tuple, PagePool] = {}
+        self._spec_cache: dict[tuple, tuple[PagePool, tuple]] = {}
+        # Page table, columnar and indexed by page id (ids are never reused).
+        self._next_id = 0
+        self._tbl_pool = np.full(1024, -1, np.int32)
+        self._tbl_slot = np.zeros(1024, np.int64)
+        self._tbl_epoch = np.zeros(1024, np.int64)
+        self._counters = {
+            "pages_created": 0,
+            "pages_deleted": 0,
+            "updates": 0,
+            "noop_updates": 0,
+            "deltas_routed": 0,
+            "batches": 0,
+            "checkpoints": 0,
+        }
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def epoch(self) -> int:
+        """The last committed epoch (strictly increasing, one per committed operation)."""
+        return self._epoch
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"MMSBState(path={self.path!r}, epoch={self._epoch}, pages={self.num_pages})"
+
+    @property
+    def num_pages(self) -> int:
+        return sum(p.live for p in self._pools)
+
+    # ------------------------------------------------------------------ devices
+    @staticmethod
+    def _find_gpu():
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            return None
+        return gpus[0] if gpus else None
+
+    def _warn_gpu(self, message: str) -> None:
+        if not self._warned_gpu:
+            self._warned_gpu = True
+            warnings.warn(message, GPUFallbackWarning, stacklevel=4)
+
+    def _device_for(self, location) -> tuple[Any, str]:
+        if location not in _LOCATIONS:
+            raise UnsupportedLocationError(f"location={location!r} is not supported; expected one of {_LOCATIONS}")
+        if location == "gpu":
+            if self._gpu is not None:
+                return self._gpu, "gpu"
+            self._warn_gpu(
+                "location='gpu' asked for, but "
+                + ("no GPU is available" if self._find_gpu() is None else "the state was started with enable_gpu=False")
+                + "; the page lives on the CPU"
+            )
+        return self._cpu, "cpu"
+
+    # ------------------------------------------------------------------ page table
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateClosedError(f"the state at {self.path!r} is stopped")
+
+    def _locate(self, page_id) -> tuple[int, PagePool, int]:
+        pid = _page_id(page_id)
+        if pid < 0 or pid >= self._next_id or self._tbl_pool[pid] < 0:
+            raise PageNotFoundError(pid)
+        return pid, self._pools[self._tbl_pool[pid]], int(self._tbl_slot[pid])
+
+    def _ensure_table(self, n_ids: int) -> None:
+        cap = self._tbl_pool.shape[0]
+        if n_ids <= cap:
+            return
+        new_cap = max(n_ids, 2 * cap)
+        for name, fill in (("_tbl_pool", -1), ("_tbl_slot", 0), ("_tbl_epoch", 0)):
+            old = getattr(self, name)
+            new = np.full(new_cap, fill, old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)
+
+    def _resolve_spec(self, size, shape, dtype, location) -> tuple[PagePool, tuple]:
+        try:
+            key = (size, shape, dtype, location)
+            hit = self._spec_cache.get(key)
+        except TypeError:  # unhashable arguments (a list shape): take the slow path
+            key, hit = None, None
+        if hit is not None:
+            return hit
+        shape = self._normalize_shape(size, shape)
+        try:
+            np_dtype = np.dtype(dtype)
+        except TypeError:
+            raise InvalidArgumentError(f"dtype={dtype!r} is not a dtype") from None
+        if np_dtype.kind not in "biuf" and np_dtype.name != "bfloat16":
+            raise InvalidArgumentError(f"dtype={np_dtype} is not supported; expected a bool, integer or float dtype")
+        device, real_location = self._device_for(location)
+        pool_key = (shape, np_dtype, real_location)
+        pool = self._pool_by_key.get(pool_key)
+        if pool is None:
+            pool = PagePool(len(self._pools), shape, np_dtype, device, real_location)
+            self._pools.append(pool)
+            self._pool_by_key[pool_key] = pool
+        if key is not None:
+            self._spec_cache[key] = (pool, shape)
+        return pool, shape
+
+    @staticmethod
+    def _normalize_shape(size, shape) -> tuple:
+        if shape is None and size is None:
+            raise InvalidArgumentError("create_page needs size= or shape=")
+        if shape is not None:
+            if isinstance(shape, (int, np.integer)):
+                shape = (shape,)
+            try:
+                shape = tuple(int(s) for s in shape)
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"shape={shape!r} is not a tuple of ints") from None
+            if not shape or any(s <= 0 for s in shape):
+                raise InvalidArgumentError(f"shape={shape} must have at least one dimension, each > 0")
+            if size is not None and int(size) != int(np.prod(shape)):
+                raise InvalidArgumentError(f"size={size} does not match shape={shape} ({int(np.prod(shape))} elements)")
+            return shape
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+            raise InvalidArgumentError(f"size={size!r} must be a positive int")
+        if size <= 0:
+            raise InvalidArgumentError(f"size={size} must be a positive number of elements")
+        return (int(size),)
+
+    # ------------------------------------------------------------------ create / delete
+    def create_page(self, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> Page:
+        """Create one zero-filled page; see :func:`mmsb_jax.create_page`."""
+        with self._lock:
+            self._check_open()
+            pool, shape = self._resolve_spec(size, shape, dtype, location)
+            slot = pool.alloc_one()
+            pid = self._next_id
+            if pid >= self._tbl_pool.shape[0]:
+                self._ensure_table(pid + 1)
+            self._next_id = pid + 1
+            self._epoch += 1
+            self._tbl_pool[pid] = pool.index
+            self._tbl_slot[pid] = slot
+            self._tbl_epoch[pid] = self._epoch
+            self._counters["pages_created"] += 1
+            self._journal_create(pid, 1, pool)
+            return Page(pid, shape, pool.dtype, pool.location, pool.device)
+
+    def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> np.ndarray:
+        """Create ``n`` zero-filled pages in one epoch; returns their ids (consecutive ints)."""
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidArgumentError(f"n={n!r} must be a non-negative int")
+        n = int(n)
+        with self._lock:
+            self._check_open()
+            pool, _ = self._resolve_spec(size, shape, dtype, location)
+            if n == 0:
+                return np.zeros(0, np.int64)
+            slots = pool.alloc(n)
+            first = self._next_id
+            self._ensure_table(first + n)
+            self._next_id = first + n
+            self._epoch += 1
+            self._tbl_pool[first : first + n] = pool.index
+            self._tbl_slot[first : first + n] = slots
+            self._tbl_epoch[first : first + n] = self._epoch
+            self._counters["pages_created"] += n
+            self._journal_create(first, n, pool)
+            return np.arange(first, first + n, dtype=np.int64)
+
+    def delete_page(self, page_id) -> None:
+        """Delete a page; its slot is zeroed and reused by a later create."""
+        with self._lock:
+            self._check_open()
+            pid, pool, slot = self._locate(page_id)
+            self._before_delete(pid)
+            pool.free([slot])
+            self._tbl_pool[pid] = -1
+            self._epoch += 1
+            self._counters["pages_deleted"] += 1
+            self._journal_delete(pid)
+
+    def page(self, page_id) -> Page:
+        """The :class:`Page` handle of a live page id."""
+        with self._lock:
+            pid, pool, _ = self._locate(page_id)
+            return Page(pid, pool.shape, pool.dtype, pool.location, pool.device)
+
+    def page_ids(self) -> np.ndarray:
+        """The ids of every live page, ascending."""
+        with self._lock:
+            return np.flatnonzero(self._tbl_pool[: self._next_id] >= 0).astype(np.int64)
+
+    def page_epoch(self, page_id) -> int:
+        """The epoch that last changed ``page_id``."""
+        with self._lock:
+            pid, _, _ = self._locate(page_id)
+            return int(self._tbl_epoch[pid])
+
+    # ------------------------------------------------------------------ writes
+    def _coerce_page_data(self, data, pool: PagePool, pid: int):
+        if isinstance(data, jax.Array):
+            arr = data
+        else:
+            try:
+                arr = np.asarray(data)
+            except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
+                raise InvalidDeltaError(f"data for page {pid} cannot be read as an array: {e}") from None
+        if tuple(arr.shape) != pool.shape:
+            if arr.size == pool.page_elems and arr.ndim == 1 and len(pool.shape) > 1:
+                arr = arr.reshape(pool.shape)
+            else:
+                raise InvalidDeltaError(
+                    f"data for page {pid} has shape {tuple(arr.shape)} ({arr.size} elements); "
+                    f"expected shape {pool.shape} ({pool.page_elems} elements)"
+                )
+        if np.dtype(arr.dtype) != pool.dtype:
+            raise InvalidDeltaError(f"data for page {pid} has dtype {np.dtype(arr.dtype)}; expected dtype {pool.dtype}")
+        return arr
+
+    def update_page(self, page_id, data) -> int | None:
+        """Replace a page's content; see :func:`mmsb_jax.update_page`."""
+        with self._lock:
+            self._check_open()
+            pid, pool, slot = self._locate(page_id)
+            arr = self._coerce_page_data(data, pool, pid)
+            new_pool, mask = _write_diff(pool.array, np.int32(slot), arr)
+            pool.array = new_pool
+            mask = np.asarray(mask)
+            if not mask.any():
+                self._counters["noop_updates"] += 1
+                return None
+            self._epoch += 1
+            self._tbl_epoch[pid] = self._epoch
+            self._counters["updates"] += 1
+            self._journal_dense(pid, mask, arr)
+            self._after_write(pool, [slot])
+            return self._epoch
+
+    def route_delta(self, page_id, delta) -> int:
+        """Apply one delta to a page in a new epoch; see :func:`mmsb_jax.route_delta`."""
+        with self._lock:
+            self._check_open()
+            pid, pool, slot = self._locate(page_id)
+            check_delta_fits(delta, pool.shape, pool.dtype, where=f"page {pid}")
+            if isinstance(delta, SparseDelta):
+                self._check_sparse_indices(delta, pool, pid)
+            pool.array = _apply_at(pool.array, np.int32(slot), delta)
+            self._epoch += 1
+            self._tbl_epoch[pid] = self._epoch
+            self._counters["deltas_routed"] += 1
+            self._journal_delta(pid, delta)
+            self._after_write(pool, [slot])
+            return self._epoch
+
+    @staticmethod
+    def _check_sparse_indices(delta: SparseDelta, pool: PagePool, pid: int) -> None:
+        idx = np.asarray(delta.indices)
+        if idx.size and (idx.min() < 0 or idx.max() >= pool.page_elems):
+            bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+            raise InvalidDeltaError(
+                f"sparse index {bad} is out of range for page {pid} of {pool.page_elems} elements"
+            )
+
+    # ------------------------------------------------------------------ reads
+    def query_page(self, page_id) -> jax.Array:
+        """The page's current value; see :func:`mmsb_jax.query_page`."""
+        with self._lock:
+            pid, pool, slot = self._locate(page_id)
+            return _read_slot(self._visible_array(pool), np.int32(slot))
+
+    def _visible_array(self, pool: PagePool) -> jax.Array:
+        return pool.array
+
+    # ------------------------------------------------------------------ hooks for layers above
+    def _after_write(self, pool: PagePool, slots) -> None:
+        """Called after pages of ``pool`` changed (propagation hooks in here)."""
+
+    def _before_delete(self, pid: int) -> None:
+        """Called before page ``pid`` is deleted (the graph drops its edges here)."""
+
+    # ------------------------------------------------------------------ journal (the TLog)
+    def _journal_create(self, first: int, n: int, pool: PagePool) -> None:
+        pass
+
+    def _journal_delete(self, pid: int) -> None:
+        pass
+
+    def _journal_dense(self, pid: int, mask: np.ndarray, data) -> None:
+        pass
+
+    def _journal_delta(self, pid: int, delta) -> None:
+        pass
+
+    # ------------------------------------------------------------------ digest & stats
+    def digest(self) -> str:
+        """Hex digest of every live page (id, epoch, shape, dtype, bytes) and the epoch."""
+        with self._lock:
+            h = hashlib.blake2b(digest_size=20)
+            h.update(np.int64(self._epoch).tobytes())
+            ids = self.page_ids()
+            h.update(ids.tobytes())
+            h.update(self._tbl_epoch[ids].tobytes())
+            for pool in self._pools:
+                sel = ids[self._tbl_pool[ids] == pool.index]
+                h.update(repr((pool.shape, pool.dtype.str)).encode())
+                if sel.size:
+                    data = np.asarray(pool.array)[self._tbl_slot[sel]]
+                    h.update(np.ascontiguousarray(data).view(np.uint8).tobytes())
+            return h.hexdigest()
+
+    def stats(self) -> dict[str, Any]:
+        """Telemetry: epoch, pages, bytes, per-pool allocator statistics and counters."""
+        with self._lock:
+            pools = [p.stats() for p in self._pools]
+            capacity = sum(p["capacity"] for p in pools)
+            pages = sum(p["pages"] for p in pools)
+            return {
+                "epoch": self._epoch,
+                "pages": pages,
+                "bytes": sum(p["bytes"] for p in pools),
+                "capacity": capacity,
+                "pressure": pages / capacity if capacity else 0.0,
+                "pools": pools,
+                "path": self.path,
+                "semiring": self.semiring.name,
+                "enable_gpu": self.enable_gpu,
+                **self._counters,
+            }
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, directory=None) -> str:
+        """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
+
+        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``.
+        """
+        with self._lock:
+            self._check_open()
+            if directory is None:
+                directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
+            directory = os.path.abspath(os.fspath(directory))
+            self._flush_journal()
+            ids = self.page_ids()
+            tree = {
+                "pools": {
+                    f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools
+                },
+                "page_table": {
+                    "id": ids,
+                    "pool": self._tbl_pool[ids],
+                    "slot": self._tbl_slot[ids],
+                    "epoch": self._tbl_epoch[ids],
+                },
+            }
+            tree.update(self._extra_checkpoint_arrays())
+            manifest = {
+                "epoch": self._epoch,
+                "next_page_id": self._next_id,
+                "semiring": self.semiring.name,
+                "pools": [
+                    {
+                        "index": p.index,
+                        "shape": list(p.shape),
+                        "dtype": p.dtype.name,
+                        "location": p.location,
+                        "high_water": p.high_water,
+                    }
+                    for p in self._pools
+                ],
+                **self._extra_manifest(),
+            }
+            save_checkpoint(directory, manifest, tree)
+            self._counters["checkpoints"] += 1
+            return directory
+
+    def _restore_checkpoint(self, directory: str) -> None:
+        """Load a checkpoint into this (empty) state."""
+        manifest = read_manifest(directory)
+        tree = load_arrays(directory)
+        try:
+            for desc in manifest["pools"]:
+                pool, _ = self._resolve_spec(None, tuple(desc["shape"]), np.dtype(desc["dtype"]), desc["location"])
+                if pool.index != int(desc["index"]):
+                    raise SerializationError(f"pool order in {directory!r} is inconsistent")
+            table = tree["page_table"]
+            ids = np.asarray(table["id"], np.int64)
+            self._next_id = int(manifest["next_page_id"])
+            self._ensure_table(self._next_id)
+            self._tbl_pool[ids] = table["pool"]
+            self._tbl_slot[ids] = table["slot"]
+            self._tbl_epoch[ids] = table["epoch"]
+            for desc, pool in zip(manifest["pools"], self._pools):
+                arr = tree["pools"][f"pool_{pool.index}"]
+                if tuple(arr.shape[1:]) != pool.shape or np.dtype(arr.dtype) != pool.dtype:
+                    raise SerializationError(
+                        f"pool_{pool.index} in {directory!r} has {arr.dtype}{arr.shape}; "
+                        f"expected pages of {pool.dtype}{pool.shape}"
+                    )
+                used = table["slot"][table["pool"] == pool.index]
+                pool.restore(arr, int(desc["high_water"]), used)
+            self._epoch = int(manifest["epoch"])
+            self._restore_extra(manifest, tree)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
+
+    def _extra_checkpoint_arrays(self) -> dict:
+        return {}
+
+    def _extra_manifest(self) -> dict:
+        return {}
+
+    def _restore_extra(self, manifest: dict, tree: dict) -> None:
+        pass
+
+    def _flush_journal(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._owns_dir:
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

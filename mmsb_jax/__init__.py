@@ -22,12 +22,15 @@ from ._errors import (
     MMSBError as MMSBError,
     PageNotFoundError as PageNotFoundError,
     ReadOnlyError as ReadOnlyError,
+    SemiringLawError as SemiringLawError,
     SerializationError as SerializationError,
     StateClosedError as StateClosedError,
     UnsupportedLocationError as UnsupportedLocationError,
 )
 
 from ._api import (
+    batch_route_deltas as batch_route_deltas,
+    route_sparse_batch as route_sparse_batch,
     checkpoint as checkpoint,
     create_page as create_page,
     create_pages as create_pages,
@@ -41,6 +44,7 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
+from ._router import route_pool as route_pool, route_sparse as route_sparse
 from ._state import MMSBState as MMSBState, Page as Page
 
 __version__ = "0.1.0"

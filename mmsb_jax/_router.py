@@ -1,0 +1,153 @@
+"""The delta router: many deltas into one pool, deterministically.
+
+Two forms:
+
+* :func:`route_pool` — pure and jittable: a batch of deltas stacked along a leading axis
+  (any kind), applied to pool slots in order with ``lax.scan``. The result equals applying
+  them one by one, bit for bit, whatever the duplicates. Use it inside ``jit`` / ``lax.scan``
+  training loops.
+* :func:`route_sparse` / :func:`scatter_unique` — the fast path for batches of sparse deltas:
+  repeated targets are resolved (the last entry in batch order wins) *before* the scatter, so
+  every target is written exactly once and XLA's unspecified order for duplicate scatter
+  indices never matters. The shell resolves them on the host (:func:`last_writer_keep`); the
+  jittable :func:`route_sparse` resolves them with a stable sort.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._deltas import DELTA_TYPES, apply_delta
+from ._errors import InvalidDeltaError
+from ._pages import pool_jit
+
+Array = Any
+
+
+def route_pool(pool: Array, slots: Array, deltas) -> Array:
+    """Apply stacked ``deltas[i]`` to ``pool[slots[i]]`` in order ``i = 0, 1, ...`` (pure).
+
+    Args:
+      pool: ``(capacity, *page_shape)`` array.
+      slots: int ``(n,)`` slot of each delta (repeats allowed: applied in order).
+      deltas: one :class:`Delta` whose leaves have a leading axis ``n`` (e.g. built with
+        ``jax.tree.map(lambda *x: jnp.stack(x), *list_of_deltas)``).
+
+    Returns:
+      the new pool; equal, bit for bit, to applying the deltas one by one.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, mmsb_jax as mmsb
+      >>> pool = jnp.zeros((2, 3))
+      >>> d = mmsb.SparseDelta(jnp.array([[0], [0]]), jnp.array([[1.], [2.]]), (3,))
+      >>> mmsb.route_pool(pool, jnp.array([1, 1]), d)[1].tolist()
+      [2.0, 0.0, 0.0]
+    """
+    if not isinstance(deltas, DELTA_TYPES):
+        raise InvalidDeltaError(f"route_pool needs a stacked Delta, got {type(deltas).__name__}")
+
+    def step(p, xs):
+        slot, d = xs
+        page = jax.lax.dynamic_index_in_dim(p, slot, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(p, apply_delta(page, d), slot, 0), None
+
+    pool, _ = jax.lax.scan(step, pool, (jnp.asarray(slots, jnp.int32), deltas))
+    return pool
+
+
+def _flat_targets(slots, indices, page_elems: int, xp):
+    slots = slots.astype(xp.int64) if xp is np else slots.astype(jnp.int32)
+    return (slots[:, None] * page_elems + indices).reshape(-1)
+
+
+def route_sparse(pool: Array, slots: Array, indices: Array, values: Array) -> Array:
+    """Scatter a batch of equal-length sparse deltas into ``pool`` (pure, jittable).
+
+    ``pool[slots[i]].flat[indices[i, j]] = values[i, j]``; where a target repeats, the entry
+    latest in batch order (row, then column) wins, resolved with a stable sort. Indices outside
+    the page are dropped. Equal to :func:`route_pool` on the same deltas.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> pool = jnp.zeros((2, 4))
+      >>> out = mmsb.route_sparse(pool, jnp.array([0, 0]), jnp.array([[1], [1]]), jnp.array([[5.], [6.]]))
+      >>> out[0].tolist()
+      [0.0, 6.0, 0.0, 0.0]
+    """
+    page_shape = pool.shape[1:]
+    page_elems = int(np.prod(page_shape, dtype=np.int64))
+    indices = jnp.asarray(indices, jnp.int32)
+    valid = (indices >= 0) & (indices < page_elems)
+    flat = pool.reshape(-1)
+    targets = _flat_targets(jnp.asarray(slots), indices, page_elems, jnp)
+    targets = jnp.where(valid.reshape(-1), targets, flat.shape[0])
+    m = targets.shape[0]
+    pos = jnp.arange(m, dtype=jnp.int32)
+    # Sort by (target, position): the last entry of each run of equal targets is the winner.
+    st, sp = jax.lax.sort((targets, pos), num_keys=2)
+    last = jnp.concatenate([st[1:] != st[:-1], jnp.ones((1,), jnp.bool_)])
+    win_t = jnp.where(last, st, flat.shape[0])
+    win_v = jnp.asarray(values).reshape(-1)[sp].astype(flat.dtype)
+    return flat.at[win_t].set(win_v, mode="drop").reshape(pool.shape)
+
+
+def last_writer_keep(targets: np.ndarray) -> np.ndarray | None:
+    """Host-side: ``keep[i]`` true iff no later entry repeats ``targets[i]``; ``None`` if all unique.
+
+    Uses numpy's (SIMD) sort of packed ``(target, position)`` keys, O(m log m).
+    """
+    m = targets.shape[0]
+    if m <= 1:
+        return None
+    pos_bits = max(1, int(m - 1).bit_length())
+    if int(targets.max()) >= (1 << (62 - pos_bits)):
+        order = np.lexsort((np.arange(m), targets))
+        st = targets[order]
+    else:
+        packed = np.sort((targets.astype(np.int64) << pos_bits) | np.arange(m, dtype=np.int64))
+        st = packed >> pos_bits
+        order = packed & ((1 << pos_bits) - 1)
+    dup_next = st[1:] == st[:-1]
+    if not dup_next.any():
+        return None
+    keep = np.ones(m, bool)
+    keep[order[:-1][dup_next]] = False
+    return keep
+
+
+def sparse_rows_keep(slots: np.ndarray, indices: np.ndarray, page_elems: int, capacity: int) -> np.ndarray | None:
+    """Host-side last-writer resolution for sparse rows ``(slots[i], indices[i, :])``.
+
+    Returns a flat ``keep`` mask over the ``n * k`` entries, or ``None`` when every target is
+    already unique. Cheap checks first: a page that appears once in the batch can only repeat
+    targets within its own row (a row sort finds that); only rows of repeated pages go through
+    the full (target, position) sort.
+    """
+    n, k = indices.shape
+    if n == 0 or k == 0:
+        return None
+    counts = np.bincount(slots, minlength=capacity)
+    repeated = counts[slots] > 1
+    s = np.sort(indices, axis=1)
+    row_dups = (s[:, 1:] == s[:, :-1]).any(axis=1) if k > 1 else np.zeros(n, bool)
+    if not repeated.any() and not row_dups.any():
+        return None
+    keep = np.ones((n, k), bool)
+    sel = repeated | row_dups
+    rows = np.flatnonzero(sel)
+    targets = (slots[rows, None].astype(np.int64) * page_elems + indices[rows]).reshape(-1)
+    sub = last_writer_keep(targets)
+    if sub is not None:
+        keep[rows] = sub.reshape(rows.size, k)
+    return keep.reshape(-1)
+
+
+@pool_jit
+def scatter_unique(pool, targets, values):
+    """``pool.flat[targets] = values`` for targets known to be unique (out-of-range: dropped)."""
+    flat = pool.reshape(-1)
+    return flat.at[targets].set(values.astype(flat.dtype), mode="drop", unique_indices=True).reshape(pool.shape)

@@ -76,3 +76,16 @@ class ReadOnlyError(MMSBError, RuntimeError):
 
 class GPUFallbackWarning(UserWarning):
     """A GPU was asked for but none is usable; pages live on the CPU instead."""
+
+
+class SemiringLawError(MMSBError, ValueError):
+    """A semiring record that breaks a semiring law (see :func:`mmsb_jax.semirings.check_laws`).
+
+    Attributes:
+      report: the :class:`~mmsb_jax.semirings.LawReport` naming each failed law and the values
+        it failed on (``None`` when raised without one).
+    """
+
+    def __init__(self, message, report=None):
+        self.report = report
+        super().__init__(message)

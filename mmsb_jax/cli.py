@@ -1,0 +1,175 @@
+"""The ``mmsb`` command: ``demo``, ``bench``, ``inspect``, ``verify``, ``replay``, ``stats``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+console = Console()
+
+
+# --------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    """The quickstart end to end on a temporary state, with a summary table."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import mmsb_jax as mmsb
+
+    timings: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        return out
+
+    steps = 7
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("mmsb demo", total=steps)
+        state = mmsb.mmsb_start(path=args.path, fsync="batch")
+        progress.advance(task)
+
+        ids = timed("create 10k pages (1 KiB)", lambda: mmsb.create_pages(state, 10_000, size=1024))
+        vec = mmsb.create_page(state, size=4, dtype=jnp.float32)
+        progress.advance(task)
+
+        def updates():
+            for i in range(200):
+                mmsb.update_page(state, int(ids[i]), rng.integers(0, 256, 1024, dtype=np.uint8))
+            mmsb.update_page(state, vec.id, jnp.arange(4, dtype=jnp.float32))
+
+        timed("200 update_page", updates)
+        progress.advance(task)
+
+        rows = rng.integers(0, ids.size, 100_000)
+        ind = np.argsort(rng.random((1000, 1024)), axis=1)[:, :16].astype(np.int32)[rng.integers(0, 1000, 100_000)]
+        vals = rng.integers(0, 256, (100_000, 16), dtype=np.uint8)
+        timed("route 100k sparse deltas", lambda: mmsb.route_sparse_batch(state, ids[rows], ind, vals))
+        mmsb.route_delta(state, vec.id, mmsb.sparse_delta([0], jnp.array([10.0], jnp.float32), 4))
+        progress.advance(task)
+
+        digest = mmsb.state_digest(state)
+        ckpt = os.path.join(state.path, "demo-checkpoint")
+        timed("checkpoint", lambda: mmsb.checkpoint(state, ckpt))
+        progress.advance(task)
+
+        reopened = timed("reopen (mmsb_open)", lambda: mmsb.mmsb_open(ckpt))
+        same = mmsb.state_digest(reopened) == digest
+        value = mmsb.query_page(reopened, vec.id).tolist()
+        reopened.close()
+        progress.advance(task)
+        stats = mmsb.get_stats(state)
+        mmsb.mmsb_stop(state)
+        progress.advance(task)
+
+    table = Table(title="mmsb demo")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("pages", f"{stats['pages']:,}")
+    table.add_row("bytes", f"{stats['bytes']:,}")
+    table.add_row("epochs", f"{stats['epoch']:,}")
+    table.add_row("deltas routed", f"{stats['deltas_routed']:,}")
+    table.add_row("page %d after reopen" % vec.id, str(value))
+    table.add_row("reopened digest equal", "yes" if same else "NO")
+    for name, secs in timings.items():
+        table.add_row(f"time: {name}", f"{secs * 1e3:,.1f} ms")
+    console.print(table)
+    return 0 if same else 1
+
+
+# --------------------------------------------------------------------------- bench
+def _benchmarks_package():
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("benchmarks")
+    except ImportError:
+        return None
+
+
+def cmd_bench(args) -> int:
+    pkg = _benchmarks_package()
+    if pkg is None:
+        console.print("[red]benchmarks/ not found: run `mmsb bench` from a source checkout (pip install -e .)[/red]")
+        return 2
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+    if args.only:
+        names = [n for n in names if any(o in n for o in args.only)]
+    results = []
+    for name in names:
+        console.print(f"[bold]{name}[/bold] ...")
+        mod = importlib.import_module(f"benchmarks.{name}")
+        t0 = time.perf_counter()
+        rows = mod.run(quick=args.quick)
+        for r in rows:
+            r["module"] = name
+        results.extend(rows)
+        console.print(f"  done in {time.perf_counter() - t0:.1f} s")
+    table = Table(title="mmsb bench" + (" (quick)" if args.quick else ""))
+    for col in ("case", "value", "baseline", "ratio", "target", "met"):
+        table.add_column(col, justify="right" if col in ("value", "ratio") else "left")
+    for r in results:
+        if r.get("skipped"):
+            table.add_row(r["case"], "-", "-", "-", r.get("target", ""), f"skipped: {r['skipped']}")
+            continue
+        table.add_row(
+            r["case"],
+            f"{r['value']:.4g} {r['unit']}",
+            f"{r['baseline']}: {r['baseline_value']:.4g}",
+            f"{r['ratio_vs_baseline']:.2f}x",
+            r["target"],
+            "yes" if r["met"] else "NO",
+        )
+    console.print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import jax
+
+    meta = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
+    console.print(f"results written to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmsb", description="MMSB: a deterministic, delta-driven state store for JAX")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="run the quickstart end to end on a temporary state")
+    d.add_argument("--path", default=None, help="state directory (default: a temporary one, removed after)")
+    d.set_defaults(fn=cmd_demo)
+    b = sub.add_parser("bench", help="run the benchmarks (each against its baseline) and write JSON")
+    b.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
+    b.add_argument("--only", nargs="*", help="run only modules whose name contains one of these")
+    b.add_argument("--out", default="bench-results/results.json", help="JSON output path")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

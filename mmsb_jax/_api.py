@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checkpoint import is_checkpoint, read_manifest
-from ._errors import SerializationError
+from ._errors import InvalidArgumentError, SerializationError
+from ._replay import newest_checkpoint, rebuild
 from ._state import MMSBState, Page
+from ._tlog import query_records
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch") -> MMSBState:
@@ -41,7 +43,9 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
     """
     if path is not None and (is_checkpoint(os.fspath(path)) or os.path.isdir(os.path.join(os.fspath(path), "log"))):
         raise SerializationError(f"{os.fspath(path)!r} already holds an mmsb state; use mmsb_open to reopen it")
-    return MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
+    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
+    state.open_log()
+    return state
 
 
 def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
@@ -57,45 +61,89 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
     return out
 
 
-def _newest_checkpoint(path: str) -> str | None:
-    candidates = []
-    if is_checkpoint(path):
-        candidates.append(path)
-    ck = os.path.join(path, "checkpoints")
-    if os.path.isdir(ck):
-        for name in sorted(os.listdir(ck)):
-            d = os.path.join(ck, name)
-            if is_checkpoint(d):
-                candidates.append(d)
-    best, best_epoch = None, -1
-    for d in candidates:
-        try:
-            e = int(read_manifest(d)["epoch"])
-        except (SerializationError, KeyError, TypeError, ValueError):
-            continue  # an unreadable checkpoint is skipped; an older one (or the log) serves
-        if e > best_epoch:
-            best, best_epoch = d, e
-    return best
+def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
+              semirings=()) -> MMSBState:
+    """Reopen a state: its newest valid checkpoint, then every log record after it.
 
+    The result equals a full replay of the log from an empty state, bit for bit
+    (:func:`state_digest`). ``path`` is a state directory, or a checkpoint directory written
+    by ``mmsb_stop(state, checkpoint_path=...)`` (the reopened state then logs there).
 
-def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch") -> MMSBState:
-    """Reopen a state: its newest valid checkpoint, then the log records after it.
-
-    ``path`` is a state directory or a checkpoint directory written by
-    ``mmsb_stop(state, checkpoint_path=...)``; the reopened state keeps its log there.
+    Args:
+      recovery: how to treat a damaged log: ``"torn_tail"`` (default: only an incomplete last
+        record is dropped; damage followed by intact records raises ``CorruptLogError``),
+        ``"absolute"`` (any damage raises), ``"point_in_time"`` (stop at the first damage),
+        ``"skip_corrupt"`` (salvage every intact record). ``state.recovery_report`` says what
+        was dropped.
+      semirings: user-defined semirings named in logged accumulate deltas.
 
     Raises:
-      SerializationError: nothing to open at ``path``, or a checkpoint is inconsistent.
+      SerializationError: nothing to open at ``path``, an inconsistent checkpoint, or a log
+        that does not continue it; ``CorruptLogError`` (a subclass) names file and offset.
     """
     path = os.path.abspath(os.fspath(path))
-    base = _newest_checkpoint(path)
+    base, _ = newest_checkpoint(path)
     if base is None and not os.path.isdir(os.path.join(path, "log")):
         raise SerializationError(f"no mmsb checkpoint or log at {path!r}")
     semiring = read_manifest(base).get("semiring", "real") if base else "real"
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
-    if base is not None:
-        state._restore_checkpoint(base)
+    state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
+    state.open_log(recovery="torn_tail" if recovery in ("torn_tail", "absolute") else "point_in_time")
     return state
+
+
+def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
+    """A read-only snapshot of the state as it was right after ``epoch``.
+
+    Built from the newest checkpoint at or before ``epoch`` plus the log records up to it
+    (batched through the router). Query it with :func:`query_page`; ``snap.epoch`` is the
+    last epoch at or before ``epoch`` that committed anything. Writes raise ``ReadOnlyError``.
+
+    Raises:
+      InvalidArgumentError: a negative epoch, or one past the state's last epoch.
+      SerializationError: the epochs up to ``epoch`` were compacted away.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> p = mmsb.create_page(state, size=2, dtype=jnp.float32)
+      >>> mmsb.update_page(state, p.id, jnp.ones(2, jnp.float32))
+      2
+      >>> snap = mmsb.replay_to_epoch(state, 1)
+      >>> mmsb.query_page(snap, p.id).tolist()
+      [0.0, 0.0]
+      >>> mmsb.mmsb_stop(state)
+    """
+    if isinstance(path_or_state, MMSBState):
+        path_or_state._flush_journal()
+        path, last = path_or_state.path, path_or_state.epoch
+        semiring = path_or_state.semiring
+    else:
+        path, last, semiring = os.path.abspath(os.fspath(path_or_state)), None, None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise InvalidArgumentError(f"epoch={epoch!r} must be a non-negative int")
+    if last is not None and epoch > last:
+        raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
+    if semiring is None:
+        base, _ = newest_checkpoint(path)
+        semiring = read_manifest(base).get("semiring", "real") if base else "real"
+    snap = MMSBState(path, semiring=semiring, _snapshot=True)
+    rebuild(snap, path, end_epoch=int(epoch), semirings=semirings)
+    snap.read_only = True
+    return snap
+
+
+def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list:
+    """Log records (decoded, arrays copied) matching every given filter, in log order.
+
+    ``page_id``: records touching the page; ``epochs=(a, b)``: inclusive range; ``source``:
+    the records' source tag; ``kinds``: e.g. ``"SPARSE"`` or ``["DENSE", "SPARSE_BATCH"]``.
+    Each record has ``epoch``, ``kind``, ``timestamp`` (ns since the Unix epoch), ``source``.
+    """
+    path = state.path if isinstance(state, MMSBState) else os.path.abspath(os.fspath(state))
+    if isinstance(state, MMSBState):
+        state._flush_journal()
+    return query_records(os.path.join(path, "log"), page_id=page_id, epochs=epochs, source=source, kinds=kinds)
 
 
 def create_page(state: MMSBState, size=None, dtype=jnp.uint8, location: str = "cpu", *, shape=None) -> Page:

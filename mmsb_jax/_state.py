@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._deltas import (
+    DenseDelta,
     SparseDelta,
     apply_delta,
     bit_equal,
@@ -29,6 +30,7 @@ from ._errors import (
     InvalidArgumentError,
     InvalidDeltaError,
     PageNotFoundError,
+    ReadOnlyError,
     SerializationError,
     StateClosedError,
     UnsupportedLocationError,
@@ -127,7 +129,8 @@ class MMSBState:
       >>> mmsb.mmsb_stop(state)
     """
 
-    def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch"):
+    def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
+                 _snapshot: bool = False):
         if fsync not in _FSYNC:
             raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {_FSYNC}")
         self.semiring = get_semiring(semiring)
@@ -136,7 +139,9 @@ class MMSBState:
         if path is None:
             path = tempfile.mkdtemp(prefix="mmsb-")
         self.path = os.path.abspath(os.fspath(path))
-        os.makedirs(self.path, exist_ok=True)
+        self._snapshot = _snapshot  # a replayed view: never writes into its path
+        if not _snapshot:
+            os.makedirs(self.path, exist_ok=True)
         self._lock = threading.RLock()
         self._closed = False
         self._epoch = 0
@@ -154,6 +159,9 @@ class MMSBState:
         self._tbl_pool = np.full(1024, -1, np.int32)
         self._tbl_slot = np.zeros(1024, np.int64)
         self._tbl_epoch = np.zeros(1024, np.int64)
+        self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
+        self._txn = None  # an open multi-record log batch
+        self.read_only = False
         self._counters = {
             "pages_created": 0,
             "pages_deleted": 0,
@@ -212,6 +220,8 @@ class MMSBState:
     def _check_open(self) -> None:
         if self._closed:
             raise StateClosedError(f"the state at {self.path!r} is stopped")
+        if self.read_only:
+            raise ReadOnlyError(f"this is a read-only snapshot at epoch {self._epoch}; write to the live state")
 
     def _locate(self, page_id) -> tuple[int, PagePool, int]:
         pid = _page_id(page_id)
@@ -426,7 +436,6 @@ class MMSBState:
             self._counters["deltas_routed"] += int(pids.size)
             self._counters["batches"] += 1
             self._journal_sparse_batch(pids, ind, vals)
-            self._journal_commit()
             return self._epoch
 
     def _check_sparse_batch(self, page_ids, indices, values):
@@ -519,14 +528,18 @@ class MMSBState:
                 if isinstance(delta, SparseDelta):
                     self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
                 checked.append((pid, pool, slot, delta))
-            if not checked:
+            all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked)
+            if all_sparse:
+                pids, ind, vals = _stack_sparse(checked)
+                if pids.size == 0:  # nothing to write: no epoch
+                    return None
+            elif not checked:
                 return None
             self._epoch += 1
-            if all(isinstance(d, SparseDelta) for *_, d in checked):
-                pids, ind, vals = _stack_sparse(checked)
-                if pids.size:
-                    self._apply_sparse_rows(pids, ind, vals)
-                    self._journal_sparse_batch(pids, ind, vals)
+            self._begin_txn()
+            if all_sparse:
+                self._apply_sparse_rows(pids, ind, vals)
+                self._journal_sparse_batch(pids, ind, vals)
             else:
                 touched: dict[int, set] = {}
                 for pid, pool, slot, delta in checked:
@@ -559,23 +572,52 @@ class MMSBState:
         """Called before page ``pid`` is deleted (the graph drops its edges here)."""
 
     # ------------------------------------------------------------------ journal (the TLog)
+    def _rec(self, method: str, *args) -> None:
+        """Log one record of the current epoch (into the open batch, if any)."""
+        if self._log is None:  # a read-only snapshot, or replay in progress
+            return
+        if self._txn is not None:
+            getattr(self._txn, method)(*args)
+        else:
+            getattr(self._log, method)(self._epoch, *args)
+
     def _journal_create(self, first: int, n: int, pool: PagePool) -> None:
-        pass
+        self._rec("log_create_pages", first, n, pool.shape, pool.dtype.name, pool.location)
 
     def _journal_delete(self, pid: int) -> None:
-        pass
+        self._rec("log_delete_pages", np.array([pid], np.uint64))
 
     def _journal_dense(self, pid: int, mask: np.ndarray, data) -> None:
-        pass
+        if self._log is not None:
+            self._rec("log_dense", pid, mask, np.asarray(data)[mask])
 
     def _journal_delta(self, pid: int, delta) -> None:
-        pass
+        if self._log is None:
+            return
+        if isinstance(delta, DenseDelta):
+            mask = np.asarray(delta.mask)
+            self._rec("log_dense", pid, mask, np.asarray(delta.payload)[mask])
+        elif isinstance(delta, SparseDelta):
+            self._rec("log_sparse", pid, np.asarray(delta.indices), np.asarray(delta.values))
+        else:
+            self._rec("log_accumulate", pid, delta.semiring.name, np.asarray(delta.payload))
 
     def _journal_sparse_batch(self, pids, ind, vals) -> None:
-        pass
+        self._rec("log_sparse_batch", pids, ind, vals)
+
+    def _begin_txn(self) -> None:
+        """Open a multi-record batch for the current epoch (closed by :meth:`_journal_commit`)."""
+        if self._log is not None:
+            self._txn = self._log.batch(self._epoch)
 
     def _journal_commit(self) -> None:
-        pass
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.commit()
+
+    def _flush_journal(self) -> None:
+        if self._log is not None:
+            self._log.sync()
 
     # ------------------------------------------------------------------ digest & stats
     def digest(self) -> str:
@@ -620,8 +662,11 @@ class MMSBState:
         ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``.
         """
         with self._lock:
-            self._check_open()
+            if self._closed:
+                raise StateClosedError(f"the state at {self.path!r} is stopped")
             if directory is None:
+                if self._snapshot:
+                    raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
                 directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
             directory = os.path.abspath(os.fspath(directory))
             self._flush_journal()
@@ -697,16 +742,22 @@ class MMSBState:
     def _restore_extra(self, manifest: dict, tree: dict) -> None:
         pass
 
-    def _flush_journal(self) -> None:
-        pass
-
     # ------------------------------------------------------------------ lifecycle
+    def open_log(self, recovery: str = "torn_tail") -> None:
+        """Start journaling into ``<path>/log`` (after any replay)."""
+        from ._tlog import TLog
+
+        self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._owns_dir:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self._owns_dir and not self._snapshot:
                 shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self):

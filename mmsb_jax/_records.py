@@ -1,0 +1,708 @@
+"""TLog record format: record kinds, decoded record types, body codecs and framing.
+
+The byte layout is specified in ``docs/tlog-format.md``; this module is its only
+implementation. Pure Python + numpy + ``crc32c``; never pickles. All integers and array
+data are little-endian; every record and every field block inside a body starts at an
+8-byte aligned offset of its segment file, so decoded arrays are aligned zero-copy views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import sys
+from typing import Any, ClassVar
+
+import crc32c as _crc32c
+import numpy as np
+
+from ._errors import InvalidArgumentError
+
+crc32c = _crc32c.crc32c
+
+# --------------------------------------------------------------------------------------------
+# constants
+# --------------------------------------------------------------------------------------------
+
+MAGIC = b"MMSBTLOG"
+VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sHHIQQqI")  # + crc u32 -> 48 bytes
+SEGMENT_HEADER_SIZE = 48
+RECORD_HEADER = struct.Struct("<IIQqBBBBI")  # length, crc, epoch, timestamp, kind, flags, source_len, reserved, body_len
+HEADER_SIZE = RECORD_HEADER.size  # 32
+FLAG_BATCH = 0x01
+MAX_RECORD_BYTES = 0xFFFF_FFF8  # largest multiple of 8 that fits the u32 length field
+U64_MAX = (1 << 64) - 1
+
+_U32 = struct.Struct("<I")
+_ARR = struct.Struct("<BB6x")  # dtype-name length, ndim
+_ARR1 = struct.Struct("<BB6xQ")  # a 1-D array block header with its one dim
+_STR = struct.Struct("<I4x")  # utf-8 byte length
+_Q = struct.Struct("<Q")
+_QQ = struct.Struct("<QQ")
+_DEP = struct.Struct("<QQdB7x")  # parent, child, weight, has_weight
+_ZEROS = bytes(8)
+_I32 = np.dtype("<i4")
+_LITTLE = sys.byteorder == "little"
+
+
+class Kind(enum.IntEnum):
+    """Record kinds (the ``kind`` byte of a record header)."""
+
+    CREATE_PAGES = 1
+    DELETE_PAGES = 2
+    DENSE = 3
+    SPARSE = 4
+    SPARSE_BATCH = 5
+    ACCUMULATE = 6
+    ADD_DEP = 7
+    REMOVE_DEP = 8
+    COMMIT = 9
+
+
+KINDS = frozenset(int(k) for k in Kind)
+_KIND_OBJ = {int(k): k for k in Kind}
+
+
+class BadRecord(Exception):
+    """Internal: a record (or segment header) fails a check; carries the reason."""
+
+
+def pad8(n: int) -> int:
+    return (-n) & 7
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------
+
+_DTYPE_CACHE: dict[bytes, np.dtype] = {}
+
+
+def _allowed(dt: np.dtype) -> bool:
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None or dt.itemsize == 0:
+        return False
+    if dt.kind in "biufc":
+        return True
+    # ml_dtypes scalars (bfloat16, float8_*, int4, ...) have kind 'V' but their own scalar type.
+    return dt.kind == "V" and dt.type is not np.void
+
+
+def dtype_from_name(name: str | bytes) -> np.dtype:
+    """The little-endian numpy dtype for a stored dtype name; BadRecord if unknown/unsafe."""
+    key = name if isinstance(name, bytes) else name.encode("ascii", "replace")
+    dt = _DTYPE_CACHE.get(key)
+    if dt is not None:
+        return dt
+    try:
+        text = key.decode("ascii")
+        if not text or not (text.replace("_", "").isalnum()):
+            raise TypeError(text)
+        try:
+            dt = np.dtype(text)
+        except TypeError:
+            import ml_dtypes  # registers bfloat16, float8_*, int4, ... with numpy
+
+            dt = np.dtype(getattr(ml_dtypes, text))
+    except (TypeError, AttributeError, UnicodeDecodeError, ImportError) as e:
+        raise BadRecord(f"unknown dtype name {key!r}") from e
+    if not _allowed(dt) or dt.name != text:
+        raise BadRecord(f"dtype {key!r} is not a plain numeric dtype")
+    dt = dt.newbyteorder("<")
+    _DTYPE_CACHE[key] = dt
+    return dt
+
+
+def dtype_name(dtype: Any) -> str:
+    """Normalise a dtype-like (numpy/jax dtype, type, or name) to its stored name."""
+    try:
+        dt = dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+    except (TypeError, BadRecord) as e:
+        raise InvalidArgumentError(f"dtype={dtype!r} is not a numpy dtype") from e
+    if not _allowed(dt):
+        raise InvalidArgumentError(f"dtype={dt!r} cannot be logged (only numeric dtypes)")
+    return dt.name
+
+
+# --------------------------------------------------------------------------------------------
+# body encoding (each function returns a list of bytes-like parts, all 8-aligned in length)
+# --------------------------------------------------------------------------------------------
+
+
+_DT_BLOCK: dict[np.dtype, tuple[bytes, int, bool]] = {}
+_SMALL = 4096  # arrays up to this many bytes are copied with tobytes(); larger ones as views
+
+
+def _name_block(dt: np.dtype) -> tuple[bytes, int, bool]:
+    """(padded dtype-name bytes, name length, needs byte swap) for an array block, cached."""
+    got = _DT_BLOCK.get(dt)
+    if got is None:
+        if not _allowed(dt):
+            raise InvalidArgumentError(f"array of dtype {dt!r} cannot be logged (only numeric dtypes)")
+        name = dt.name.encode("ascii")
+        swap = dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE)
+        got = _DT_BLOCK[dt] = (name + _ZEROS[: pad8(len(name))], len(name), swap)
+    return got
+
+
+def _arr_parts(arr: np.ndarray, parts: list) -> None:
+    """Append an array block (header, shape, dtype name, C-order little-endian data)."""
+    name, nl, swap = _name_block(arr.dtype)
+    if swap:
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    shape = arr.shape
+    nd = len(shape)
+    if nd == 1:
+        parts.append(_ARR1.pack(nl, 1, shape[0]))
+    else:
+        parts.append(_ARR.pack(nl, nd))
+        if nd:
+            parts.append(struct.pack(f"<{nd}Q", *shape))
+    parts.append(name)
+    nbytes = arr.nbytes
+    if nbytes <= _SMALL:
+        if nbytes:
+            parts.append(arr.tobytes() + _ZEROS[: pad8(nbytes)] if nbytes & 7 else arr.tobytes())
+    else:
+        parts.append(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        if nbytes & 7:
+            parts.append(_ZEROS[: pad8(nbytes)])
+
+
+def _str_parts(s: str, parts: list, what: str) -> None:
+    if not isinstance(s, str):
+        raise InvalidArgumentError(f"{what}={s!r} must be a str")
+    b = s.encode("utf-8")
+    parts.append(_STR.pack(len(b)))
+    if b:
+        parts.append(b + _ZEROS[: pad8(len(b))])
+
+
+def _u64(x: Any, what: str) -> int:
+    try:
+        v = int(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"{what}={x!r} is not an integer") from e
+    if v != x or not 0 <= v <= U64_MAX:
+        raise InvalidArgumentError(f"{what}={x!r} is not an integer in [0, 2**64)")
+    return v
+
+
+def _ids(x: Any, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind in "fb"):
+        raise InvalidArgumentError(f"{what} must be an integer array, got dtype {a.dtype}")
+    if a.dtype.kind == "i" and a.size and int(a.min()) < 0:
+        raise InvalidArgumentError(f"{what} contains a negative id ({int(a.min())})")
+    return a.astype("<u8", copy=False)
+
+
+def _idx32(x: Any, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind in "fb"):
+        raise InvalidArgumentError(f"{what} must be an integer array, got dtype {a.dtype}")
+    if a.dtype != np.int32 and a.size and (a.dtype.itemsize >= 4 or a.dtype.kind == "u"):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < -(2**31) or hi >= 2**31:
+            raise InvalidArgumentError(f"{what} has values outside int32 ({lo}..{hi})")
+    return a.astype("<i4", copy=False)
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    try:
+        t = tuple(int(s) for s in ((shape,) if np.ndim(shape) == 0 else shape))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"shape={shape!r} is not a tuple of ints") from e
+    if any(s < 0 for s in t) or len(t) > 255:
+        raise InvalidArgumentError(f"shape={shape!r} must have <= 255 non-negative dims")
+    return t
+
+
+def body_create_pages(first_page_id, count, shape, dtype, location) -> tuple[int, list]:
+    parts = [_QQ.pack(_u64(first_page_id, "first_page_id"), _u64(count, "count"))]
+    _arr_parts(np.asarray(_shape(shape), dtype="<u8"), parts)
+    _str_parts(dtype_name(dtype), parts, "dtype")
+    _str_parts(location, parts, "location")
+    return Kind.CREATE_PAGES, parts
+
+
+def body_delete_pages(page_ids) -> tuple[int, list]:
+    parts: list = []
+    _arr_parts(_ids(page_ids, "page_ids").reshape(-1), parts)
+    return Kind.DELETE_PAGES, parts
+
+
+def body_dense(page_id, mask, values) -> tuple[int, list]:
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise InvalidArgumentError(f"mask must be a bool array, got dtype {mask.dtype}")
+    values = np.asarray(values)
+    if values.shape == mask.shape:
+        values = values[mask]  # full page payload -> the changed positions only
+    elif values.ndim != 1 or values.shape[0] != int(np.count_nonzero(mask)):
+        raise InvalidArgumentError(
+            f"values shape {values.shape} is neither the page shape {mask.shape} "
+            f"nor ({int(np.count_nonzero(mask))},) (one value per true mask entry)"
+        )
+    parts = [_Q.pack(_u64(page_id, "page_id"))]
+    _arr_parts(np.asarray(mask.shape, dtype="<u8"), parts)
+    _arr_parts(np.packbits(mask.reshape(-1)), parts)
+    _arr_parts(values, parts)
+    return Kind.DENSE, parts
+
+
+def body_sparse(page_id, indices, values) -> tuple[int, list]:
+    idx = indices if type(indices) is np.ndarray and indices.dtype == _I32 else _idx32(indices, "indices")
+    values = np.asarray(values)
+    if idx.ndim != 1:
+        idx = idx.reshape(-1)
+    if values.ndim != 1:
+        values = values.reshape(-1)
+    if values.shape[0] != idx.shape[0]:
+        raise InvalidArgumentError(f"{idx.shape[0]} indices but {values.shape[0]} values")
+    pid = page_id if type(page_id) is int and 0 <= page_id <= U64_MAX else _u64(page_id, "page_id")
+    parts = [_Q.pack(pid)]
+    _arr_parts(idx, parts)
+    _arr_parts(values, parts)
+    return Kind.SPARSE, parts
+
+
+def body_sparse_batch(page_ids, indices, values) -> tuple[int, list]:
+    pids = _ids(page_ids, "page_ids")
+    idx = _idx32(indices, "indices")
+    values = np.asarray(values)
+    if pids.ndim != 1 or idx.ndim != 2 or values.shape != idx.shape or idx.shape[0] != pids.shape[0]:
+        raise InvalidArgumentError(
+            f"sparse batch needs page_ids (n,), indices (n, k), values (n, k); got "
+            f"{pids.shape}, {idx.shape}, {values.shape}"
+        )
+    parts: list = []
+    _arr_parts(pids, parts)
+    _arr_parts(idx, parts)
+    _arr_parts(values, parts)
+    return Kind.SPARSE_BATCH, parts
+
+
+def body_accumulate(page_id, semiring, payload) -> tuple[int, list]:
+    parts = [_Q.pack(_u64(page_id, "page_id"))]
+    _str_parts(semiring, parts, "semiring")
+    _arr_parts(np.asarray(payload), parts)
+    return Kind.ACCUMULATE, parts
+
+
+def body_add_dep(parent, child, weight, edge_type) -> tuple[int, list]:
+    if weight is None:
+        w, has = 0.0, 0
+    else:
+        try:
+            w, has = float(weight), 1
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"weight={weight!r} is not a float or None") from e
+    parts = [_DEP.pack(_u64(parent, "parent"), _u64(child, "child"), w, has)]
+    _str_parts(edge_type, parts, "edge_type")
+    return Kind.ADD_DEP, parts
+
+
+def body_remove_dep(parent, child) -> tuple[int, list]:
+    return Kind.REMOVE_DEP, [_QQ.pack(_u64(parent, "parent"), _u64(child, "child"))]
+
+
+def body_commit(count: int) -> tuple[int, list]:
+    return Kind.COMMIT, [_Q.pack(count)]
+
+
+# --------------------------------------------------------------------------------------------
+# framing
+# --------------------------------------------------------------------------------------------
+
+_SOURCE_CACHE: dict[str, tuple[bytes, int]] = {}
+
+
+def source_bytes(source: str) -> tuple[bytes, int]:
+    """The zero-padded utf-8 bytes of a source tag (<= 255 bytes) and its unpadded length."""
+    b = _SOURCE_CACHE.get(source)
+    if b is None:
+        if not isinstance(source, str):
+            raise InvalidArgumentError(f"source={source!r} must be a str")
+        raw = source.encode("utf-8")
+        if len(raw) > 255:
+            raise InvalidArgumentError(f"source tag is {len(raw)} bytes; at most 255")
+        b = (raw + _ZEROS[: pad8(len(raw))], len(raw))
+        if len(_SOURCE_CACHE) < 1024:
+            _SOURCE_CACHE[source] = b
+    return b
+
+
+def frame(epoch: int, kind: int, flags: int, timestamp: int, source: str, parts: list) -> bytearray:
+    """One complete record: header (with CRC) + padded source + body parts."""
+    src, src_len = source_bytes(source)
+    body_len = 0
+    for p in parts:
+        body_len += len(p)
+    length = HEADER_SIZE + len(src) + body_len  # parts are padded to 8 already
+    if length > MAX_RECORD_BYTES:
+        raise InvalidArgumentError(f"record of {length} bytes exceeds the 4 GiB record limit")
+    rec = bytearray(b"").join(
+        [RECORD_HEADER.pack(length, 0, epoch, timestamp, kind, flags, src_len, 0, body_len), src, *parts]
+    )
+    _U32.pack_into(rec, 4, crc32c(memoryview(rec)[8:]))
+    return rec
+
+
+def segment_header(index: int, first_epoch: int, created_ns: int) -> bytes:
+    head = SEGMENT_HEADER.pack(MAGIC, VERSION, SEGMENT_HEADER_SIZE, 0, index, first_epoch, created_ns, 0)
+    return head + _U32.pack(crc32c(head))
+
+
+# --------------------------------------------------------------------------------------------
+# decoded records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class LogRecord:
+    """One decoded log record. Subclasses add the kind-specific body fields.
+
+    ``segment``/``offset`` locate the record on disk (-1 when not read from disk); they are
+    ignored by ``==``. Arrays read with ``copy=False`` are read-only views of the segment bytes.
+    """
+
+    kind: ClassVar[Kind]
+    epoch: int
+    timestamp: int = 0
+    source: str = ""
+    batched: bool = False
+    segment: int = -1
+    offset: int = -1
+
+    def touches(self, page_id: int) -> bool:
+        """Whether this record changes (or creates/deletes) ``page_id``."""
+        return False
+
+    def _body(self) -> tuple[int, list]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            if f.name in ("segment", "offset"):
+                continue
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                a, b = np.asarray(a), np.asarray(b)
+                if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class CreatePages(LogRecord):
+    kind: ClassVar[Kind] = Kind.CREATE_PAGES
+    first_page_id: int
+    count: int
+    shape: tuple
+    dtype: str
+    location: str
+
+    @property
+    def page_ids(self) -> range:
+        return range(self.first_page_id, self.first_page_id + self.count)
+
+    def touches(self, page_id: int) -> bool:
+        return self.first_page_id <= page_id < self.first_page_id + self.count
+
+    def _body(self):
+        return body_create_pages(self.first_page_id, self.count, self.shape, self.dtype, self.location)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class DeletePages(LogRecord):
+    kind: ClassVar[Kind] = Kind.DELETE_PAGES
+    page_ids: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return 0 <= page_id <= U64_MAX and bool(np.any(self.page_ids == np.uint64(page_id)))
+
+    def _body(self):
+        return body_delete_pages(self.page_ids)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Dense(LogRecord):
+    """``mask`` has the page shape; ``values`` holds only the changed positions (C order)."""
+
+    kind: ClassVar[Kind] = Kind.DENSE
+    page_id: int
+    mask: np.ndarray
+    values: np.ndarray
+
+    @property
+    def shape(self) -> tuple:
+        return self.mask.shape
+
+    def payload(self, fill=0) -> np.ndarray:
+        """The full-page payload: ``values`` at the masked positions, ``fill`` elsewhere."""
+        out = np.full(self.mask.shape, fill, dtype=self.values.dtype)
+        out[self.mask] = self.values
+        return out
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_dense(self.page_id, self.mask, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Sparse(LogRecord):
+    kind: ClassVar[Kind] = Kind.SPARSE
+    page_id: int
+    indices: np.ndarray
+    values: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_sparse(self.page_id, self.indices, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class SparseBatch(LogRecord):
+    """Row ``i`` is a sparse delta ``(indices[i], values[i])`` to page ``page_ids[i]``."""
+
+    kind: ClassVar[Kind] = Kind.SPARSE_BATCH
+    page_ids: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return 0 <= page_id <= U64_MAX and bool(np.any(self.page_ids == np.uint64(page_id)))
+
+    def _body(self):
+        return body_sparse_batch(self.page_ids, self.indices, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Accumulate(LogRecord):
+    kind: ClassVar[Kind] = Kind.ACCUMULATE
+    page_id: int
+    semiring: str
+    payload: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_accumulate(self.page_id, self.semiring, self.payload)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class AddDep(LogRecord):
+    """``weight is None`` means the semiring's one."""
+
+    kind: ClassVar[Kind] = Kind.ADD_DEP
+    parent: int
+    child: int
+    weight: float | None = None
+    edge_type: str = ""
+
+    def touches(self, page_id: int) -> bool:
+        return page_id in (self.parent, self.child)
+
+    def _body(self):
+        return body_add_dep(self.parent, self.child, self.weight, self.edge_type)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class RemoveDep(LogRecord):
+    kind: ClassVar[Kind] = Kind.REMOVE_DEP
+    parent: int
+    child: int
+
+    def touches(self, page_id: int) -> bool:
+        return page_id in (self.parent, self.child)
+
+    def _body(self):
+        return body_remove_dep(self.parent, self.child)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Commit(LogRecord):
+    """End of a multi-record batch: ``count`` records of this epoch precede it."""
+
+    kind: ClassVar[Kind] = Kind.COMMIT
+    count: int
+
+    def _body(self):
+        return body_commit(self.count)
+
+
+RECORD_TYPES: dict[Kind, type[LogRecord]] = {
+    cls.kind: cls
+    for cls in (CreatePages, DeletePages, Dense, Sparse, SparseBatch, Accumulate, AddDep, RemoveDep, Commit)
+}
+
+# --------------------------------------------------------------------------------------------
+# body decoding
+# --------------------------------------------------------------------------------------------
+
+
+_DT_BY_WORD: dict[int, np.dtype] = {}
+
+
+def _rd_arr(buf: bytes, p: int, end: int, copy: bool) -> tuple[np.ndarray, int]:
+    """Decode the array block at ``p`` (bounds-checked against ``end``); returns (array, next)."""
+    if p + 16 > end:
+        raise BadRecord("array block past the end of the body")
+    nl, nd = _ARR.unpack_from(buf, p)
+    if nd == 1:
+        count = _Q.unpack_from(buf, p + 8)[0]
+        shape = None
+        q = p + 16
+    else:
+        q = p + 8 + 8 * nd
+        if q > end:
+            raise BadRecord("array block past the end of the body")
+        shape = struct.unpack_from(f"<{nd}Q", buf, p + 8) if nd else ()
+        count = 1
+        for s in shape:
+            count *= s
+    p = q + nl + ((-nl) & 7)
+    if p > end or nl == 0:
+        raise BadRecord("array block past the end of the body")
+    if nl <= 8:
+        word = _Q.unpack_from(buf, q)[0] | (nl << 64) if q + 8 <= end else -1
+        dt = _DT_BY_WORD.get(word)
+        if dt is None:
+            dt = dtype_from_name(buf[q : q + nl])
+            if word >= 0:
+                _DT_BY_WORD[word] = dt
+    else:
+        dt = dtype_from_name(buf[q : q + nl])
+    nbytes = count * dt.itemsize
+    if p + nbytes > end:
+        raise BadRecord(f"array of {count} x {dt.name} ({nbytes} bytes) exceeds the record body")
+    if count == 0:
+        arr = np.empty(shape if shape is not None else (0,), dt)
+    else:
+        arr = np.frombuffer(buf, dt, count, p)
+        if shape is not None and nd != 1:
+            arr = arr.reshape(shape)
+        if copy:
+            arr = arr.copy()
+    return arr, p + nbytes + ((-nbytes) & 7)
+
+
+def _rd_str(buf: bytes, p: int, end: int) -> tuple[str, int]:
+    if p + 8 > end:
+        raise BadRecord("string block past the end of the body")
+    (n,) = _STR.unpack_from(buf, p)
+    p += 8
+    if p + n > end:
+        raise BadRecord("string block past the end of the body")
+    try:
+        s = bytes(buf[p : p + n]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord("string block is not utf-8") from e
+    return s, p + n + pad8(n)
+
+
+def _need(p: int, n: int, end: int) -> None:
+    if p + n > end:
+        raise BadRecord("fixed body fields past the end of the body")
+
+
+def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dict) -> LogRecord:
+    """Decode the body ``buf[p:end]`` of a record of ``kind``; BadRecord if inconsistent."""
+    if kind == Kind.SPARSE_BATCH:
+        pids, p = _rd_arr(buf, p, end, copy)
+        idx, p = _rd_arr(buf, p, end, copy)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if (
+            pids.dtype != np.uint64
+            or idx.dtype != np.int32
+            or pids.ndim != 1
+            or idx.ndim != 2
+            or vals.shape != idx.shape
+            or idx.shape[0] != pids.shape[0]
+        ):
+            raise BadRecord("inconsistent SPARSE_BATCH arrays")
+        return SparseBatch(page_ids=pids, indices=idx, values=vals, **common)
+    if kind == Kind.SPARSE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        idx, p = _rd_arr(buf, p + 8, end, copy)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if idx.dtype != np.int32 or idx.ndim != 1 or vals.shape != idx.shape:
+            raise BadRecord("inconsistent SPARSE arrays")
+        return Sparse(page_id=pid, indices=idx, values=vals, **common)
+    if kind == Kind.DENSE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        shp, p = _rd_arr(buf, p + 8, end, False)
+        packed, p = _rd_arr(buf, p, end, False)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if shp.dtype != np.uint64 or shp.ndim != 1 or packed.dtype != np.uint8 or vals.ndim != 1:
+            raise BadRecord("inconsistent DENSE arrays")
+        shape = tuple(int(s) for s in shp)
+        size = 1
+        for s in shape:
+            size *= s
+        if packed.shape[0] != (size + 7) // 8:
+            raise BadRecord("DENSE mask size does not match the page shape")
+        mask = np.unpackbits(packed, count=size).view(np.bool_).reshape(shape)
+        if int(np.count_nonzero(mask)) != vals.shape[0]:
+            raise BadRecord("DENSE value count does not match the mask")
+        return Dense(page_id=pid, mask=mask, values=vals, **common)
+    if kind == Kind.ACCUMULATE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        sr, p = _rd_str(buf, p + 8, end)
+        payload, p = _rd_arr(buf, p, end, copy)
+        return Accumulate(page_id=pid, semiring=sr, payload=payload, **common)
+    if kind == Kind.CREATE_PAGES:
+        _need(p, 16, end)
+        first, count = _QQ.unpack_from(buf, p)
+        shp, p = _rd_arr(buf, p + 16, end, False)
+        dt, p = _rd_str(buf, p, end)
+        loc, p = _rd_str(buf, p, end)
+        if shp.dtype != np.uint64 or shp.ndim != 1:
+            raise BadRecord("inconsistent CREATE_PAGES shape")
+        dtype_from_name(dt)
+        shape = tuple(int(s) for s in shp)
+        return CreatePages(first_page_id=first, count=count, shape=shape, dtype=dt, location=loc, **common)
+    if kind == Kind.DELETE_PAGES:
+        pids, p = _rd_arr(buf, p, end, copy)
+        if pids.dtype != np.uint64 or pids.ndim != 1:
+            raise BadRecord("inconsistent DELETE_PAGES ids")
+        return DeletePages(page_ids=pids, **common)
+    if kind == Kind.ADD_DEP:
+        _need(p, _DEP.size, end)
+        parent, child, w, has = _DEP.unpack_from(buf, p)
+        et, p = _rd_str(buf, p + _DEP.size, end)
+        return AddDep(parent=parent, child=child, weight=w if has else None, edge_type=et, **common)
+    if kind == Kind.REMOVE_DEP:
+        _need(p, 16, end)
+        parent, child = _QQ.unpack_from(buf, p)
+        return RemoveDep(parent=parent, child=child, **common)
+    if kind == Kind.COMMIT:
+        _need(p, 8, end)
+        return Commit(count=_Q.unpack_from(buf, p)[0], **common)
+    raise BadRecord(f"unknown record kind {kind}")
+
+
+def kind_of(k: Any) -> Kind:
+    """A Kind from a Kind, an int or a (case-insensitive) name."""
+    try:
+        if isinstance(k, str):
+            return Kind[k.upper()]
+        return _KIND_OBJ[int(k)]
+    except (KeyError, ValueError, TypeError) as e:
+        raise InvalidArgumentError(f"unknown record kind {k!r}") from e

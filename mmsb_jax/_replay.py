@@ -1,0 +1,165 @@
+"""Deterministic replay: rebuild a state from a checkpoint plus log records.
+
+Replay applies records through the same code paths as live operation, with the journal off,
+so a replayed state equals the live one bit for bit. Runs of sparse records (single deltas
+and batches) are coalesced and routed as one vectorized batch, so replaying a million logged
+deltas costs a few router calls, not a million Python calls.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from ._checkpoint import is_checkpoint, read_manifest
+from ._deltas import AccumulateDelta, DenseDelta
+from ._errors import InvalidArgumentError, SerializationError
+from ._records import (
+    Accumulate,
+    AddDep,
+    CreatePages,
+    DeletePages,
+    Dense,
+    RemoveDep,
+    Sparse,
+    SparseBatch,
+)
+from ._tlog import read_records
+from .semirings import Semiring, get_semiring, soft_tropical
+
+_SOFT = re.compile(r"^soft_tropical\((.+)\)$")
+
+
+def resolve_semiring(name: str, extra=()) -> Semiring:
+    """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``."""
+    for sr in extra:
+        if sr.name == name:
+            return sr
+    m = _SOFT.match(name)
+    if m:
+        return soft_tropical(float(m.group(1)))
+    try:
+        return get_semiring(name)
+    except InvalidArgumentError:
+        raise SerializationError(
+            f"the log names semiring {name!r}, which is not a standard one; pass it to "
+            f"mmsb_open(..., semirings=[...]) to replay"
+        ) from None
+
+
+class _SparseRun:
+    """Consecutive sparse records, routed together."""
+
+    def __init__(self):
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+
+    def add(self, pids, ind, vals, epoch):
+        self.rows.append((pids, ind, vals, epoch))
+
+    def flush(self, state) -> None:
+        if not self.rows:
+            return
+        groups: dict[tuple, list] = {}
+        for pids, ind, vals, epoch in self.rows:
+            groups.setdefault((ind.shape[1], vals.dtype.str), []).append((pids, ind, vals, epoch))
+        # Different row widths or dtypes cannot share one array; keep log order across groups
+        # by flushing in order whenever the group changes.
+        if len(groups) == 1:
+            chunks = [self.rows]
+        else:
+            chunks, cur, key = [], [], None
+            for r in self.rows:
+                k = (r[1].shape[1], r[2].dtype.str)
+                if key is not None and k != key:
+                    chunks.append(cur)
+                    cur = []
+                cur.append(r)
+                key = k
+            chunks.append(cur)
+        for chunk in chunks:
+            pids = np.concatenate([c[0] for c in chunk]).astype(np.int64)
+            ind = np.concatenate([c[1] for c in chunk]).astype(np.int32)
+            vals = np.concatenate([c[2] for c in chunk])
+            epochs = np.concatenate([np.full(c[0].shape[0], c[3], np.int64) for c in chunk])
+            state._epoch = int(epochs[-1])
+            state._check_sparse_batch(pids, ind, vals)
+            state._apply_sparse_rows(pids, ind, vals)
+            state._tbl_epoch[pids] = 0
+            np.maximum.at(state._tbl_epoch, pids, epochs)
+        self.rows = []
+
+
+def apply_records(state, records, *, semirings=()) -> None:
+    """Apply decoded log records to ``state`` in order (its journal must be off)."""
+    assert state._log is None, "replay must not journal"
+    run = _SparseRun()
+    for rec in records:
+        if isinstance(rec, Sparse):
+            run.add(np.array([rec.page_id], np.int64), rec.indices.reshape(1, -1), rec.values.reshape(1, -1), rec.epoch)
+            continue
+        if isinstance(rec, SparseBatch):
+            run.add(np.asarray(rec.page_ids, np.int64), rec.indices, rec.values, rec.epoch)
+            continue
+        run.flush(state)
+        state._epoch = rec.epoch - 1  # each public operation takes the next epoch
+        if isinstance(rec, CreatePages):
+            if rec.first_page_id != state._next_id:
+                raise SerializationError(
+                    f"log record at epoch {rec.epoch} creates page {rec.first_page_id}, but the next "
+                    f"page id is {state._next_id}: the log does not continue this state"
+                )
+            state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape))
+        elif isinstance(rec, DeletePages):
+            for pid in np.asarray(rec.page_ids).tolist():
+                state._epoch = rec.epoch - 1
+                state.delete_page(int(pid))
+        elif isinstance(rec, Dense):
+            state.route_delta(rec.page_id, DenseDelta(np.asarray(rec.mask), rec.payload()))
+        elif isinstance(rec, Accumulate):
+            sr = resolve_semiring(rec.semiring, semirings)
+            state.route_delta(rec.page_id, AccumulateDelta(np.asarray(rec.payload), sr))
+        elif isinstance(rec, AddDep):
+            state.add_dependency(rec.parent, rec.child, weight=rec.weight, edge_type=rec.edge_type or "data")
+        elif isinstance(rec, RemoveDep):
+            state.remove_dependency(rec.parent, rec.child)
+        state._epoch = rec.epoch
+    run.flush(state)
+
+
+def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | None, int]:
+    """The newest readable checkpoint under ``path`` (itself or ``checkpoints/*``) with
+    ``epoch <= max_epoch``; returns ``(directory or None, epoch or 0)``."""
+    candidates = [path] if is_checkpoint(path) else []
+    ck = os.path.join(path, "checkpoints")
+    if os.path.isdir(ck):
+        candidates += [os.path.join(ck, n) for n in sorted(os.listdir(ck)) if is_checkpoint(os.path.join(ck, n))]
+    best, best_epoch = None, -1
+    for d in candidates:
+        try:
+            e = int(read_manifest(d)["epoch"])
+        except (SerializationError, KeyError, TypeError, ValueError):
+            continue  # an unreadable checkpoint is skipped: an older one or the log serves
+        if e > best_epoch and (max_epoch is None or e <= max_epoch):
+            best, best_epoch = d, e
+    return best, max(best_epoch, 0)
+
+
+def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=()):
+    """Fill an empty, journal-less ``state`` from ``path``: checkpoint, then the log tail.
+
+    Returns the log's :class:`RecoveryReport`.
+    """
+    base, base_epoch = newest_checkpoint(path, end_epoch)
+    if base is not None:
+        state._restore_checkpoint(base)
+    log_dir = os.path.join(path, "log")
+    res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
+    if res.records and res.records[0].epoch > base_epoch + 1:
+        raise SerializationError(
+            f"the log at {log_dir!r} resumes at epoch {res.records[0].epoch}, but the newest usable "
+            f"checkpoint ends at epoch {base_epoch}: the epochs between were compacted away"
+        )
+    apply_records(state, res.records, semirings=semirings)
+    return res.report

@@ -28,7 +28,10 @@ from ._errors import (
     UnsupportedLocationError as UnsupportedLocationError,
 )
 
+from . import graph as graph
 from ._api import (
+    add_dependency as add_dependency,
+    remove_dependency as remove_dependency,
     batch_route_deltas as batch_route_deltas,
     route_sparse_batch as route_sparse_batch,
     checkpoint as checkpoint,

@@ -278,6 +278,44 @@ def delete_page(state: MMSBState, page_id) -> None:
     state.delete_page(page_id)
 
 
+def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type: str = "data") -> int:
+    """Make ``child_id`` depend on ``parent_id`` in a new epoch; returns the epoch.
+
+    The child's visible value becomes ``b[child] ⊕ ⨁ (w ⊗ x[parent])`` under the state's
+    semiring (``weight=None``: the semiring's one). Adding an existing edge replaces its weight.
+    Non-``"data"`` edge types (``"control"``, ``"gpu_sync"``, ``"compiler"``) only order pages.
+
+    Raises:
+      PageNotFoundError: an unknown page.
+      GraphCycleError: the edge would close a cycle (``.cycle`` names the page path); nothing
+        changes.
+      InvalidArgumentError: pages of different shape/dtype/location, a dtype the semiring
+        cannot carry, or a bad weight.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start(semiring="real")
+      >>> a, b, c = (mmsb.create_page(state, size=2, dtype=jnp.float32) for _ in range(3))
+      >>> _ = mmsb.add_dependency(state, a.id, c.id)
+      >>> _ = mmsb.add_dependency(state, b.id, c.id, weight=2.0)
+      >>> _ = mmsb.update_page(state, a.id, jnp.ones(2, jnp.float32))
+      >>> _ = mmsb.update_page(state, b.id, jnp.full(2, 3.0, jnp.float32))
+      >>> mmsb.query_page(state, c.id).tolist()
+      [7.0, 7.0]
+      >>> mmsb.mmsb_stop(state)
+    """
+    return state.add_dependency(parent_id, child_id, weight=weight, edge_type=edge_type)
+
+
+def remove_dependency(state: MMSBState, parent_id, child_id) -> int:
+    """Remove the dependency ``parent_id -> child_id`` in a new epoch; returns the epoch.
+
+    Raises:
+      InvalidArgumentError: there is no such dependency.
+    """
+    return state.remove_dependency(parent_id, child_id)
+
+
 def checkpoint(state: MMSBState, directory=None) -> str:
     """Write a checkpoint of the state; returns its directory (see :meth:`MMSBState.checkpoint`)."""
     return state.checkpoint(directory)

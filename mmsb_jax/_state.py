@@ -27,6 +27,7 @@ from ._deltas import (
 )
 from ._errors import (
     GPUFallbackWarning,
+    GraphCycleError,
     InvalidArgumentError,
     InvalidDeltaError,
     PageNotFoundError,
@@ -37,6 +38,7 @@ from ._errors import (
 )
 from ._checkpoint import load_arrays, read_manifest, save_checkpoint
 from ._pages import PagePool, bucket, pool_jit
+from ._pool_graph import PoolGraph, _changed_rows
 from ._router import scatter_unique, sparse_rows_keep
 from .semirings import get_semiring
 
@@ -159,6 +161,8 @@ class MMSBState:
         self._tbl_pool = np.full(1024, -1, np.int32)
         self._tbl_slot = np.zeros(1024, np.int64)
         self._tbl_epoch = np.zeros(1024, np.int64)
+        self._pool_graphs: dict[int, PoolGraph] = {}  # pool index -> dependencies in that pool
+        self._observers: dict[int, list] = {}  # page id -> callbacks
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
         self._txn = None  # an open multi-record log batch
         self.read_only = False
@@ -334,12 +338,17 @@ class MMSBState:
         with self._lock:
             self._check_open()
             pid, pool, slot = self._locate(page_id)
-            self._before_delete(pid)
+            pg = self._pool_graphs.get(pool.index)
+            if pg is not None and slot in pg.graph._ord:
+                pg.graph.remove_node(slot)
             pool.free([slot])
             self._tbl_pool[pid] = -1
+            self._observers.pop(pid, None)
             self._epoch += 1
             self._counters["pages_deleted"] += 1
             self._journal_delete(pid)
+            if pg is not None:
+                pg.refresh_full(pool.array)
 
     def page(self, page_id) -> Page:
         """The :class:`Page` handle of a live page id."""
@@ -562,14 +571,117 @@ class MMSBState:
             return _read_slot(self._visible_array(pool), np.int32(slot))
 
     def _visible_array(self, pool: PagePool) -> jax.Array:
-        return pool.array
+        pg = self._pool_graphs.get(pool.index)
+        return pool.array if pg is None else pg.visible(pool.array)
+
+    # ------------------------------------------------------------------ dependencies
+    def add_dependency(self, parent, child, weight=None, edge_type: str = "data") -> int:
+        """Make ``child`` depend on ``parent``; see :func:`mmsb_jax.add_dependency`."""
+        with self._lock:
+            self._check_open()
+            pp, pool, sp = self._locate(parent)
+            pc, pool_c, sc = self._locate(child)
+            if pool_c is not pool:
+                raise InvalidArgumentError(
+                    f"page {pp} ({pool.dtype}{pool.shape} on {pool.location}) and page {pc} "
+                    f"({pool_c.dtype}{pool_c.shape} on {pool_c.location}) differ; dependencies link "
+                    f"pages of one shape, dtype and location"
+                )
+            if edge_type == "data" and not self.semiring.accepts(pool.dtype):
+                raise InvalidArgumentError(
+                    f"the state's semiring {self.semiring.name!r} cannot propagate {pool.dtype} pages "
+                    f"(pages {pp} -> {pc}); use {self.semiring.dtype_kind} pages"
+                )
+            pg = self._pool_graphs.get(pool.index)
+            if pg is None:
+                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
+            try:
+                pg.graph.add_dependency(sp, sc, weight=weight, edge_type=edge_type)
+            except GraphCycleError as e:
+                owner = self._slot_owners(pool)
+                raise GraphCycleError([owner.get(n, n) for n in e.cycle]) from None
+            self._epoch += 1
+            self._journal_edge("log_add_dep", pp, pc, None if weight is None else float(weight), edge_type)
+            self._refresh_all(pool, pg)
+            return self._epoch
+
+    def remove_dependency(self, parent, child) -> int:
+        """Remove the dependency ``parent -> child``; see :func:`mmsb_jax.remove_dependency`."""
+        with self._lock:
+            self._check_open()
+            pp, pool, sp = self._locate(parent)
+            pc, pool_c, sc = self._locate(child)
+            pg = self._pool_graphs.get(pool.index)
+            if pool_c is not pool or pg is None or not pg.graph.has_edge(sp, sc):
+                raise InvalidArgumentError(f"there is no dependency {pp} -> {pc} to remove")
+            pg.graph.remove_dependency(sp, sc)
+            self._epoch += 1
+            self._journal_edge("log_remove_dep", pp, pc)
+            self._refresh_all(pool, pg)
+            return self._epoch
+
+    def dependencies(self) -> list[tuple[int, int, float | None, str]]:
+        """Every dependency as ``(parent, child, weight or None, edge_type)``, by parent then child."""
+        with self._lock:
+            out = []
+            for pi, pg in self._pool_graphs.items():
+                owner = self._slot_owners(self._pools[pi])
+                a = pg.graph.edge_arrays()
+                for u, v, w, d, t in zip(a["src"].tolist(), a["dst"].tolist(), a["weight"].tolist(),
+                                         a["default_weight"].tolist(), a["edge_type"].tolist()):
+                    out.append((owner[u], owner[v], None if d else w, str(t)))
+            return sorted(out, key=lambda e: (e[0], e[1]))
+
+    def _slot_owners(self, pool: PagePool) -> dict[int, int]:
+        ids = np.flatnonzero(self._tbl_pool[: self._next_id] == pool.index)
+        return dict(zip(self._tbl_slot[ids].tolist(), ids.tolist()))
+
+    def _refresh_all(self, pool: PagePool, pg: PoolGraph) -> None:
+        before = np.asarray(pg.visible(pool.array)) if self._observers else None
+        pg.refresh_full(pool.array)
+        if before is not None:
+            after = np.asarray(pg.visible(pool.array))
+            self._notify(pool, _changed_rows(before, after))
+
+    # ------------------------------------------------------------------ observers
+    def observe(self, page_id, callback) -> None:
+        """Call ``callback(page_id, epoch)`` after each epoch in which the page's visible value
+        changed (a write to it, or propagation into it). Runs on the writing thread, under
+        the state's lock; it may read the state."""
+        with self._lock:
+            pid, _, _ = self._locate(page_id)
+            if not callable(callback):
+                raise InvalidArgumentError(f"callback={callback!r} is not callable")
+            self._observers.setdefault(pid, []).append(callback)
+
+    def unobserve(self, page_id, callback) -> None:
+        with self._lock:
+            cbs = self._observers.get(_page_id(page_id), [])
+            if callback in cbs:
+                cbs.remove(callback)
+
+    def _notify(self, pool: PagePool, slots) -> None:
+        if not self._observers or slots is None or len(slots) == 0 or self._log is None:
+            return
+        owner = self._slot_owners(pool)
+        for slot in np.unique(np.asarray(slots)).tolist():
+            pid = owner.get(slot)
+            for cb in list(self._observers.get(pid, ())):
+                cb(pid, self._epoch)
 
     # ------------------------------------------------------------------ hooks for layers above
     def _after_write(self, pool: PagePool, slots) -> None:
-        """Called after pages of ``pool`` changed (propagation hooks in here)."""
-
-    def _before_delete(self, pid: int) -> None:
-        """Called before page ``pid`` is deleted (the graph drops its edges here)."""
+        """Propagate a write to ``slots`` of ``pool`` and tell the observers."""
+        pg = self._pool_graphs.get(pool.index)
+        changed = None
+        if pg is not None and pg.has_edges:
+            changed = pg.refresh(pool.array, slots)
+        if self._observers:
+            if changed is None:
+                changed = slots
+            else:
+                changed = np.union1d(changed, np.asarray(slots))
+            self._notify(pool, changed)
 
     # ------------------------------------------------------------------ journal (the TLog)
     def _rec(self, method: str, *args) -> None:
@@ -602,6 +714,9 @@ class MMSBState:
         else:
             self._rec("log_accumulate", pid, delta.semiring.name, np.asarray(delta.payload))
 
+    def _journal_edge(self, method: str, *args) -> None:
+        self._rec(method, *args)
+
     def _journal_sparse_batch(self, pids, ind, vals) -> None:
         self._rec("log_sparse_batch", pids, ind, vals)
 
@@ -628,6 +743,7 @@ class MMSBState:
             ids = self.page_ids()
             h.update(ids.tobytes())
             h.update(self._tbl_epoch[ids].tobytes())
+            h.update(repr(self.dependencies()).encode())
             for pool in self._pools:
                 sel = ids[self._tbl_pool[ids] == pool.index]
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
@@ -734,13 +850,34 @@ class MMSBState:
             raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
 
     def _extra_checkpoint_arrays(self) -> dict:
-        return {}
+        deps = self.dependencies()
+        types = sorted({e[3] for e in deps})
+        return {
+            "graph": {
+                "parent": np.array([e[0] for e in deps], np.int64),
+                "child": np.array([e[1] for e in deps], np.int64),
+                "weight": np.array([np.nan if e[2] is None else e[2] for e in deps], np.float64),
+                "type": np.array([types.index(e[3]) for e in deps], np.int32),
+            }
+        } if deps else {}
 
     def _extra_manifest(self) -> dict:
-        return {}
+        deps = self.dependencies()
+        return {"edge_types": sorted({e[3] for e in deps}), "dependencies": len(deps)}
 
     def _restore_extra(self, manifest: dict, tree: dict) -> None:
-        pass
+        g = tree.get("graph")
+        if not g:
+            return
+        types = manifest["edge_types"]
+        log, self._log = self._log, None
+        try:
+            for u, v, w, t in zip(g["parent"].tolist(), g["child"].tolist(), g["weight"].tolist(), g["type"].tolist()):
+                epoch = self._epoch
+                self.add_dependency(u, v, weight=None if np.isnan(w) else w, edge_type=types[t])
+                self._epoch = epoch  # restoring is not a new operation
+        finally:
+            self._log = log
 
     # ------------------------------------------------------------------ lifecycle
     def open_log(self, recovery: str = "torn_tail") -> None:

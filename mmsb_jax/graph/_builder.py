@@ -1,0 +1,569 @@
+"""The :class:`ShadowPageGraph` builder (Layer 3): a mutable DAG of page dependencies.
+
+Edges live in growable numpy columns (source, destination, weight, type, alive) in insertion
+order, so bulk inserts never create per-edge Python objects. Acyclicity is kept at all times:
+
+* a single insert checks incrementally with Pearce–Kelly dynamic topological order: only the
+  nodes whose order index lies between the two endpoints are searched;
+* a bulk insert checks once with a level-synchronous Kahn pass over the whole graph, O(V + E).
+
+A refused edge raises :class:`~mmsb_jax.GraphCycleError` and leaves the graph unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .._errors import GraphCycleError, InvalidArgumentError
+from . import _topo
+
+EDGE_TYPES = ("data", "control", "gpu_sync", "compiler", "derive")
+_TYPE_CODE = {t: i for i, t in enumerate(EDGE_TYPES)}
+DATA, DERIVE = _TYPE_CODE["data"], _TYPE_CODE["derive"]
+_MAX_ID = 2**31 - 1
+
+
+def _check_id(x, what: str) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} must be an int node id, got {what}={x!r}")
+    x = int(x)
+    if not 0 <= x <= _MAX_ID:
+        raise InvalidArgumentError(f"{what} must be in [0, 2**31), got {what}={x}")
+    return x
+
+
+def _type_code(edge_type: str) -> int:
+    if edge_type not in _TYPE_CODE or edge_type == "derive":
+        raise InvalidArgumentError(
+            f"unknown edge_type={edge_type!r}; expected one of {list(EDGE_TYPES[:4])}"
+        )
+    return _TYPE_CODE[edge_type]
+
+
+def _weight_value(weight) -> tuple[float, bool]:
+    """(stored value, is_default). ``None`` means the semiring's one, resolved at compile."""
+    if weight is None:
+        return np.nan, True
+    try:
+        w = float(np.asarray(weight).item())
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"weight must be a scalar or None, got weight={weight!r}") from e
+    if np.isnan(w):
+        raise InvalidArgumentError(f"weight must not be NaN, got weight={weight!r}")
+    return w, False
+
+
+class ShadowPageGraph:
+    """A mutable DAG of page dependencies whose edges carry semiring weights.
+
+    Nodes are int ids in ``[0, 2**31)``. An edge ``u -> v`` says page ``v`` depends on ``u``;
+    under a semiring, ``x[v] = b[v] ⊕ ⨁_u (w_uv ⊗ x[u])`` (see :func:`propagate`).
+    Edges are keyed by ``(u, v)``: adding an existing edge again replaces its weight and type
+    but keeps its position in insertion order, so :meth:`edges` (the order
+    :func:`with_weights` expects) only changes when edges are added or removed.
+
+    Edge types: ``"data"`` edges carry values; ``"control"``, ``"gpu_sync"`` and
+    ``"compiler"`` edges only order nodes (they count for cycles and topological order, not
+    for values). :meth:`derive` adds ``"derive"`` edges for recompute functions.
+
+    Example:
+      >>> from mmsb_jax.graph import ShadowPageGraph
+      >>> g = ShadowPageGraph()
+      >>> g.add_dependency(0, 1, weight=2.0)
+      >>> g.add_dependency(1, 2)
+      >>> g.topological_order()
+      [0, 1, 2]
+      >>> g.parents(2)
+      [1]
+    """
+
+    def __init__(self):
+        cap = 16
+        self._src = np.zeros(cap, np.int64)
+        self._dst = np.zeros(cap, np.int64)
+        self._w = np.zeros(cap, np.float64)
+        self._wdef = np.zeros(cap, bool)
+        self._type = np.zeros(cap, np.uint8)
+        self._alive = np.zeros(cap, bool)
+        self._n = 0  # used slots
+        self._n_alive = 0
+        self._ord: dict[int, int] = {}  # node -> topological order index (Pearce–Kelly)
+        self._lo = 0
+        self._hi = -1
+        self._index: dict[int, int] | None = None  # (u << 32 | v) -> slot, built lazily
+        self._children: dict[int, dict[int, int]] | None = None  # u -> {v: slot}, lazily
+        self._parents: dict[int, dict[int, int]] | None = None
+        self._derived: dict[int, tuple[Callable, tuple[int, ...]]] = {}
+        self._version = 0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_edges(self) -> int:
+        """Number of live edges (all types): the length :func:`with_weights` expects."""
+        return self._n_alive
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self._ord)
+
+    @property
+    def version(self) -> int:
+        """Bumped by every structural or weight change."""
+        return self._version
+
+    def nodes(self) -> list[int]:
+        """All node ids, sorted."""
+        return sorted(self._ord)
+
+    def has_edge(self, u: int, v: int) -> bool:
+        return (int(u) << 32 | int(v)) in self._key_index()
+
+    def edges(self) -> list[tuple[int, int]]:
+        """Live edges ``(u, v)`` in insertion order: the order of ``w`` in :func:`with_weights`."""
+        a = self.edge_arrays()
+        return list(zip(a["src"].tolist(), a["dst"].tolist()))
+
+    def edge_arrays(self) -> dict:
+        """Live edges as numpy columns in :meth:`edges` order.
+
+        Keys: ``src``, ``dst`` (int64), ``weight`` (float64, NaN where the weight is the
+        semiring's one), ``default_weight`` (bool), ``edge_type`` (str array).
+        """
+        m = self._alive[: self._n]
+        return {
+            "src": self._src[: self._n][m].copy(),
+            "dst": self._dst[: self._n][m].copy(),
+            "weight": self._w[: self._n][m].copy(),
+            "default_weight": self._wdef[: self._n][m].copy(),
+            "edge_type": np.asarray(EDGE_TYPES)[self._type[: self._n][m]],
+            "type_code": self._type[: self._n][m].copy(),
+        }
+
+    def weight(self, u: int, v: int):
+        """The weight of ``u -> v`` (``None`` = the semiring's one)."""
+        slot = self._slot(u, v)
+        return None if self._wdef[slot] else float(self._w[slot])
+
+    def edge_type(self, u: int, v: int) -> str:
+        return EDGE_TYPES[self._type[self._slot(u, v)]]
+
+    def parents(self, v: int) -> list[int]:
+        """Sources of the live edges into ``v``, in insertion order."""
+        d = self._adj()[1].get(int(v), {})
+        return [u for u, _ in sorted(d.items(), key=lambda kv: kv[1])]
+
+    def children(self, u: int) -> list[int]:
+        """Destinations of the live edges out of ``u``, in insertion order."""
+        d = self._adj()[0].get(int(u), {})
+        return [v for v, _ in sorted(d.items(), key=lambda kv: kv[1])]
+
+    def derived(self) -> dict[int, tuple[Callable, tuple[int, ...]]]:
+        """``{child: (fn, parents)}`` for every node added with :meth:`derive`."""
+        return dict(self._derived)
+
+    def topological_order(self) -> list[int]:
+        """All nodes in an order where every edge goes forward (all edge types count)."""
+        return sorted(self._ord, key=self._ord.__getitem__)
+
+    def levels(self, edge_types: Sequence[str] | None = None) -> list[list[int]]:
+        """Nodes grouped by longest-path depth: level 0 has no parents, level ``i`` nodes have
+        a parent on level ``i - 1``. ``edge_types`` restricts which edges count (default all).
+        """
+        nodes = np.asarray(sorted(self._ord), dtype=np.int64)
+        if nodes.size == 0:
+            return []
+        a = self.edge_arrays()
+        m = np.ones(a["src"].size, bool)
+        if edge_types is not None:
+            codes = [_TYPE_CODE[t] for t in edge_types]
+            m = np.isin(a["type_code"], codes)
+        lvl = _levels_of(nodes, a["src"][m], a["dst"][m])
+        out: list[list[int]] = [[] for _ in range(int(lvl.max()) + 1)]
+        for node, lv in zip(nodes.tolist(), lvl.tolist()):
+            out[lv].append(node)
+        return out
+
+    # ------------------------------------------------------------------ single edits
+    def add_node(self, u: int) -> None:
+        """Register ``u`` as a node without edges (no-op if it exists)."""
+        u = _check_id(u, "u")
+        if u not in self._ord:
+            self._lo -= 1
+            self._ord[u] = self._lo
+            self._version += 1
+
+    def add_dependency(self, u: int, v: int, weight=None, edge_type: str = "data") -> None:
+        """Add (or re-weight) the edge ``u -> v``: page ``v`` depends on page ``u``.
+
+        Raises:
+          GraphCycleError: the edge would close a cycle (``.cycle`` is the node path, first
+            node repeated at the end); the graph is left unchanged.
+          InvalidArgumentError: bad ids, weight or edge type, or ``v`` is a derived node.
+        """
+        u = _check_id(u, "u")
+        v = _check_id(v, "v")
+        code = _type_code(edge_type)
+        w, wdef = _weight_value(weight)
+        self._add_one(u, v, w, wdef, code)
+
+    def _add_one(self, u, v, w, wdef, code) -> None:
+        if code == DATA and v in self._derived:
+            raise InvalidArgumentError(f"node v={v} is derived (see derive()); it takes no data edges")
+        key = u << 32 | v
+        index = self._key_index()
+        slot = index.get(key)
+        if slot is not None:
+            if (self._type[slot] == DERIVE) != (code == DERIVE):
+                raise InvalidArgumentError(f"edge ({u}, {v}) is a derive edge of node {v}; use derive()")
+            self._w[slot], self._wdef[slot], self._type[slot] = w, wdef, code
+            self._version += 1
+            return
+        if u == v:
+            raise GraphCycleError([u, u])
+        self._check_and_order(u, v)
+        slot = self._append(np.array([u]), np.array([v]), np.array([w]), np.array([wdef]), np.array([code]))
+        index[key] = int(slot[0])
+        if self._children is not None:
+            self._children.setdefault(u, {})[v] = int(slot[0])
+            self._parents.setdefault(v, {})[u] = int(slot[0])
+
+    def remove_dependency(self, u: int, v: int) -> None:
+        """Remove the edge ``u -> v`` (the nodes stay).
+
+        Raises:
+          InvalidArgumentError: there is no such edge.
+        """
+        u, v = int(u), int(v)
+        slot = self._slot(u, v)
+        if self._type[slot] == DERIVE:
+            raise InvalidArgumentError(f"edge ({u}, {v}) is a derive edge; use underive({v})")
+        self._remove_slot(u, v, slot)
+        self._maybe_compact()
+
+    def _remove_slot(self, u, v, slot) -> None:
+        self._alive[slot] = False
+        self._n_alive -= 1
+        if self._index is not None:
+            self._index.pop(u << 32 | v, None)
+        if self._children is not None:
+            self._children[u].pop(v, None)
+            self._parents[v].pop(u, None)
+        self._version += 1
+
+    def remove_node(self, u: int) -> None:
+        """Remove ``u``, its edges and its derive function."""
+        u = int(u)
+        if u not in self._ord:
+            raise InvalidArgumentError(f"node u={u} is not in the graph")
+        self._derived.pop(u, None)
+        for v in self.children(u):
+            if v in self._derived:
+                raise InvalidArgumentError(f"node u={u} is a parent of derived node {v}; underive({v}) first")
+        ch, pa = self._adj()
+        for v, s in list(ch.get(u, {}).items()):
+            self._remove_slot(u, v, s)
+        for p, s in list(pa.get(u, {}).items()):
+            self._remove_slot(p, u, s)
+        del self._ord[u]
+        self._version += 1
+        self._maybe_compact()
+
+    # ------------------------------------------------------------------ derive
+    def derive(self, child: int, fn: Callable, parents: Sequence[int]) -> None:
+        """Make ``child`` a computed page: ``x[child] = fn(*(x[p] for p in parents))``.
+
+        ``fn`` must be a jittable function of pages returning a page of the same shape and
+        dtype; it runs inside the compiled topological program (vmapped over the derived
+        nodes that share it), replacing the semiring reduction and ignoring ``b[child]``.
+        Incremental propagation skips it when no parent changed. Calling ``derive`` again
+        replaces the function and parents.
+
+        Raises:
+          GraphCycleError: a parent depends on ``child``; the graph is left unchanged.
+          InvalidArgumentError: ``child`` already has data edges, or bad arguments.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from mmsb_jax import semirings
+          >>> from mmsb_jax.graph import ShadowPageGraph, propagate
+          >>> g = ShadowPageGraph()
+          >>> g.derive(2, lambda a, b: a * b, parents=[0, 1])
+          >>> cg = g.compile(semirings.REAL, num_nodes=3)
+          >>> propagate(cg, jnp.array([3.0, 4.0, 0.0])).tolist()
+          [3.0, 4.0, 12.0]
+        """
+        child = _check_id(child, "child")
+        parents = tuple(_check_id(p, "parent") for p in parents)
+        if not callable(fn):
+            raise InvalidArgumentError(f"fn must be callable, got fn={fn!r}")
+        if not parents:
+            raise InvalidArgumentError("derive needs at least one parent")
+        data_parents = [p for p in self.parents(child) if self._type[self._slot(p, child)] == DATA] if child in self._ord else []
+        if data_parents:
+            raise InvalidArgumentError(f"node child={child} already has data parents {data_parents}")
+        old = self._derived.get(child)
+        if old is not None:
+            self.underive(child)
+        added = []
+        try:
+            for p in dict.fromkeys(parents):
+                if self._key_index().get(p << 32 | child) is not None:
+                    continue  # an ordering edge already there; keep it
+                self._add_one(p, child, np.nan, True, DERIVE)
+                added.append(p)
+        except GraphCycleError:
+            for p in added:
+                self._remove_slot(p, child, self._slot(p, child))
+            if old is not None:
+                self.derive(child, *old)
+            raise
+        self.add_node(child)
+        self._derived[child] = (fn, parents)
+        self._version += 1
+
+    def underive(self, child: int) -> None:
+        """Drop ``child``'s derive function and its derive edges."""
+        child = int(child)
+        if child not in self._derived:
+            raise InvalidArgumentError(f"node child={child} is not derived")
+        del self._derived[child]
+        for p, s in list(self._adj()[1].get(child, {}).items()):
+            if self._type[s] == DERIVE:
+                self._remove_slot(p, child, s)
+        self._version += 1
+
+    # ------------------------------------------------------------------ bulk edits
+    def add_dependencies(self, us, vs, ws=None, edge_type: str = "data") -> None:
+        """Add many edges at once; one O(V + E) acyclicity check for the whole batch.
+
+        Args:
+          us, vs: int arrays (or sequences) of sources and destinations.
+          ws: ``None`` (all weights = the semiring's one), a scalar, or an array of weights
+            (NaN entries mean the semiring's one).
+          edge_type: one type for the whole batch.
+
+        A pair repeated in the batch, or already in the graph, is re-weighted in place (last
+        weight wins), as by repeated :meth:`add_dependency`.
+
+        Raises:
+          GraphCycleError: the batch would close a cycle; no edge of the batch is added.
+        """
+        us = np.asarray(us)
+        vs = np.asarray(vs)
+        if us.shape != vs.shape or us.ndim != 1:
+            raise InvalidArgumentError(f"us and vs must be 1-D of equal length, got {us.shape=} {vs.shape=}")
+        n = us.size
+        if n == 0:
+            return
+        for name, a in (("us", us), ("vs", vs)):
+            if not np.issubdtype(a.dtype, np.integer):
+                raise InvalidArgumentError(f"{name} must hold int node ids, got dtype {a.dtype}")
+            if a.min() < 0 or a.max() > _MAX_ID:
+                bad = a[(a < 0) | (a > _MAX_ID)][0]
+                raise InvalidArgumentError(f"{name} holds node id {int(bad)} outside [0, 2**31)")
+        us = us.astype(np.int64)
+        vs = vs.astype(np.int64)
+        if ws is None:
+            w = np.full(n, np.nan)
+        else:
+            w = np.broadcast_to(np.asarray(ws, dtype=np.float64), (n,)).copy()
+        wdef = np.isnan(w)
+        code = _type_code(edge_type)
+        loops = us == vs
+        if loops.any():
+            u0 = int(us[loops][0])
+            raise GraphCycleError([u0, u0])
+        if code == DATA and self._derived:
+            bad = np.isin(vs, np.fromiter(self._derived, np.int64))
+            if bad.any():
+                raise InvalidArgumentError(f"node v={int(vs[bad][0])} is derived; it takes no data edges")
+        keys = us << 32 | vs
+        # dedup within the batch: position of the first occurrence, weight of the last
+        rk = keys[::-1]
+        uk, last_rev = np.unique(rk, return_index=True)
+        last = n - 1 - last_rev
+        _, first = np.unique(keys, return_index=True)
+        # existing live edges
+        m = self._alive[: self._n]
+        ekeys = self._src[: self._n][m] << 32 | self._dst[: self._n][m]
+        eslots = np.flatnonzero(m)
+        o = np.argsort(ekeys, kind="stable")
+        ekeys_s, eslots_s = ekeys[o], eslots[o]
+        pos = np.searchsorted(ekeys_s, uk)
+        pos_c = np.minimum(pos, max(ekeys_s.size - 1, 0))
+        exists = ekeys_s[pos_c] == uk if ekeys_s.size else np.zeros(uk.size, bool)
+        if exists.any():
+            ex_slots = eslots_s[pos_c[exists]]
+            if (self._type[ex_slots] == DERIVE).any():
+                raise InvalidArgumentError("the batch re-adds a derive edge; use derive()")
+        new = ~exists
+        order_new = np.argsort(first[new], kind="stable")
+        nf = first[new][order_new]  # first positions of new pairs, in batch order
+        nl = last[new][order_new]
+        nu, nv = us[nf], vs[nf]
+        if nu.size:
+            self._bulk_check(nu, nv)  # raises on a cycle, graph untouched
+        if exists.any():
+            ex_slots = eslots_s[pos_c[exists]]
+            li = last[exists]
+            self._w[ex_slots], self._wdef[ex_slots], self._type[ex_slots] = w[li], wdef[li], code
+        if nu.size:
+            self._append(nu, nv, w[nl], wdef[nl], np.full(nu.size, code, np.uint8))
+            self._index = None
+            self._children = self._parents = None
+        self._version += 1
+
+    def _bulk_check(self, nu, nv) -> None:
+        m = self._alive[: self._n]
+        src = np.concatenate([self._src[: self._n][m], nu])
+        dst = np.concatenate([self._dst[: self._n][m], nv])
+        old_nodes = np.fromiter(self._ord, np.int64, len(self._ord))
+        nodes = np.unique(np.concatenate([old_nodes, src, dst]))
+        s = np.searchsorted(nodes, src)
+        d = np.searchsorted(nodes, dst)
+        level, ok = _topo.kahn_levels(s, d, nodes.size)
+        if not ok:
+            cyc = _topo.find_cycle(s, d, level < 0)
+            raise GraphCycleError(nodes[cyc].tolist())
+        order = np.lexsort((nodes, level))
+        self._ord = dict(zip(nodes[order].tolist(), range(nodes.size)))
+        self._lo, self._hi = 0, nodes.size - 1
+
+    # ------------------------------------------------------------------ internals
+    def _append(self, u, v, w, wdef, code) -> np.ndarray:
+        k = u.size
+        need = self._n + k
+        if need > self._src.size:
+            cap = max(need, 2 * self._src.size)
+            for name in ("_src", "_dst", "_w", "_wdef", "_type", "_alive"):
+                old = getattr(self, name)
+                arr = np.zeros(cap, old.dtype)
+                arr[: self._n] = old[: self._n]
+                setattr(self, name, arr)
+        sl = slice(self._n, need)
+        self._src[sl], self._dst[sl], self._w[sl], self._wdef[sl], self._type[sl] = u, v, w, wdef, code
+        self._alive[sl] = True
+        slots = np.arange(self._n, need)
+        self._n = need
+        self._n_alive += k
+        self._version += 1
+        return slots
+
+    def _maybe_compact(self) -> None:
+        dead = self._n - self._n_alive
+        if dead > 1024 and dead > self._n // 2:
+            m = self._alive[: self._n]
+            for name in ("_src", "_dst", "_w", "_wdef", "_type"):
+                arr = getattr(self, name)
+                setattr(self, name, arr[: self._n][m].copy())
+            self._alive = np.ones(self._n_alive, bool)
+            self._n = self._n_alive
+            self._index = None
+            self._children = self._parents = None
+
+    def _key_index(self) -> dict[int, int]:
+        if self._index is None:
+            m = self._alive[: self._n]
+            slots = np.flatnonzero(m)
+            keys = self._src[slots] << 32 | self._dst[slots]
+            self._index = dict(zip(keys.tolist(), slots.tolist()))
+        return self._index
+
+    def _slot(self, u, v) -> int:
+        slot = self._key_index().get(int(u) << 32 | int(v))
+        if slot is None:
+            raise InvalidArgumentError(f"no edge ({u}, {v}) in the graph")
+        return slot
+
+    def _adj(self):
+        if self._children is None:
+            ch: dict[int, dict[int, int]] = {}
+            pa: dict[int, dict[int, int]] = {}
+            slots = np.flatnonzero(self._alive[: self._n])
+            for s, u, v in zip(slots.tolist(), self._src[slots].tolist(), self._dst[slots].tolist()):
+                ch.setdefault(u, {})[v] = s
+                pa.setdefault(v, {})[u] = s
+            self._children, self._parents = ch, pa
+        return self._children, self._parents
+
+    def _check_and_order(self, u: int, v: int) -> None:
+        """Pearce–Kelly: keep ``_ord`` a topological order after adding ``u -> v``."""
+        ordd = self._ord
+        if u not in ordd:
+            self._lo -= 1
+            ordd[u] = self._lo
+        if v not in ordd:
+            self._hi += 1
+            ordd[v] = self._hi
+        lb, ub = ordd[v], ordd[u]
+        if ub < lb:
+            return
+        ch, pa = self._adj()
+        # forward search from v among nodes with ord <= ub; reaching u closes a cycle
+        came = {v: None}
+        stack = [v]
+        fwd = []
+        while stack:
+            x = stack.pop()
+            fwd.append(x)
+            for y in ch.get(x, ()):
+                if y == u:
+                    path = [y, x]
+                    while came[x] is not None:
+                        x = came[x]
+                        path.append(x)
+                    path = path[::-1]  # v ... x u
+                    raise GraphCycleError([u] + path)
+                if y not in came and ordd[y] <= ub:
+                    came[y] = x
+                    stack.append(y)
+        seen = {u}
+        stack = [u]
+        bwd = []
+        while stack:
+            x = stack.pop()
+            bwd.append(x)
+            for y in pa.get(x, ()):
+                if y not in seen and ordd[y] >= lb:
+                    seen.add(y)
+                    stack.append(y)
+        bwd.sort(key=ordd.__getitem__)
+        fwd.sort(key=ordd.__getitem__)
+        slots = sorted(ordd[x] for x in bwd + fwd)
+        for x, o in zip(bwd + fwd, slots):
+            ordd[x] = o
+
+    def copy(self) -> "ShadowPageGraph":
+        """An independent copy (derive functions are shared)."""
+        g = ShadowPageGraph.__new__(ShadowPageGraph)
+        g.__dict__.update(self.__dict__)
+        for name in ("_src", "_dst", "_w", "_wdef", "_type", "_alive"):
+            setattr(g, name, getattr(self, name).copy())
+        g._ord = dict(self._ord)
+        g._derived = dict(self._derived)
+        g._index = None
+        g._children = g._parents = None
+        return g
+
+    def compile(self, semiring, num_nodes: int | None = None, **kwargs):
+        """Compile to a static-shape :class:`CompiledGraph` for :func:`propagate`.
+
+        See :func:`mmsb_jax.graph.compile_graph` for the arguments.
+        """
+        from ._compile import compile_graph
+
+        return compile_graph(self, semiring, num_nodes=num_nodes, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"ShadowPageGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, derived={len(self._derived)})"
+
+
+def _levels_of(nodes: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Longest-path level of each of the sorted ``nodes`` (edges must form a DAG)."""
+    s = np.searchsorted(nodes, src)
+    d = np.searchsorted(nodes, dst)
+    level, ok = _topo.kahn_levels(s, d, nodes.size)
+    assert ok, "graph builder invariant broken: cycle"
+    return level

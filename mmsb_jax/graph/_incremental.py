@@ -1,0 +1,215 @@
+"""Incremental propagation (Layer 4): recompute only the dirty cone, with cutoff.
+
+Algorithm (jittable, exact): a frontier of at most ``capacity`` nodes is recomputed per round
+(``x[v] = b[v] ⊕ ⨁ w_uv ⊗ x[u]``, or ``fn(*parents)`` for a derived node); the nodes whose
+value changed push their children into the next frontier (deduplicated). The first frontier
+is the dirty set, so a node is recomputed only when it is dirty or a parent changed, and the
+walk stops where values stop changing. Rounds run in a ``lax.while_loop`` whose work is
+proportional to the frontier, not to the graph. A node may be recomputed in several rounds
+(when parents on paths of different lengths change), always from current parent values, so
+on a DAG the result equals :func:`propagate` exactly (the same reduction over the same edge
+order). When a round needs more than the static capacities (frontier nodes, child edges,
+in/out-degree of the per-node tables), the whole call falls back to full propagation
+inside the same program (``lax.cond``), so the result is always exact.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._errors import InvalidArgumentError
+from ._compiled import CompiledGraph
+from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages
+
+
+def _prefix(mask):
+    """Inclusive prefix count of a 1-D bool/int array, as int32.
+
+    Uses a blocked triangular matmul (float32, exact below 2**24): on CPU this is several
+    times faster than ``jnp.cumsum`` for the few-thousand-element arrays used here.
+    """
+    n = mask.shape[0]
+    if n <= 256:
+        return jnp.cumsum(mask.astype(jnp.int32))
+    blk = 64
+    rows = -(-n // blk)
+    f = jnp.zeros(rows * blk, jnp.float32).at[:n].set(mask.astype(jnp.float32)).reshape(rows, blk)
+    within = f @ jnp.triu(jnp.ones((blk, blk), jnp.float32))
+    offs = within[:, -1] @ jnp.triu(jnp.ones((rows, rows), jnp.float32), 1)
+    return (within + offs[:, None]).reshape(-1)[:n].astype(jnp.int32)
+
+
+def _compact(vals, keep, size: int, fill):
+    """The kept ``vals`` packed into ``size`` slots (rest ``fill``), and how many were kept."""
+    pos = _prefix(keep) - 1
+    cnt = pos[-1] + 1 if vals.shape[0] else jnp.int32(0)
+    dest = jnp.where(keep, pos, size)
+    out = jnp.full((size,), fill, vals.dtype).at[dest].set(vals, mode="drop")
+    return out, cnt
+
+
+def _mask_to_ids(mask, size: int, n: int):
+    """Node ids of the set entries of a bool ``(n,)`` mask (two-level, no O(n) prefix)."""
+    blk = 32
+    nb = -(-n // blk)
+    m = jnp.zeros(nb * blk, bool).at[:n].set(mask).reshape(nb, blk)
+    bany = m.any(axis=1)
+    bids, bcnt = _compact(jnp.arange(nb, dtype=jnp.int32), bany, size, nb)
+    sub = m.at[bids].get(mode="fill", fill_value=False)  # (size, blk)
+    ids = (bids[:, None] * blk + jnp.arange(blk, dtype=jnp.int32)[None, :]).reshape(-1)
+    out, cnt = _compact(ids, sub.reshape(-1), size, n)
+    return out, cnt, bcnt > size
+
+
+def _page_any(a):
+    return a.reshape(a.shape[0], -1).any(axis=1) if a.ndim > 1 else a
+
+
+def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edge_capacity: int):
+    sr = cg.semiring
+    n = cg.num_nodes
+    page = x_old.shape[1:]
+    dt = x_old.dtype
+    S, EB = capacity, edge_capacity
+    zero = sr.zero
+    w_all = cg.weights.astype(dt)
+    one_pos = cg.weights.shape[0] - 1
+    j_in = jnp.arange(cg.k_in, dtype=jnp.int32)
+    slots = jnp.arange(EB, dtype=jnp.int32)
+
+    if dirty.dtype == jnp.bool_:
+        f0, cnt0, bovf = _mask_to_ids(dirty, S, n)
+        ovf0 = (cnt0 > S) | bovf
+    else:
+        ids = jnp.where((dirty >= 0) & (dirty < n), dirty, n).astype(jnp.int32)
+        f0 = jnp.full((S,), n, jnp.int32).at[: ids.shape[0]].set(ids[:S]) if ids.shape[0] else jnp.full((S,), n, jnp.int32)
+        ovf0 = jnp.asarray(ids.shape[0] > S)
+
+    def recompute(x, f):
+        valid = f < n
+        fc = jnp.where(valid, f, 0)
+        deg = jnp.where(valid & (cg.der_group[fc] < 0), cg.in_deg[fc], 0)
+        em = j_in[None, :] < deg[:, None]
+        pos = jnp.where(em, cg.in_start[fc][:, None] + j_in[None, :], 0)
+        src = jnp.where(em, cg.in_src[pos], n)
+        wp = jnp.where(em, cg.in_wpos[pos], one_pos)
+        xs = x.at[src].get(mode="fill", fill_value=zero)
+        w = _bcast_weights(w_all[wp.reshape(-1)], S * cg.k_in, page)
+        w = w.reshape((S, cg.k_in) + w.shape[1:])
+        r = sr.reduce(sr.mul(w, xs), 1)
+        new = sr.add(b_new.at[f].get(mode="fill", fill_value=zero), r)
+        heavy = jnp.any(valid & (cg.in_deg[fc] > cg.k_in))
+        for gid, (fn, arity, _rows) in enumerate(cg.derive_fns):
+            isg = valid & (cg.der_group[fc] == gid)
+
+            def run(new, gid=gid, fn=fn, arity=arity, isg=isg):
+                par = cg.der_par_ext[gid][cg.der_row[fc]]
+                args = [x[par[:, a]] for a in range(arity)]
+                out = call_derive(fn, args, S, page, dt)
+                m = isg.reshape((S,) + (1,) * len(page))
+                return jnp.where(m, out, new)
+
+            new = lax.cond(jnp.any(isg), run, lambda new: new, new)
+        return new, heavy
+
+    def cond(state):
+        x, changed, stamp, f, ovf, rnd = state
+        return jnp.any(f < n) & ~ovf & (rnd < cg.max_rounds)
+
+    def body(state):
+        x, changed, stamp, f, ovf, rnd = state
+        valid = f < n
+        new, heavy = recompute(x, f)
+        cur = x.at[f].get(mode="fill", fill_value=zero)
+        moved = _page_any(new != cur) & valid
+        x = x.at[f].set(new, mode="drop")
+        changed = changed.at[f].set(_page_any(new != x_old.at[f].get(mode="fill", fill_value=zero)), mode="drop")
+        # children of the nodes that moved, expanded from the out-CSR into EB slots
+        fc = jnp.where(valid, f, 0)
+        odeg = jnp.where(moved, cg.out_deg[fc], 0)
+        incl = _prefix(odeg)
+        total = incl[-1]
+        excl = incl - odeg
+        has = odeg > 0
+        owners, _ = _compact(jnp.arange(S, dtype=jnp.int32), has, S, 0)
+        marks = jnp.zeros((EB,), jnp.int32).at[jnp.where(has, excl, EB)].add(1, mode="drop")
+        owner = owners[jnp.clip(_prefix(marks) - 1, 0, S - 1)]
+        within = slots - excl[owner]
+        kid_pos = cg.out_start[fc[owner]] + within
+        kids = jnp.where(slots < total, cg.out_dst[jnp.clip(kid_pos, 0, cg.out_dst.shape[0] - 1)], n)
+        tag = slots + 1 + rnd * EB
+        stamp = stamp.at[kids].set(tag, mode="drop")
+        keep = (kids < n) & (stamp.at[kids].get(mode="fill", fill_value=-1) == tag)
+        f_next, cnt = _compact(kids, keep, S, n)
+        ovf = ovf | heavy | (total > EB) | (cnt > S)
+        return x, changed, stamp, f_next, ovf, rnd + 1
+
+    state = (x_old, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32), f0, ovf0, jnp.int32(0))
+    x, changed, _, f, ovf, _ = lax.while_loop(cond, body, state)
+    ovf = ovf | jnp.any(f < n)
+
+    def full(_):
+        xf = _propagate_impl(cg, b_new)
+        return xf, _page_any(xf != x_old)
+
+    return lax.cond(ovf, full, lambda _: (x, changed), None)
+
+
+_incremental_jit = jax.jit(_incremental_impl, static_argnums=(4, 5))
+
+
+def default_capacity(num_nodes: int) -> int:
+    return int(min(1024, max(64, 1 << int(np.ceil(np.log2(max(num_nodes, 1) / 256 + 1))))))
+
+
+def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: int | None = None, edge_capacity: int | None = None):
+    """Update a propagated ``x_old`` after the bases of the ``dirty`` nodes changed.
+
+    Recomputes only nodes that are dirty or have a parent whose value changed, stopping where
+    values stop changing (cutoff). The result equals ``propagate(cg, b_new)`` exactly.
+    Works under ``jit`` and ``vmap`` (it is a forward computation: use :func:`propagate`
+    for gradients).
+
+    Args:
+      cg: the compiled graph ``x_old`` was propagated on.
+      x_old: ``propagate(cg, b_old)``.
+      b_new: new bases; equal to ``b_old`` outside ``dirty``.
+      dirty: bool ``(num_nodes,)`` mask of the nodes whose base changed (an int array of
+        node ids is accepted too and skips the mask scan).
+      capacity: most nodes recomputed per round (static; default grows with the graph,
+        64..1024). A round that needs more falls back to full propagation, exactly.
+      edge_capacity: most child edges followed per round (static; default ``4 * capacity``).
+
+    Returns:
+      ``(x, changed)``: the new values and a bool ``(num_nodes,)`` mask of the nodes whose
+      value differs from ``x_old``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmsb_jax import semirings
+      >>> from mmsb_jax.graph import ShadowPageGraph, propagate, propagate_incremental
+      >>> g = ShadowPageGraph(); g.add_dependencies([0, 1], [1, 2])
+      >>> cg = g.compile(semirings.REAL, num_nodes=3)
+      >>> x = propagate(cg, jnp.array([1.0, 0.0, 0.0]))
+      >>> x2, changed = propagate_incremental(cg, x, jnp.array([1.0, 2.0, 0.0]), jnp.array([False, True, False]))
+      >>> x2.tolist(), changed.tolist()
+      ([1.0, 3.0, 3.0], [False, True, True])
+    """
+    x_old = check_pages(cg, x_old, "x_old")
+    b_new = check_pages(cg, b_new, "b_new")
+    if x_old.shape != b_new.shape or x_old.dtype != b_new.dtype:
+        raise InvalidArgumentError(f"x_old and b_new must match: {x_old.shape=} {x_old.dtype=} vs {b_new.shape=} {b_new.dtype=}")
+    dirty = jnp.asarray(dirty)
+    if dirty.dtype == jnp.bool_:
+        if dirty.shape != (cg.num_nodes,):
+            raise InvalidArgumentError(f"dirty must be a bool mask of shape ({cg.num_nodes},), got {dirty.shape=}")
+    elif not (jnp.issubdtype(dirty.dtype, jnp.integer) and dirty.ndim == 1):
+        raise InvalidArgumentError(f"dirty must be a bool mask or a 1-D int array of node ids, got {dirty.dtype=} {dirty.shape=}")
+    s = int(capacity) if capacity else default_capacity(cg.num_nodes)
+    eb = int(edge_capacity) if edge_capacity else 4 * s
+    if s < 1 or eb < 1:
+        raise InvalidArgumentError(f"capacities must be positive, got {capacity=} {edge_capacity=}")
+    return _incremental_jit(cg, x_old, b_new, dirty, s, eb)

@@ -49,6 +49,13 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
+from ._history import compact_log as compact_log, diff as diff, page_history as page_history
+from ._ring import (
+    DeltaRing as DeltaRing,
+    RingOverflowError as RingOverflowError,
+    delta_ring as delta_ring,
+    ring_append as ring_append,
+)
 from ._router import route_pool as route_pool, route_sparse as route_sparse
 from ._state import MMSBState as MMSBState, Page as Page
 

@@ -146,12 +146,20 @@ def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | No
     return best, max(best_epoch, 0)
 
 
-def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=()):
-    """Fill an empty, journal-less ``state`` from ``path``: checkpoint, then the log tail.
+def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),
+            checkpoint: str | None = "newest"):
+    """Fill an empty, journal-less ``state`` from ``path``: a checkpoint, then the log after it.
 
-    Returns the log's :class:`RecoveryReport`.
+    ``checkpoint``: ``"newest"`` (the newest usable one at or before ``end_epoch``), a
+    checkpoint directory, or ``None`` (replay the whole log). Returns the log's
+    :class:`RecoveryReport`.
     """
-    base, base_epoch = newest_checkpoint(path, end_epoch)
+    if checkpoint == "newest":
+        base, base_epoch = newest_checkpoint(path, end_epoch)
+    elif checkpoint is None:
+        base, base_epoch = None, 0
+    else:
+        base, base_epoch = checkpoint, int(read_manifest(checkpoint)["epoch"])
     if base is not None:
         state._restore_checkpoint(base)
     log_dir = os.path.join(path, "log")

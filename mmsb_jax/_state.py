@@ -165,6 +165,7 @@ class MMSBState:
         self._observers: dict[int, list] = {}  # page id -> callbacks
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
         self._txn = None  # an open multi-record log batch
+        self._source = None  # a source tag for the records being logged (None: the log's default)
         self.read_only = False
         self._counters = {
             "pages_created": 0,
@@ -518,6 +519,25 @@ class MMSBState:
             self._tbl_epoch[pids[rows]] = self._epoch
             self._after_write(pool, slots)
 
+    def drain_ring(self, ring):
+        """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
+        ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
+
+        Raises:
+          RingOverflowError: the ring overflowed; nothing is applied.
+          PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
+        """
+        from ._ring import ring_cleared, ring_contents
+
+        pids, ind, vals = ring_contents(ring)
+        with self._lock:
+            self._source = "jit-ring"
+            try:
+                epoch = self.route_sparse_batch(pids, ind, vals)
+            finally:
+                self._source = None
+        return epoch, ring_cleared(ring)
+
     def batch_route_deltas(self, entries) -> int | None:
         """Route ``[(page_id, delta), ...]`` in one epoch; see :func:`mmsb_jax.batch_route_deltas`."""
         with self._lock:
@@ -688,10 +708,11 @@ class MMSBState:
         """Log one record of the current epoch (into the open batch, if any)."""
         if self._log is None:  # a read-only snapshot, or replay in progress
             return
+        kw = {"source": self._source} if self._source is not None else {}
         if self._txn is not None:
-            getattr(self._txn, method)(*args)
+            getattr(self._txn, method)(*args, **kw)
         else:
-            getattr(self._log, method)(self._epoch, *args)
+            getattr(self._log, method)(self._epoch, *args, **kw)
 
     def _journal_create(self, first: int, n: int, pool: PagePool) -> None:
         self._rec("log_create_pages", first, n, pool.shape, pool.dtype.name, pool.location)

@@ -689,12 +689,13 @@ class TLog:
     Args:
       directory: the log directory (created if missing); holds ``log-%08d.mmsblog`` segments
         and a ``tlog.lock`` file (an exclusive flock while open).
-      fsync: ``"always"`` (every append is written and fsynced before it returns),
-        ``"batch"`` (group commit: appends are buffered; written+fsynced by
-        :meth:`commit`/:meth:`flush`, when the buffer reaches ``buffer_bytes``, when an append
-        finds ``sync_interval`` s passed since the last sync, and by a background thread
-        within ~``sync_interval`` s of an append), or ``"never"`` (written to the OS when the
-        buffer fills and on flush/close; never fsynced).
+      fsync: ``"always"`` (every append is written and fdatasynced before it returns;
+        concurrent appenders share syncs), ``"batch"`` (group commit: appends are buffered and
+        written + fsynced by :meth:`commit`/:meth:`flush`/:meth:`sync`/:meth:`close`, when the
+        buffer reaches ``buffer_bytes``, by the next append once the oldest buffered record is
+        ``sync_interval`` s old, and otherwise by a background thread at that time, so an
+        acknowledged append is durable within ~``sync_interval``), or ``"never"`` (written to
+        the OS when the buffer fills and on flush/close; never fsynced, except :meth:`sync`).
       segment_bytes: rotate to a new segment before a record would grow the current one past
         this size (a record larger than it gets a segment of its own; a batch never spans
         segments).

@@ -151,6 +151,83 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- state tools
+def _kv_table(title: str, rows) -> Table:
+    t = Table(title=title)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in rows:
+        t.add_row(str(k), str(v))
+    return t
+
+
+def cmd_inspect(args) -> int:
+    from ._tools import inspect_state
+
+    info = inspect_state(args.path)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    rows = [
+        ("epochs", f"{info['first_epoch']} .. {info['last_epoch']}"),
+        ("pages created / deleted", f"{info['pages_created']:,} / {info['pages_deleted']:,}"),
+        *[(f"records: {k}", f"{v:,}") for k, v in info["records_by_kind"].items()],
+        ("segments", len(info["segments"])),
+        *[(f"  {s['file']}", f"{s['bytes']:,} B") for s in info["segments"]],
+        ("checkpoints", len(info["checkpoints"])),
+        *[(f"  {c['dir']}", f"epoch {c['epoch']}") for c in info["checkpoints"]],
+        ("log bytes", f"{info['log_bytes']:,}"),
+        ("total bytes", f"{info['total_bytes']:,}"),
+    ]
+    if info["skipped_ranges"]:
+        rows.append(("DAMAGED ranges", len(info["skipped_ranges"])))
+    console.print(_kv_table(f"mmsb inspect {info['path']}", rows))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from ._tools import verify_state
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("verifying checkpoints", total=None)
+
+        def tick(i, total, what):
+            progress.update(task, total=total, completed=i)
+
+        rep = verify_state(args.path, progress=tick)
+    for c in rep["checkpoints"]:
+        status = {True: "matches replay", False: "DIFFERS", None: "log compacted: not comparable"}[c["matches_replay"]]
+        console.print(f"checkpoint {c['dir']} (epoch {c['epoch']}): {status}")
+    console.print(f"{rep['records']:,} log records, every CRC checked")
+    for f in rep["faults"]:
+        console.print(f"[red]FAULT[/red] {f}")
+    console.print("[green]OK[/green]" if rep["ok"] else f"[red]{len(rep['faults'])} fault(s)[/red]")
+    return 0 if rep["ok"] else 1
+
+
+def cmd_replay(args) -> int:
+    import mmsb_jax as mmsb
+
+    snap = mmsb.replay_to_epoch(args.path, args.epoch)
+    stats = snap.stats()
+    rows = [("epoch", snap.epoch), ("pages", f"{stats['pages']:,}"), ("bytes", f"{stats['bytes']:,}"),
+            ("digest", snap.digest())]
+    if args.out:
+        rows.append(("checkpoint written", snap.checkpoint(args.out)))
+    console.print(_kv_table(f"replay to epoch {args.epoch}", rows))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    import mmsb_jax as mmsb
+
+    snap = mmsb.replay_to_epoch(args.path, 2**62)
+    stats = snap.stats()
+    stats.pop("path", None)
+    print(json.dumps(stats, indent=1, default=str))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmsb", description="MMSB: a deterministic, delta-driven state store for JAX")
@@ -163,12 +240,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="*", help="run only modules whose name contains one of these")
     b.add_argument("--out", default="bench-results/results.json", help="JSON output path")
     b.set_defaults(fn=cmd_bench)
+    i = sub.add_parser("inspect", help="epochs, pages, records per kind, segments, checkpoints, bytes")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+    v = sub.add_parser("verify", help="check every CRC and each checkpoint against a replay; exit 1 on any fault")
+    v.add_argument("path")
+    v.set_defaults(fn=cmd_verify)
+    r = sub.add_parser("replay", help="rebuild the state at an epoch (optionally write it as a checkpoint)")
+    r.add_argument("path")
+    r.add_argument("--epoch", type=int, required=True)
+    r.add_argument("--out", default=None, help="write the snapshot as a checkpoint directory")
+    r.set_defaults(fn=cmd_replay)
+    st = sub.add_parser("stats", help="telemetry of the latest state as JSON")
+    st.add_argument("path")
+    st.set_defaults(fn=cmd_stats)
     return p
 
 
 def main(argv=None) -> int:
+    from ._errors import MMSBError
+
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except MMSBError as e:
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        return 2
 
 
 if __name__ == "__main__":

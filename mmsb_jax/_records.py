@@ -219,12 +219,24 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return t
 
 
+_CREATE_TAIL: dict[tuple, bytes] = {}
+
+
 def body_create_pages(first_page_id, count, shape, dtype, location) -> tuple[int, list]:
-    parts = [_QQ.pack(_u64(first_page_id, "first_page_id"), _u64(count, "count"))]
-    _arr_parts(np.asarray(_shape(shape), dtype="<u8"), parts)
-    _str_parts(dtype_name(dtype), parts, "dtype")
-    _str_parts(location, parts, "location")
-    return Kind.CREATE_PAGES, parts
+    try:  # the (shape, dtype, location) tail repeats for every page of a pool: cache it
+        key = (shape, dtype, location)
+        tail = _CREATE_TAIL.get(key)
+    except TypeError:
+        key, tail = None, None
+    if tail is None:
+        parts: list = []
+        _arr_parts(np.asarray(_shape(shape), dtype="<u8"), parts)
+        _str_parts(dtype_name(dtype), parts, "dtype")
+        _str_parts(location, parts, "location")
+        tail = b"".join(bytes(p) for p in parts)
+        if key is not None and len(_CREATE_TAIL) < 1024:
+            _CREATE_TAIL[key] = tail
+    return Kind.CREATE_PAGES, [_QQ.pack(_u64(first_page_id, "first_page_id"), _u64(count, "count")), tail]
 
 
 def body_delete_pages(page_ids) -> tuple[int, list]:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._deltas import DELTA_TYPES, apply_delta
+from ._deltas import DELTA_TYPES, apply_delta, bit_equal
 from ._errors import InvalidDeltaError
 from ._pages import pool_jit
 
@@ -151,3 +151,23 @@ def scatter_unique(pool, targets, values):
     """``pool.flat[targets] = values`` for targets known to be unique (out-of-range: dropped)."""
     flat = pool.reshape(-1)
     return flat.at[targets].set(values.astype(flat.dtype), mode="drop", unique_indices=True).reshape(pool.shape)
+
+
+# --------------------------------------------------------------------------- page reads and writes
+@pool_jit
+def write_diff(pool, slot, new):
+    """Write ``new`` into ``pool[slot]``; return the pool and the bitwise change mask."""
+    old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+    mask = ~bit_equal(old, new)
+    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), mask
+
+
+@pool_jit
+def apply_at(pool, slot, delta):
+    page = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(pool, apply_delta(page, delta), slot, 0)
+
+
+@jax.jit
+def read_slot(pool, slot):
+    return jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)

@@ -21,49 +21,28 @@ import numpy as np
 from ._deltas import (
     DenseDelta,
     SparseDelta,
-    apply_delta,
-    bit_equal,
     check_delta_fits,
 )
 from ._errors import (
     GPUFallbackWarning,
-    GraphCycleError,
     InvalidArgumentError,
     InvalidDeltaError,
     PageNotFoundError,
     ReadOnlyError,
-    SerializationError,
     StateClosedError,
     UnsupportedLocationError,
 )
-from ._checkpoint import load_arrays, read_manifest, save_checkpoint
-from ._pages import PagePool, bucket, pool_jit
-from ._pool_graph import PoolGraph, _changed_rows
-from ._router import scatter_unique, sparse_rows_keep
+from ._pages import PagePool
+from ._router import apply_at as _apply_at
+from ._router import read_slot as _read_slot
+from ._router import write_diff as _write_diff
+from ._state_batch import BatchRouting
+from ._state_ckpt import Checkpointing
+from ._state_deps import Dependencies
 from .semirings import get_semiring
 
 _LOCATIONS = ("cpu", "gpu")
 _FSYNC = ("always", "batch", "never")
-
-
-# --------------------------------------------------------------------------- jitted kernels
-@pool_jit
-def _write_diff(pool, slot, new):
-    """Write ``new`` into ``pool[slot]``; return the pool and the bitwise change mask."""
-    old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
-    mask = ~bit_equal(old, new)
-    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), mask
-
-
-@pool_jit
-def _apply_at(pool, slot, delta):
-    page = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
-    return jax.lax.dynamic_update_index_in_dim(pool, apply_delta(page, delta), slot, 0)
-
-
-@jax.jit
-def _read_slot(pool, slot):
-    return jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
 
 
 # --------------------------------------------------------------------------- page handle
@@ -114,7 +93,7 @@ def _page_id(page_id) -> int:
 
 
 # --------------------------------------------------------------------------- the state
-class MMSBState:
+class MMSBState(BatchRouting, Dependencies, Checkpointing):
     """A state store: pages, epochs, the transaction log and the dependency graph.
 
     Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
@@ -161,7 +140,7 @@ class MMSBState:
         self._tbl_pool = np.full(1024, -1, np.int32)
         self._tbl_slot = np.zeros(1024, np.int64)
         self._tbl_epoch = np.zeros(1024, np.int64)
-        self._pool_graphs: dict[int, PoolGraph] = {}  # pool index -> dependencies in that pool
+        self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
         self._observers: dict[int, list] = {}  # page id -> callbacks
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
         self._txn = None  # an open multi-record log batch
@@ -433,156 +412,6 @@ class MMSBState:
                 f"{where}sparse index {bad} is out of range for page {pid} of {pool.page_elems} elements"
             )
 
-    # ------------------------------------------------------------------ batches
-    def route_sparse_batch(self, page_ids, indices, values) -> int | None:
-        """Route ``n`` sparse deltas given as arrays in one epoch; see :func:`mmsb_jax.route_sparse_batch`."""
-        with self._lock:
-            self._check_open()
-            pids, ind, vals = self._check_sparse_batch(page_ids, indices, values)
-            if pids.size == 0:
-                return None
-            self._epoch += 1
-            self._apply_sparse_rows(pids, ind, vals)
-            self._counters["deltas_routed"] += int(pids.size)
-            self._counters["batches"] += 1
-            self._journal_sparse_batch(pids, ind, vals)
-            return self._epoch
-
-    def _check_sparse_batch(self, page_ids, indices, values):
-        pids = np.asarray(page_ids)
-        if pids.ndim != 1 or (pids.size and not np.issubdtype(pids.dtype, np.integer)):
-            raise InvalidDeltaError(f"page_ids must be a 1-D integer array, got {pids.dtype}{pids.shape}")
-        pids = pids.astype(np.int64, copy=False)
-        ind = np.asarray(indices)
-        vals = np.asarray(values)
-        if ind.ndim != 2 or ind.shape[0] != pids.shape[0] or (ind.size and not np.issubdtype(ind.dtype, np.integer)):
-            raise InvalidDeltaError(
-                f"indices must be an integer array of shape (n, k) with n={pids.shape[0]}, got {ind.dtype}{ind.shape}"
-            )
-        if vals.shape != ind.shape:
-            raise InvalidDeltaError(f"values must have the shape of indices {ind.shape}, got {vals.shape}")
-        if pids.size == 0:
-            return pids, ind, vals
-        bad = (pids < 0) | (pids >= self._next_id)
-        if not bad.any():
-            bad = self._tbl_pool[pids] < 0
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise PageNotFoundError(int(pids[i]), f"batch entry {i}: page_id={int(pids[i])} does not name a live page")
-        pool_idx = self._tbl_pool[pids]
-        lo, hi = int(pool_idx.min()), int(pool_idx.max())
-        for pi in [lo] if lo == hi else np.unique(pool_idx).tolist():
-            pool = self._pools[pi]
-            rows = slice(None) if lo == hi else pool_idx == pi
-            if np.dtype(vals.dtype) != pool.dtype:
-                i = int(np.flatnonzero(pool_idx == pi)[0])
-                raise InvalidDeltaError(
-                    f"batch entry {i} (page {int(pids[i])}): values dtype {vals.dtype} does not match the page dtype {pool.dtype}"
-                )
-            sub = ind[rows]
-            out = (sub < 0) | (sub >= pool.page_elems)
-            if out.any():
-                r, c = np.argwhere(out)[0]
-                i = int(np.flatnonzero(pool_idx == pi)[r])
-                raise InvalidDeltaError(
-                    f"batch entry {i} (page {int(pids[i])}): index {int(sub[r, c])} is out of range "
-                    f"for a page of {pool.page_elems} elements"
-                )
-        return pids, ind, vals
-
-    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray) -> None:
-        """Scatter validated sparse rows, each target written once (last writer wins)."""
-        pool_idx = self._tbl_pool[pids]
-        one_pool = bool((pool_idx == pool_idx[0]).all())
-        for pi in [int(pool_idx[0])] if one_pool else np.unique(pool_idx).tolist():
-            pool = self._pools[pi]
-            rows = slice(None) if one_pool else pool_idx == pi
-            slots = self._tbl_slot[pids[rows]]
-            sub_ind = ind[rows]
-            size = pool.capacity * pool.page_elems
-            if size + bucket(sub_ind.size) >= 2**31:
-                raise InvalidArgumentError(
-                    f"pool of {pool.shape} pages holds {size} elements; batched routing needs fewer than 2**31"
-                )
-            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
-            v = vals[rows].reshape(-1)
-            keep = sparse_rows_keep(slots, sub_ind, pool.page_elems, pool.capacity)
-            if keep is not None:
-                targets, v = targets[keep], v[keep]
-            m = bucket(targets.shape[0])
-            if m == targets.shape[0]:
-                t, vv = targets, v
-            else:  # pad to a power of two (few compiled shapes) with distinct, dropped targets
-                t = np.concatenate([targets, np.arange(size, size + m - targets.shape[0], dtype=np.int32)])
-                vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
-            pool.array = scatter_unique(pool.array, t, vv)
-            self._tbl_epoch[pids[rows]] = self._epoch
-            self._after_write(pool, slots)
-
-    def drain_ring(self, ring):
-        """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
-        ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
-
-        Raises:
-          RingOverflowError: the ring overflowed; nothing is applied.
-          PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
-        """
-        from ._ring import ring_cleared, ring_contents
-
-        pids, ind, vals = ring_contents(ring)
-        with self._lock:
-            self._source = "jit-ring"
-            try:
-                epoch = self.route_sparse_batch(pids, ind, vals)
-            finally:
-                self._source = None
-        return epoch, ring_cleared(ring)
-
-    def batch_route_deltas(self, entries) -> int | None:
-        """Route ``[(page_id, delta), ...]`` in one epoch; see :func:`mmsb_jax.batch_route_deltas`."""
-        with self._lock:
-            self._check_open()
-            entries = list(entries)
-            checked = []
-            for i, entry in enumerate(entries):
-                try:
-                    page_id, delta = entry
-                except (TypeError, ValueError):
-                    raise InvalidDeltaError(f"batch entry {i} is not a (page_id, delta) pair: {entry!r}") from None
-                try:
-                    pid, pool, slot = self._locate(page_id)
-                except PageNotFoundError as e:
-                    raise PageNotFoundError(page_id, f"batch entry {i}: {e}") from None
-                check_delta_fits(delta, pool.shape, pool.dtype, where=f"batch entry {i}, page {pid}")
-                if isinstance(delta, SparseDelta):
-                    self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
-                checked.append((pid, pool, slot, delta))
-            all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked)
-            if all_sparse:
-                pids, ind, vals = _stack_sparse(checked)
-                if pids.size == 0:  # nothing to write: no epoch
-                    return None
-            elif not checked:
-                return None
-            self._epoch += 1
-            self._begin_txn()
-            if all_sparse:
-                self._apply_sparse_rows(pids, ind, vals)
-                self._journal_sparse_batch(pids, ind, vals)
-            else:
-                touched: dict[int, set] = {}
-                for pid, pool, slot, delta in checked:
-                    pool.array = _apply_at(pool.array, np.int32(slot), delta)
-                    self._tbl_epoch[pid] = self._epoch
-                    touched.setdefault(pool.index, set()).add(slot)
-                    self._journal_delta(pid, delta)
-                for pi, slots in touched.items():
-                    self._after_write(self._pools[pi], sorted(slots))
-            self._journal_commit()
-            self._counters["deltas_routed"] += len(checked)
-            self._counters["batches"] += 1
-            return self._epoch
-
     # ------------------------------------------------------------------ reads
     def query_page(self, page_id) -> jax.Array:
         """The page's current value; see :func:`mmsb_jax.query_page`."""
@@ -593,115 +422,6 @@ class MMSBState:
     def _visible_array(self, pool: PagePool) -> jax.Array:
         pg = self._pool_graphs.get(pool.index)
         return pool.array if pg is None else pg.visible(pool.array)
-
-    # ------------------------------------------------------------------ dependencies
-    def add_dependency(self, parent, child, weight=None, edge_type: str = "data") -> int:
-        """Make ``child`` depend on ``parent``; see :func:`mmsb_jax.add_dependency`."""
-        with self._lock:
-            self._check_open()
-            pp, pool, sp = self._locate(parent)
-            pc, pool_c, sc = self._locate(child)
-            if pool_c is not pool:
-                raise InvalidArgumentError(
-                    f"page {pp} ({pool.dtype}{pool.shape} on {pool.location}) and page {pc} "
-                    f"({pool_c.dtype}{pool_c.shape} on {pool_c.location}) differ; dependencies link "
-                    f"pages of one shape, dtype and location"
-                )
-            if edge_type == "data" and not self.semiring.accepts(pool.dtype):
-                raise InvalidArgumentError(
-                    f"the state's semiring {self.semiring.name!r} cannot propagate {pool.dtype} pages "
-                    f"(pages {pp} -> {pc}); use {self.semiring.dtype_kind} pages"
-                )
-            pg = self._pool_graphs.get(pool.index)
-            if pg is None:
-                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
-            try:
-                pg.graph.add_dependency(sp, sc, weight=weight, edge_type=edge_type)
-            except GraphCycleError as e:
-                owner = self._slot_owners(pool)
-                raise GraphCycleError([owner.get(n, n) for n in e.cycle]) from None
-            self._epoch += 1
-            self._journal_edge("log_add_dep", pp, pc, None if weight is None else float(weight), edge_type)
-            self._refresh_all(pool, pg)
-            return self._epoch
-
-    def remove_dependency(self, parent, child) -> int:
-        """Remove the dependency ``parent -> child``; see :func:`mmsb_jax.remove_dependency`."""
-        with self._lock:
-            self._check_open()
-            pp, pool, sp = self._locate(parent)
-            pc, pool_c, sc = self._locate(child)
-            pg = self._pool_graphs.get(pool.index)
-            if pool_c is not pool or pg is None or not pg.graph.has_edge(sp, sc):
-                raise InvalidArgumentError(f"there is no dependency {pp} -> {pc} to remove")
-            pg.graph.remove_dependency(sp, sc)
-            self._epoch += 1
-            self._journal_edge("log_remove_dep", pp, pc)
-            self._refresh_all(pool, pg)
-            return self._epoch
-
-    def dependencies(self) -> list[tuple[int, int, float | None, str]]:
-        """Every dependency as ``(parent, child, weight or None, edge_type)``, by parent then child."""
-        with self._lock:
-            out = []
-            for pi, pg in self._pool_graphs.items():
-                owner = self._slot_owners(self._pools[pi])
-                a = pg.graph.edge_arrays()
-                for u, v, w, d, t in zip(a["src"].tolist(), a["dst"].tolist(), a["weight"].tolist(),
-                                         a["default_weight"].tolist(), a["edge_type"].tolist()):
-                    out.append((owner[u], owner[v], None if d else w, str(t)))
-            return sorted(out, key=lambda e: (e[0], e[1]))
-
-    def _slot_owners(self, pool: PagePool) -> dict[int, int]:
-        ids = np.flatnonzero(self._tbl_pool[: self._next_id] == pool.index)
-        return dict(zip(self._tbl_slot[ids].tolist(), ids.tolist()))
-
-    def _refresh_all(self, pool: PagePool, pg: PoolGraph) -> None:
-        before = np.asarray(pg.visible(pool.array)) if self._observers else None
-        pg.refresh_full(pool.array)
-        if before is not None:
-            after = np.asarray(pg.visible(pool.array))
-            self._notify(pool, _changed_rows(before, after))
-
-    # ------------------------------------------------------------------ observers
-    def observe(self, page_id, callback) -> None:
-        """Call ``callback(page_id, epoch)`` after each epoch in which the page's visible value
-        changed (a write to it, or propagation into it). Runs on the writing thread, under
-        the state's lock; it may read the state."""
-        with self._lock:
-            pid, _, _ = self._locate(page_id)
-            if not callable(callback):
-                raise InvalidArgumentError(f"callback={callback!r} is not callable")
-            self._observers.setdefault(pid, []).append(callback)
-
-    def unobserve(self, page_id, callback) -> None:
-        with self._lock:
-            cbs = self._observers.get(_page_id(page_id), [])
-            if callback in cbs:
-                cbs.remove(callback)
-
-    def _notify(self, pool: PagePool, slots) -> None:
-        if not self._observers or slots is None or len(slots) == 0 or self._log is None:
-            return
-        owner = self._slot_owners(pool)
-        for slot in np.unique(np.asarray(slots)).tolist():
-            pid = owner.get(slot)
-            for cb in list(self._observers.get(pid, ())):
-                cb(pid, self._epoch)
-
-    # ------------------------------------------------------------------ hooks for layers above
-    def _after_write(self, pool: PagePool, slots) -> None:
-        """Propagate a write to ``slots`` of ``pool`` and tell the observers."""
-        pg = self._pool_graphs.get(pool.index)
-        changed = None
-        if pg is not None and pg.has_edges:
-            changed = pg.refresh(pool.array, slots)
-        if self._observers:
-            if changed is None:
-                changed = slots
-            else:
-                changed = np.union1d(changed, np.asarray(slots))
-            self._notify(pool, changed)
 
     # ------------------------------------------------------------------ journal (the TLog)
     def _rec(self, method: str, *args) -> None:
@@ -734,9 +454,6 @@ class MMSBState:
             self._rec("log_sparse", pid, np.asarray(delta.indices), np.asarray(delta.values))
         else:
             self._rec("log_accumulate", pid, delta.semiring.name, np.asarray(delta.payload))
-
-    def _journal_edge(self, method: str, *args) -> None:
-        self._rec(method, *args)
 
     def _journal_sparse_batch(self, pids, ind, vals) -> None:
         self._rec("log_sparse_batch", pids, ind, vals)
@@ -792,114 +509,6 @@ class MMSBState:
                 **self._counters,
             }
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, directory=None) -> str:
-        """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
-
-        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``.
-        """
-        with self._lock:
-            if self._closed:
-                raise StateClosedError(f"the state at {self.path!r} is stopped")
-            if directory is None:
-                if self._snapshot:
-                    raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
-                directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
-            directory = os.path.abspath(os.fspath(directory))
-            self._flush_journal()
-            ids = self.page_ids()
-            tree = {
-                "pools": {
-                    f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools
-                },
-                "page_table": {
-                    "id": ids,
-                    "pool": self._tbl_pool[ids],
-                    "slot": self._tbl_slot[ids],
-                    "epoch": self._tbl_epoch[ids],
-                },
-            }
-            tree.update(self._extra_checkpoint_arrays())
-            manifest = {
-                "epoch": self._epoch,
-                "next_page_id": self._next_id,
-                "semiring": self.semiring.name,
-                "pools": [
-                    {
-                        "index": p.index,
-                        "shape": list(p.shape),
-                        "dtype": p.dtype.name,
-                        "location": p.location,
-                        "high_water": p.high_water,
-                    }
-                    for p in self._pools
-                ],
-                **self._extra_manifest(),
-            }
-            save_checkpoint(directory, manifest, tree)
-            self._counters["checkpoints"] += 1
-            return directory
-
-    def _restore_checkpoint(self, directory: str) -> None:
-        """Load a checkpoint into this (empty) state."""
-        manifest = read_manifest(directory)
-        tree = load_arrays(directory)
-        try:
-            for desc in manifest["pools"]:
-                pool, _ = self._resolve_spec(None, tuple(desc["shape"]), np.dtype(desc["dtype"]), desc["location"])
-                if pool.index != int(desc["index"]):
-                    raise SerializationError(f"pool order in {directory!r} is inconsistent")
-            table = tree["page_table"]
-            ids = np.asarray(table["id"], np.int64)
-            self._next_id = int(manifest["next_page_id"])
-            self._ensure_table(self._next_id)
-            self._tbl_pool[ids] = table["pool"]
-            self._tbl_slot[ids] = table["slot"]
-            self._tbl_epoch[ids] = table["epoch"]
-            for desc, pool in zip(manifest["pools"], self._pools):
-                arr = tree["pools"][f"pool_{pool.index}"]
-                if tuple(arr.shape[1:]) != pool.shape or np.dtype(arr.dtype) != pool.dtype:
-                    raise SerializationError(
-                        f"pool_{pool.index} in {directory!r} has {arr.dtype}{arr.shape}; "
-                        f"expected pages of {pool.dtype}{pool.shape}"
-                    )
-                used = table["slot"][table["pool"] == pool.index]
-                pool.restore(arr, int(desc["high_water"]), used)
-            self._epoch = int(manifest["epoch"])
-            self._restore_extra(manifest, tree)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
-
-    def _extra_checkpoint_arrays(self) -> dict:
-        deps = self.dependencies()
-        types = sorted({e[3] for e in deps})
-        return {
-            "graph": {
-                "parent": np.array([e[0] for e in deps], np.int64),
-                "child": np.array([e[1] for e in deps], np.int64),
-                "weight": np.array([np.nan if e[2] is None else e[2] for e in deps], np.float64),
-                "type": np.array([types.index(e[3]) for e in deps], np.int32),
-            }
-        } if deps else {}
-
-    def _extra_manifest(self) -> dict:
-        deps = self.dependencies()
-        return {"edge_types": sorted({e[3] for e in deps}), "dependencies": len(deps)}
-
-    def _restore_extra(self, manifest: dict, tree: dict) -> None:
-        g = tree.get("graph")
-        if not g:
-            return
-        types = manifest["edge_types"]
-        log, self._log = self._log, None
-        try:
-            for u, v, w, t in zip(g["parent"].tolist(), g["child"].tolist(), g["weight"].tolist(), g["type"].tolist()):
-                epoch = self._epoch
-                self.add_dependency(u, v, weight=None if np.isnan(w) else w, edge_type=types[t])
-                self._epoch = epoch  # restoring is not a new operation
-        finally:
-            self._log = log
-
     # ------------------------------------------------------------------ lifecycle
     def open_log(self, recovery: str = "torn_tail") -> None:
         """Start journaling into ``<path>/log`` (after any replay)."""
@@ -925,18 +534,3 @@ class MMSBState:
         self.close()
 
 
-def _stack_sparse(checked):
-    """Stack sparse deltas into (n,), (n, k), (n, k) arrays, padding short rows.
-
-    A short row is padded by repeating its last entry, which changes nothing (the same value
-    written to the same index, still last); an empty row is dropped.
-    """
-    rows = [(pid, np.asarray(d.indices), np.asarray(d.values)) for pid, _, _, d in checked]
-    rows = [r for r in rows if r[1].size]
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.int32), np.zeros((0, 0), np.uint8)
-    k = max(r[1].size for r in rows)
-    pids = np.array([r[0] for r in rows], np.int64)
-    ind = np.stack([np.pad(i, (0, k - i.size), mode="edge") for _, i, _ in rows]).astype(np.int32)
-    vals = np.stack([np.pad(v, (0, k - v.size), mode="edge") for _, _, v in rows])
-    return pids, ind, vals

@@ -1,0 +1,181 @@
+"""Batched routing for :class:`MMSBState`: many deltas, one epoch, one scatter per pool."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._deltas import SparseDelta, check_delta_fits
+from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from ._pages import bucket
+from ._router import apply_at, scatter_unique, sparse_rows_keep
+
+
+class BatchRouting:
+    """Mixin of :class:`MMSBState`: ``route_sparse_batch``, ``batch_route_deltas``, ``drain_ring``."""
+
+    def route_sparse_batch(self, page_ids, indices, values) -> int | None:
+        """Route ``n`` sparse deltas given as arrays in one epoch; see :func:`mmsb_jax.route_sparse_batch`."""
+        with self._lock:
+            self._check_open()
+            pids, ind, vals = self._check_sparse_batch(page_ids, indices, values)
+            if pids.size == 0:
+                return None
+            self._epoch += 1
+            self._apply_sparse_rows(pids, ind, vals)
+            self._counters["deltas_routed"] += int(pids.size)
+            self._counters["batches"] += 1
+            self._journal_sparse_batch(pids, ind, vals)
+            return self._epoch
+
+    def _check_sparse_batch(self, page_ids, indices, values):
+        pids = np.asarray(page_ids)
+        if pids.ndim != 1 or (pids.size and not np.issubdtype(pids.dtype, np.integer)):
+            raise InvalidDeltaError(f"page_ids must be a 1-D integer array, got {pids.dtype}{pids.shape}")
+        pids = pids.astype(np.int64, copy=False)
+        ind = np.asarray(indices)
+        vals = np.asarray(values)
+        if ind.ndim != 2 or ind.shape[0] != pids.shape[0] or (ind.size and not np.issubdtype(ind.dtype, np.integer)):
+            raise InvalidDeltaError(
+                f"indices must be an integer array of shape (n, k) with n={pids.shape[0]}, got {ind.dtype}{ind.shape}"
+            )
+        if vals.shape != ind.shape:
+            raise InvalidDeltaError(f"values must have the shape of indices {ind.shape}, got {vals.shape}")
+        if pids.size == 0:
+            return pids, ind, vals
+        bad = (pids < 0) | (pids >= self._next_id)
+        if not bad.any():
+            bad = self._tbl_pool[pids] < 0
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PageNotFoundError(int(pids[i]), f"batch entry {i}: page_id={int(pids[i])} does not name a live page")
+        pool_idx = self._tbl_pool[pids]
+        lo, hi = int(pool_idx.min()), int(pool_idx.max())
+        for pi in [lo] if lo == hi else np.unique(pool_idx).tolist():
+            pool = self._pools[pi]
+            rows = slice(None) if lo == hi else pool_idx == pi
+            if np.dtype(vals.dtype) != pool.dtype:
+                i = int(np.flatnonzero(pool_idx == pi)[0])
+                raise InvalidDeltaError(
+                    f"batch entry {i} (page {int(pids[i])}): values dtype {vals.dtype} does not match the page dtype {pool.dtype}"
+                )
+            sub = ind[rows]
+            out = (sub < 0) | (sub >= pool.page_elems)
+            if out.any():
+                r, c = np.argwhere(out)[0]
+                i = int(np.flatnonzero(pool_idx == pi)[r])
+                raise InvalidDeltaError(
+                    f"batch entry {i} (page {int(pids[i])}): index {int(sub[r, c])} is out of range "
+                    f"for a page of {pool.page_elems} elements"
+                )
+        return pids, ind, vals
+
+    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray) -> None:
+        """Scatter validated sparse rows, each target written once (last writer wins)."""
+        pool_idx = self._tbl_pool[pids]
+        one_pool = bool((pool_idx == pool_idx[0]).all())
+        for pi in [int(pool_idx[0])] if one_pool else np.unique(pool_idx).tolist():
+            pool = self._pools[pi]
+            rows = slice(None) if one_pool else pool_idx == pi
+            slots = self._tbl_slot[pids[rows]]
+            sub_ind = ind[rows]
+            size = pool.capacity * pool.page_elems
+            if size + bucket(sub_ind.size) >= 2**31:
+                raise InvalidArgumentError(
+                    f"pool of {pool.shape} pages holds {size} elements; batched routing needs fewer than 2**31"
+                )
+            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
+            v = vals[rows].reshape(-1)
+            keep = sparse_rows_keep(slots, sub_ind, pool.page_elems, pool.capacity)
+            if keep is not None:
+                targets, v = targets[keep], v[keep]
+            m = bucket(targets.shape[0])
+            if m == targets.shape[0]:
+                t, vv = targets, v
+            else:  # pad to a power of two (few compiled shapes) with distinct, dropped targets
+                t = np.concatenate([targets, np.arange(size, size + m - targets.shape[0], dtype=np.int32)])
+                vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
+            pool.array = scatter_unique(pool.array, t, vv)
+            self._tbl_epoch[pids[rows]] = self._epoch
+            self._after_write(pool, slots)
+
+    def drain_ring(self, ring):
+        """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
+        ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
+
+        Raises:
+          RingOverflowError: the ring overflowed; nothing is applied.
+          PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
+        """
+        from ._ring import ring_cleared, ring_contents
+
+        pids, ind, vals = ring_contents(ring)
+        with self._lock:
+            self._source = "jit-ring"
+            try:
+                epoch = self.route_sparse_batch(pids, ind, vals)
+            finally:
+                self._source = None
+        return epoch, ring_cleared(ring)
+
+    def batch_route_deltas(self, entries) -> int | None:
+        """Route ``[(page_id, delta), ...]`` in one epoch; see :func:`mmsb_jax.batch_route_deltas`."""
+        with self._lock:
+            self._check_open()
+            entries = list(entries)
+            checked = []
+            for i, entry in enumerate(entries):
+                try:
+                    page_id, delta = entry
+                except (TypeError, ValueError):
+                    raise InvalidDeltaError(f"batch entry {i} is not a (page_id, delta) pair: {entry!r}") from None
+                try:
+                    pid, pool, slot = self._locate(page_id)
+                except PageNotFoundError as e:
+                    raise PageNotFoundError(page_id, f"batch entry {i}: {e}") from None
+                check_delta_fits(delta, pool.shape, pool.dtype, where=f"batch entry {i}, page {pid}")
+                if isinstance(delta, SparseDelta):
+                    self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
+                checked.append((pid, pool, slot, delta))
+            all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked)
+            if all_sparse:
+                pids, ind, vals = _stack_sparse(checked)
+                if pids.size == 0:  # nothing to write: no epoch
+                    return None
+            elif not checked:
+                return None
+            self._epoch += 1
+            self._begin_txn()
+            if all_sparse:
+                self._apply_sparse_rows(pids, ind, vals)
+                self._journal_sparse_batch(pids, ind, vals)
+            else:
+                touched: dict[int, set] = {}
+                for pid, pool, slot, delta in checked:
+                    pool.array = apply_at(pool.array, np.int32(slot), delta)
+                    self._tbl_epoch[pid] = self._epoch
+                    touched.setdefault(pool.index, set()).add(slot)
+                    self._journal_delta(pid, delta)
+                for pi, slots in touched.items():
+                    self._after_write(self._pools[pi], sorted(slots))
+            self._journal_commit()
+            self._counters["deltas_routed"] += len(checked)
+            self._counters["batches"] += 1
+            return self._epoch
+
+
+def _stack_sparse(checked):
+    """Stack sparse deltas into (n,), (n, k), (n, k) arrays, padding short rows.
+
+    A short row is padded by repeating its last entry, which changes nothing (the same value
+    written to the same index, still last); an empty row is dropped.
+    """
+    rows = [(pid, np.asarray(d.indices), np.asarray(d.values)) for pid, _, _, d in checked]
+    rows = [r for r in rows if r[1].size]
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.int32), np.zeros((0, 0), np.uint8)
+    k = max(r[1].size for r in rows)
+    pids = np.array([r[0] for r in rows], np.int64)
+    ind = np.stack([np.pad(i, (0, k - i.size), mode="edge") for _, i, _ in rows]).astype(np.int32)
+    vals = np.stack([np.pad(v, (0, k - v.size), mode="edge") for _, _, v in rows])
+    return pids, ind, vals
+

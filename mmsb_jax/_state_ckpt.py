@@ -1,0 +1,123 @@
+"""Checkpoint writing and restoring for :class:`MMSBState` (format in ``_checkpoint``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._checkpoint import load_arrays, read_manifest, save_checkpoint
+from ._errors import InvalidArgumentError, SerializationError, StateClosedError
+
+
+class Checkpointing:
+    """Mixin of :class:`MMSBState`: ``checkpoint`` and restoring one into an empty state."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, directory=None) -> str:
+        """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
+
+        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``.
+        """
+        with self._lock:
+            if self._closed:
+                raise StateClosedError(f"the state at {self.path!r} is stopped")
+            if directory is None:
+                if self._snapshot:
+                    raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
+                directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
+            directory = os.path.abspath(os.fspath(directory))
+            self._flush_journal()
+            ids = self.page_ids()
+            tree = {
+                "pools": {
+                    f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools
+                },
+                "page_table": {
+                    "id": ids,
+                    "pool": self._tbl_pool[ids],
+                    "slot": self._tbl_slot[ids],
+                    "epoch": self._tbl_epoch[ids],
+                },
+            }
+            tree.update(self._extra_checkpoint_arrays())
+            manifest = {
+                "epoch": self._epoch,
+                "next_page_id": self._next_id,
+                "semiring": self.semiring.name,
+                "pools": [
+                    {
+                        "index": p.index,
+                        "shape": list(p.shape),
+                        "dtype": p.dtype.name,
+                        "location": p.location,
+                        "high_water": p.high_water,
+                    }
+                    for p in self._pools
+                ],
+                **self._extra_manifest(),
+            }
+            save_checkpoint(directory, manifest, tree)
+            self._counters["checkpoints"] += 1
+            return directory
+
+    def _restore_checkpoint(self, directory: str) -> None:
+        """Load a checkpoint into this (empty) state."""
+        manifest = read_manifest(directory)
+        tree = load_arrays(directory)
+        try:
+            for desc in manifest["pools"]:
+                pool, _ = self._resolve_spec(None, tuple(desc["shape"]), np.dtype(desc["dtype"]), desc["location"])
+                if pool.index != int(desc["index"]):
+                    raise SerializationError(f"pool order in {directory!r} is inconsistent")
+            table = tree["page_table"]
+            ids = np.asarray(table["id"], np.int64)
+            self._next_id = int(manifest["next_page_id"])
+            self._ensure_table(self._next_id)
+            self._tbl_pool[ids] = table["pool"]
+            self._tbl_slot[ids] = table["slot"]
+            self._tbl_epoch[ids] = table["epoch"]
+            for desc, pool in zip(manifest["pools"], self._pools):
+                arr = tree["pools"][f"pool_{pool.index}"]
+                if tuple(arr.shape[1:]) != pool.shape or np.dtype(arr.dtype) != pool.dtype:
+                    raise SerializationError(
+                        f"pool_{pool.index} in {directory!r} has {arr.dtype}{arr.shape}; "
+                        f"expected pages of {pool.dtype}{pool.shape}"
+                    )
+                used = table["slot"][table["pool"] == pool.index]
+                pool.restore(arr, int(desc["high_water"]), used)
+            self._epoch = int(manifest["epoch"])
+            self._restore_extra(manifest, tree)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
+
+    def _extra_checkpoint_arrays(self) -> dict:
+        deps = self.dependencies()
+        types = sorted({e[3] for e in deps})
+        return {
+            "graph": {
+                "parent": np.array([e[0] for e in deps], np.int64),
+                "child": np.array([e[1] for e in deps], np.int64),
+                "weight": np.array([np.nan if e[2] is None else e[2] for e in deps], np.float64),
+                "type": np.array([types.index(e[3]) for e in deps], np.int32),
+            }
+        } if deps else {}
+
+    def _extra_manifest(self) -> dict:
+        deps = self.dependencies()
+        return {"edge_types": sorted({e[3] for e in deps}), "dependencies": len(deps)}
+
+    def _restore_extra(self, manifest: dict, tree: dict) -> None:
+        g = tree.get("graph")
+        if not g:
+            return
+        types = manifest["edge_types"]
+        log, self._log = self._log, None
+        try:
+            for u, v, w, t in zip(g["parent"].tolist(), g["child"].tolist(), g["weight"].tolist(), g["type"].tolist()):
+                epoch = self._epoch
+                self.add_dependency(u, v, weight=None if np.isnan(w) else w, edge_type=types[t])
+                self._epoch = epoch  # restoring is not a new operation
+        finally:
+            self._log = log
+

@@ -1,0 +1,123 @@
+"""Dependencies and observers for :class:`MMSBState`: edges between pages of one pool."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import GraphCycleError, InvalidArgumentError
+from ._pages import PagePool
+from ._pool_graph import PoolGraph, _changed_rows
+
+
+class Dependencies:
+    """Mixin of :class:`MMSBState`: ``add_dependency``, ``remove_dependency``, ``observe``, propagation."""
+
+    # ------------------------------------------------------------------ dependencies
+    def add_dependency(self, parent, child, weight=None, edge_type: str = "data") -> int:
+        """Make ``child`` depend on ``parent``; see :func:`mmsb_jax.add_dependency`."""
+        with self._lock:
+            self._check_open()
+            pp, pool, sp = self._locate(parent)
+            pc, pool_c, sc = self._locate(child)
+            if pool_c is not pool:
+                raise InvalidArgumentError(
+                    f"page {pp} ({pool.dtype}{pool.shape} on {pool.location}) and page {pc} "
+                    f"({pool_c.dtype}{pool_c.shape} on {pool_c.location}) differ; dependencies link "
+                    f"pages of one shape, dtype and location"
+                )
+            if edge_type == "data" and not self.semiring.accepts(pool.dtype):
+                raise InvalidArgumentError(
+                    f"the state's semiring {self.semiring.name!r} cannot propagate {pool.dtype} pages "
+                    f"(pages {pp} -> {pc}); use {self.semiring.dtype_kind} pages"
+                )
+            pg = self._pool_graphs.get(pool.index)
+            if pg is None:
+                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
+            try:
+                pg.graph.add_dependency(sp, sc, weight=weight, edge_type=edge_type)
+            except GraphCycleError as e:
+                owner = self._slot_owners(pool)
+                raise GraphCycleError([owner.get(n, n) for n in e.cycle]) from None
+            self._epoch += 1
+            self._rec("log_add_dep", pp, pc, None if weight is None else float(weight), edge_type)
+            self._refresh_all(pool, pg)
+            return self._epoch
+
+    def remove_dependency(self, parent, child) -> int:
+        """Remove the dependency ``parent -> child``; see :func:`mmsb_jax.remove_dependency`."""
+        with self._lock:
+            self._check_open()
+            pp, pool, sp = self._locate(parent)
+            pc, pool_c, sc = self._locate(child)
+            pg = self._pool_graphs.get(pool.index)
+            if pool_c is not pool or pg is None or not pg.graph.has_edge(sp, sc):
+                raise InvalidArgumentError(f"there is no dependency {pp} -> {pc} to remove")
+            pg.graph.remove_dependency(sp, sc)
+            self._epoch += 1
+            self._rec("log_remove_dep", pp, pc)
+            self._refresh_all(pool, pg)
+            return self._epoch
+
+    def dependencies(self) -> list[tuple[int, int, float | None, str]]:
+        """Every dependency as ``(parent, child, weight or None, edge_type)``, by parent then child."""
+        with self._lock:
+            out = []
+            for pi, pg in self._pool_graphs.items():
+                owner = self._slot_owners(self._pools[pi])
+                a = pg.graph.edge_arrays()
+                for u, v, w, d, t in zip(a["src"].tolist(), a["dst"].tolist(), a["weight"].tolist(),
+                                         a["default_weight"].tolist(), a["edge_type"].tolist()):
+                    out.append((owner[u], owner[v], None if d else w, str(t)))
+            return sorted(out, key=lambda e: (e[0], e[1]))
+
+    def _slot_owners(self, pool: PagePool) -> dict[int, int]:
+        ids = np.flatnonzero(self._tbl_pool[: self._next_id] == pool.index)
+        return dict(zip(self._tbl_slot[ids].tolist(), ids.tolist()))
+
+    def _refresh_all(self, pool: PagePool, pg: PoolGraph) -> None:
+        before = np.asarray(pg.visible(pool.array)) if self._observers else None
+        pg.refresh_full(pool.array)
+        if before is not None:
+            after = np.asarray(pg.visible(pool.array))
+            self._notify(pool, _changed_rows(before, after))
+
+    # ------------------------------------------------------------------ observers
+    def observe(self, page_id, callback) -> None:
+        """Call ``callback(page_id, epoch)`` after each epoch in which the page's visible value
+        changed (a write to it, or propagation into it). Runs on the writing thread, under
+        the state's lock; it may read the state."""
+        with self._lock:
+            pid, _, _ = self._locate(page_id)
+            if not callable(callback):
+                raise InvalidArgumentError(f"callback={callback!r} is not callable")
+            self._observers.setdefault(pid, []).append(callback)
+
+    def unobserve(self, page_id, callback) -> None:
+        with self._lock:
+            cbs = self._observers.get(int(page_id), [])
+            if callback in cbs:
+                cbs.remove(callback)
+
+    def _notify(self, pool: PagePool, slots) -> None:
+        if not self._observers or slots is None or len(slots) == 0 or self._log is None:
+            return
+        owner = self._slot_owners(pool)
+        for slot in np.unique(np.asarray(slots)).tolist():
+            pid = owner.get(slot)
+            for cb in list(self._observers.get(pid, ())):
+                cb(pid, self._epoch)
+
+    # ------------------------------------------------------------------ hooks for layers above
+    def _after_write(self, pool: PagePool, slots) -> None:
+        """Propagate a write to ``slots`` of ``pool`` and tell the observers."""
+        pg = self._pool_graphs.get(pool.index)
+        changed = None
+        if pg is not None and pg.has_edges:
+            changed = pg.refresh(pool.array, slots)
+        if self._observers:
+            if changed is None:
+                changed = slots
+            else:
+                changed = np.union1d(changed, np.asarray(slots))
+            self._notify(pool, changed)
+

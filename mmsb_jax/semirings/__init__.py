@@ -1,6 +1,13 @@
 """Semirings (Layer 2): records of pure functions that define how values combine."""
 
+from .._errors import SemiringLawError as SemiringLawError
 from ._base import Semiring as Semiring
+from ._laws import (
+    LAWS as LAWS,
+    LawFailure as LawFailure,
+    LawReport as LawReport,
+    check_laws as check_laws,
+)
 from ._standard import (
     BOOLEAN as BOOLEAN,
     LOG as LOG,
@@ -24,4 +31,9 @@ __all__ = [
     "STANDARD",
     "soft_tropical",
     "get_semiring",
+    "check_laws",
+    "LawReport",
+    "LawFailure",
+    "LAWS",
+    "SemiringLawError",
 ]

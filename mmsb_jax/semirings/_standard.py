@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,8 @@ def _segment_max_nonneg(data, segment_ids, num_segments):
 
 def _segment_logsumexp(data, segment_ids, num_segments):
     """logsumexp per segment; -inf for empty or all -inf segments, finite gradients."""
+    if num_segments == 0:  # nothing to gather the per-segment shift from
+        return jnp.zeros((0,) + tuple(jnp.shape(data)[1:]), jnp.result_type(data))
     m = jax.lax.stop_gradient(jax.ops.segment_max(data, segment_ids, num_segments=num_segments))
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), data.dtype))
     shift = m[jnp.clip(segment_ids, 0, num_segments - 1)]
@@ -139,36 +142,58 @@ MAX_TIMES = Semiring(
 )
 
 
-@functools.lru_cache(maxsize=None)
 def soft_tropical(temperature: float) -> Semiring:
     """A smooth (min, +) semiring: ``a ⊕ b = -T·log(exp(-a/T) + exp(-b/T))``.
 
-    Tends to :data:`TROPICAL` as ``temperature -> 0`` and has useful gradients (a softmin).
-    Records are cached per temperature, so equal temperatures give the same (hashable) record.
+    Tends to :data:`TROPICAL` as ``temperature -> 0`` (``min(a, b) - T·log 2 <= a ⊕ b <=
+    min(a, b)``) and has useful gradients: ``∂(a ⊕ b)/∂a`` is the softmin weight of ``a``.
+    Zero is ``inf``, one is ``0``. Not idempotent (``a ⊕ a = a - T·log 2``).
+
+    Records are cached per temperature (as a Python float), so equal temperatures give the
+    same, hashable record, usable as a static argument of ``jax.jit``; its name,
+    ``"soft_tropical(T)"``, is understood by :func:`get_semiring`.
+
+    Args:
+      temperature: ``T``, a finite number ``> 0`` (static: not a traced value).
+
+    Raises:
+      InvalidArgumentError: ``temperature`` is not a finite number ``> 0``.
 
     Example:
       >>> from mmsb_jax import semirings
       >>> st = semirings.soft_tropical(0.01)
       >>> round(float(st.add(1.0, 2.0)), 3)
       1.0
+      >>> semirings.soft_tropical(0.01) is st
+      True
     """
-    t = float(temperature)
-    if not t > 0.0:
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 < t < _INF:
         from .._errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"soft_tropical needs temperature > 0, got temperature={temperature!r}")
+        raise InvalidArgumentError(
+            f"soft_tropical needs a finite temperature > 0, got temperature={temperature!r}"
+        )
+    return _soft_tropical(t)
 
+
+@functools.cache
+def _soft_tropical(t: float) -> Semiring:
     def add(a, b):
         return -t * _logaddexp(-jnp.asarray(a) / t, -jnp.asarray(b) / t)
 
     def seg(data, segment_ids, num_segments):
-        return -t * _segment_logsumexp(-data / t, segment_ids, num_segments)
+        return -t * _segment_logsumexp(-jnp.asarray(data) / t, segment_ids, num_segments)
 
     def red(x, axis):
         return -t * _logsumexp(-jnp.asarray(x) / t, axis)
 
+    short = f"{t:g}"
     return Semiring(
-        name=f"soft_tropical({t:g})",
+        name=f"soft_tropical({short if float(short) == t else repr(t)})",  # names round-trip
         add=add,
         mul=jnp.add,
         zero=_INF,
@@ -184,14 +209,40 @@ STANDARD = (REAL, TROPICAL, MAX_PLUS, BOOLEAN, LOG, MAX_TIMES)
 _BY_NAME = {s.name: s for s in STANDARD}
 
 
+_SOFT_TROPICAL_NAME = re.compile(r"soft_tropical\(\s*([^()\s]+)\s*\)")
+
+
 def get_semiring(semiring) -> Semiring:
-    """A :class:`Semiring` from a record or a standard name (``"real"``, ``"tropical"``, ...)."""
+    """A :class:`Semiring` from a record or a name.
+
+    Names are the standard ones (``"real"``, ``"tropical"``, ``"max_plus"``, ``"boolean"``,
+    ``"log"``, ``"max_times"``, any case) and ``"soft_tropical(T)"`` (the ``name`` of a
+    :func:`soft_tropical` record). A record is returned as is.
+
+    Raises:
+      InvalidArgumentError: an unknown name, or neither a name nor a record.
+
+    Example:
+      >>> from mmsb_jax import semirings
+      >>> semirings.get_semiring("Tropical") is semirings.TROPICAL
+      True
+      >>> semirings.get_semiring("soft_tropical(0.5)") is semirings.soft_tropical(0.5)
+      True
+    """
     if isinstance(semiring, Semiring):
         return semiring
     if isinstance(semiring, str) and semiring.lower() in _BY_NAME:
         return _BY_NAME[semiring.lower()]
+    if isinstance(semiring, str):
+        match = _SOFT_TROPICAL_NAME.fullmatch(semiring.strip().lower())
+        if match:
+            try:
+                return soft_tropical(float(match.group(1)))
+            except ValueError:
+                pass
     from .._errors import InvalidArgumentError
 
     raise InvalidArgumentError(
-        f"unknown semiring {semiring!r}; expected a Semiring record or one of {sorted(_BY_NAME)}"
+        f"unknown semiring {semiring!r}; expected a Semiring record, one of {sorted(_BY_NAME)} "
+        "or 'soft_tropical(T)'"
     )

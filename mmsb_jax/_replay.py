@@ -9,7 +9,6 @@ deltas costs a few router calls, not a million Python calls.
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
@@ -27,19 +26,13 @@ from ._records import (
     SparseBatch,
 )
 from ._tlog import read_records
-from .semirings import Semiring, get_semiring, soft_tropical
-
-_SOFT = re.compile(r"^soft_tropical\((.+)\)$")
-
+from .semirings import Semiring, get_semiring
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
     """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``."""
     for sr in extra:
         if sr.name == name:
             return sr
-    m = _SOFT.match(name)
-    if m:
-        return soft_tropical(float(m.group(1)))
     try:
         return get_semiring(name)
     except InvalidArgumentError:

@@ -293,7 +293,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     out_dst = np.full(e_out, n, np.int64)
     out_dst[: osrc.size] = odst[out_order]
     outdeg = np.diff(out_ptr)
-    k_in = min(_K_INC_CAP, _pow2_ceil(max(kmax, 1)))
+    k_in = min(_K_INC_CAP, next(k for k in _k_ladder(max(kmax, 1)) if k >= max(kmax, 1)))
     k_out = min(_K_INC_CAP, _pow2_ceil(int(outdeg.max()) if outdeg.size else 1))
     der_nodes, der_par_ext = [], []
     der_row = np.zeros(n, np.int64)

@@ -13,11 +13,10 @@ number of distinct compiled programs stays small; a step picks its class with ``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._errors import InvalidArgumentError
 from ..semirings import Semiring

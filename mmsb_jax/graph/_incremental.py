@@ -28,18 +28,19 @@ from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_page
 def _prefix(mask):
     """Inclusive prefix count of a 1-D bool/int array, as int32.
 
-    Uses a blocked triangular matmul (float32, exact below 2**24): on CPU this is several
-    times faster than ``jnp.cumsum`` for the few-thousand-element arrays used here.
+    Blocked: a triangular matmul inside blocks of 64 (float32, exact below 2**24) and a
+    recursive prefix over the block totals. On CPU this is several times faster than
+    ``jnp.cumsum`` for the few-thousand-element arrays used here.
     """
     n = mask.shape[0]
-    if n <= 256:
+    if n <= 128:
         return jnp.cumsum(mask.astype(jnp.int32))
     blk = 64
     rows = -(-n // blk)
     f = jnp.zeros(rows * blk, jnp.float32).at[:n].set(mask.astype(jnp.float32)).reshape(rows, blk)
     within = f @ jnp.triu(jnp.ones((blk, blk), jnp.float32))
-    offs = within[:, -1] @ jnp.triu(jnp.ones((rows, rows), jnp.float32), 1)
-    return (within + offs[:, None]).reshape(-1)[:n].astype(jnp.int32)
+    offs = _prefix(within[:, -1].astype(jnp.int32)) - within[:, -1].astype(jnp.int32)
+    return (within.astype(jnp.int32) + offs[:, None]).reshape(-1)[:n]
 
 
 def _compact(vals, keep, size: int, fill):
@@ -115,18 +116,23 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
             new = lax.cond(jnp.any(isg), run, lambda new: new, new)
         return new, heavy
 
+    tcap = 8 * S  # node ids recomputed over the whole call (for the final `changed` mask)
+
     def cond(state):
-        x, changed, stamp, f, ovf, rnd = state
+        x, stamp, f, tbuf, tcount, ovf, rnd = state
         return jnp.any(f < n) & ~ovf & (rnd < cg.max_rounds)
 
     def body(state):
-        x, changed, stamp, f, ovf, rnd = state
+        x, stamp, f, tbuf, tcount, ovf, rnd = state
         valid = f < n
         new, heavy = recompute(x, f)
         cur = x.at[f].get(mode="fill", fill_value=zero)
         moved = _page_any(new != cur) & valid
         x = x.at[f].set(new, mode="drop")
-        changed = changed.at[f].set(_page_any(new != x_old.at[f].get(mode="fill", fill_value=zero)), mode="drop")
+        # remember what was recomputed (the frontier is packed: valid entries come first)
+        nf = jnp.sum(valid.astype(jnp.int32))
+        tbuf = lax.dynamic_update_slice_in_dim(tbuf, f, jnp.minimum(tcount, tcap), 0)
+        tcount = tcount + nf
         # children of the nodes that moved, expanded from the out-CSR into EB slots
         fc = jnp.where(valid, f, 0)
         odeg = jnp.where(moved, cg.out_deg[fc], 0)
@@ -144,18 +150,24 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
         stamp = stamp.at[kids].set(tag, mode="drop")
         keep = (kids < n) & (stamp.at[kids].get(mode="fill", fill_value=-1) == tag)
         f_next, cnt = _compact(kids, keep, S, n)
-        ovf = ovf | heavy | (total > EB) | (cnt > S)
-        return x, changed, stamp, f_next, ovf, rnd + 1
+        ovf = ovf | heavy | (total > EB) | (cnt > S) | (tcount > tcap)
+        return x, stamp, f_next, tbuf, tcount, ovf, rnd + 1
 
-    state = (x_old, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32), f0, ovf0, jnp.int32(0))
-    x, changed, _, f, ovf, _ = lax.while_loop(cond, body, state)
+    tbuf0 = jnp.full((tcap + S,), n, jnp.int32)
+    state = (x_old, jnp.zeros((n,), jnp.int32), f0, tbuf0, jnp.int32(0), ovf0, jnp.int32(0))
+    x, _, f, tbuf, _, ovf, _ = lax.while_loop(cond, body, state)
     ovf = ovf | jnp.any(f < n)
+
+    def incremental(_):
+        t = tbuf[:tcap]
+        moved = _page_any(x.at[t].get(mode="fill", fill_value=zero) != x_old.at[t].get(mode="fill", fill_value=zero))
+        return x, jnp.zeros((n,), bool).at[t].set(moved, mode="drop")
 
     def full(_):
         xf = _propagate_impl(cg, b_new)
         return xf, _page_any(xf != x_old)
 
-    return lax.cond(ovf, full, lambda _: (x, changed), None)
+    return lax.cond(ovf, full, incremental, None)
 
 
 _incremental_jit = jax.jit(_incremental_impl, static_argnums=(4, 5))

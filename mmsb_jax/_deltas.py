@@ -211,6 +211,23 @@ def check_delta_fits(delta, shape, dtype, *, where: str = "") -> None:
         raise InvalidDeltaError(f"delta shape {tuple(delta.shape)} does not fit a page of shape {shape}{at}")
     if np.dtype(delta.dtype) != np.dtype(dtype):
         raise InvalidDeltaError(f"delta dtype {np.dtype(delta.dtype)} does not match the page dtype {np.dtype(dtype)}{at}")
+    if isinstance(delta, DenseDelta):
+        if jnp.result_type(delta.mask) != jnp.bool_ or tuple(jnp.shape(delta.mask)) != shape:
+            raise InvalidDeltaError(
+                f"dense delta mask must be bool of shape {shape}, got "
+                f"{jnp.result_type(delta.mask)}{tuple(jnp.shape(delta.mask))}{at}"
+            )
+    elif isinstance(delta, SparseDelta):
+        ishape, vshape = tuple(jnp.shape(delta.indices)), tuple(jnp.shape(delta.values))
+        if len(ishape) != 1 or not jnp.issubdtype(jnp.result_type(delta.indices), jnp.integer):
+            raise InvalidDeltaError(
+                f"sparse delta indices must be a 1-D integer array, got "
+                f"{jnp.result_type(delta.indices)}{ishape}{at}"
+            )
+        if vshape != ishape:
+            raise InvalidDeltaError(
+                f"sparse delta needs one value per index, got indices{ishape} and values{vshape}{at}"
+            )
     if isinstance(delta, AccumulateDelta) and not delta.semiring.accepts(dtype):
         raise InvalidDeltaError(
             f"accumulate delta under semiring {delta.semiring.name!r} cannot act on a {np.dtype(dtype)} page{at}"

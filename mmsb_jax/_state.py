@@ -225,10 +225,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             setattr(self, name, new)
 
     def _resolve_spec(self, size, shape, dtype, location) -> tuple[PagePool, tuple]:
+        # Cache only exact ints: True == 1 and 2.0 == 2 as dict keys, but they are not sizes.
+        exact = (size is None or type(size) is int) and (
+            shape is None or (type(shape) is tuple and all(type(d) is int for d in shape))
+        )
         try:
-            key = (size, shape, dtype, location)
-            hit = self._spec_cache.get(key)
-        except TypeError:  # unhashable arguments (a list shape): take the slow path
+            key = (size, shape, dtype, location) if exact else None
+            hit = self._spec_cache.get(key) if exact else None
+        except TypeError:  # an unhashable dtype or location: take the slow path
             key, hit = None, None
         if hit is not None:
             return hit
@@ -258,11 +262,17 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if isinstance(shape, (int, np.integer)):
                 shape = (shape,)
             try:
-                shape = tuple(int(s) for s in shape)
-            except (TypeError, ValueError):
+                dims = tuple(shape)
+            except TypeError:
                 raise InvalidArgumentError(f"shape={shape!r} is not a tuple of ints") from None
+            for d in dims:
+                if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+                    raise InvalidArgumentError(f"shape={shape!r} has a non-integer dimension {d!r}")
+            shape = tuple(int(d) for d in dims)
             if not shape or any(s <= 0 for s in shape):
                 raise InvalidArgumentError(f"shape={shape} must have at least one dimension, each > 0")
+            if size is not None and (isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer))):
+                raise InvalidArgumentError(f"size={size!r} must be a positive int")
             if size is not None and int(size) != int(np.prod(shape)):
                 raise InvalidArgumentError(f"size={size} does not match shape={shape} ({int(np.prod(shape))} elements)")
             return shape
@@ -416,6 +426,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     def query_page(self, page_id) -> jax.Array:
         """The page's current value; see :func:`mmsb_jax.query_page`."""
         with self._lock:
+            if self._closed:
+                raise StateClosedError(f"the state at {self.path!r} is stopped")
             pid, pool, slot = self._locate(page_id)
             return _read_slot(self._visible_array(pool), np.int32(slot))
 

@@ -97,7 +97,9 @@ def read_manifest(directory: str) -> dict:
         manifest = json.loads(raw)
     except ValueError as e:
         raise SerializationError(f"checkpoint manifest {path!r} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict):
+        raise SerializationError(f"{path!r} is not an mmsb checkpoint manifest (a JSON {type(manifest).__name__}, not an object)")
+    if manifest.get("format") != FORMAT:
         raise SerializationError(f"{path!r} is not an mmsb checkpoint manifest (format={manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
         raise SerializationError(f"{path!r} has checkpoint version {manifest.get('version')!r}; expected {VERSION}")

@@ -136,7 +136,9 @@ class BatchRouting:
                 if isinstance(delta, SparseDelta):
                     self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
                 checked.append((pid, pool, slot, delta))
-            all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked)
+            all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked) and len(
+                {np.dtype(d.dtype) for *_, d in checked}
+            ) <= 1  # one values array needs one dtype
             if all_sparse:
                 pids, ind, vals = _stack_sparse(checked)
                 if pids.size == 0:  # nothing to write: no epoch

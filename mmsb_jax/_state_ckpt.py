@@ -29,17 +29,17 @@ class Checkpointing:
             directory = os.path.abspath(os.fspath(directory))
             self._flush_journal()
             ids = self.page_ids()
-            tree = {
-                "pools": {
-                    f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools
-                },
-                "page_table": {
+            # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
+            tree = {"epoch": np.array([self._epoch], np.int64)}
+            if self._pools:
+                tree["pools"] = {f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools}
+            if ids.size:
+                tree["page_table"] = {
                     "id": ids,
                     "pool": self._tbl_pool[ids],
                     "slot": self._tbl_slot[ids],
                     "epoch": self._tbl_epoch[ids],
-                },
-            }
+                }
             tree.update(self._extra_checkpoint_arrays())
             manifest = {
                 "epoch": self._epoch,
@@ -70,7 +70,8 @@ class Checkpointing:
                 pool, _ = self._resolve_spec(None, tuple(desc["shape"]), np.dtype(desc["dtype"]), desc["location"])
                 if pool.index != int(desc["index"]):
                     raise SerializationError(f"pool order in {directory!r} is inconsistent")
-            table = tree["page_table"]
+            empty = np.zeros(0, np.int64)
+            table = tree.get("page_table") or {"id": empty, "pool": empty, "slot": empty, "epoch": empty}
             ids = np.asarray(table["id"], np.int64)
             self._next_id = int(manifest["next_page_id"])
             self._ensure_table(self._next_id)

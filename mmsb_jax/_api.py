@@ -11,9 +11,9 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from ._checkpoint import is_checkpoint, read_manifest
+from ._checkpoint import is_checkpoint, state_semiring
 from ._errors import InvalidArgumentError, SerializationError
-from ._replay import newest_checkpoint, rebuild
+from ._replay import newest_checkpoint, rebuild, resolve_semiring
 from ._state import MMSBState, Page
 from ._tlog import query_records
 
@@ -85,7 +85,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     base, _ = newest_checkpoint(path)
     if base is None and not os.path.isdir(os.path.join(path, "log")):
         raise SerializationError(f"no mmsb checkpoint or log at {path!r}")
-    semiring = read_manifest(base).get("semiring", "real") if base else "real"
+    semiring = resolve_semiring(state_semiring(path, base), semirings)
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
     state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
     state.open_log(recovery="torn_tail" if recovery in ("torn_tail", "absolute") else "point_in_time")
@@ -125,8 +125,7 @@ def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
     if last is not None and epoch > last:
         raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
     if semiring is None:
-        base, _ = newest_checkpoint(path)
-        semiring = read_manifest(base).get("semiring", "real") if base else "real"
+        semiring = resolve_semiring(state_semiring(path, newest_checkpoint(path)[0]), semirings)
     snap = MMSBState(path, semiring=semiring, _snapshot=True)
     rebuild(snap, path, end_epoch=int(epoch), semirings=semirings)
     snap.read_only = True

@@ -27,6 +27,7 @@ from ._errors import SerializationError
 FORMAT = "mmsb-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
+STATE_FILE = "mmsb-state.json"  # in a state directory: settings the log does not carry
 ARRAYS = "arrays"
 
 
@@ -129,3 +130,19 @@ def _to_numpy(tree):
 
 def is_checkpoint(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, MANIFEST))
+
+
+def state_semiring(path: str, checkpoint_dir: str | None) -> str:
+    """The semiring name a state directory was started with (its state file, else the
+    checkpoint's manifest, else ``"real"``)."""
+    try:
+        with open(os.path.join(path, STATE_FILE), "rb") as f:
+            raw = f.read(65536)
+        info = json.loads(raw)
+        if isinstance(info, dict) and isinstance(info.get("semiring"), str):
+            return info["semiring"]
+    except (OSError, ValueError):
+        pass
+    if checkpoint_dir is not None:
+        return str(read_manifest(checkpoint_dir).get("semiring", "real"))
+    return "real"

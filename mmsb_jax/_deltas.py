@@ -188,13 +188,18 @@ def accumulate_delta(payload, semiring="real") -> AccumulateDelta:
     return AccumulateDelta(payload, sr)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def _normalize_shape(shape) -> tuple:
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise InvalidDeltaError(f"shape must be an int or a tuple of ints, got shape={shape!r}") from None
+    if _is_int(shape):
+        dims = (shape,)
+    elif isinstance(shape, (tuple, list)) and all(_is_int(s) for s in shape):
+        dims = shape
+    else:
+        raise InvalidDeltaError(f"shape must be an int or a tuple of ints, got shape={shape!r}")
+    shape = tuple(int(s) for s in dims)
     if any(s < 0 for s in shape):
         raise InvalidDeltaError(f"shape must not have negative sizes, got shape={shape}")
     return shape
@@ -335,9 +340,15 @@ def merge_deltas(d1: Delta, d2: Delta) -> Delta:
 
 # --------------------------------------------------------------------------- diff
 def bit_equal(a: Array, b: Array) -> Array:
-    """Elementwise bit-for-bit equality (NaN equals an identical NaN; -0.0 differs from 0.0)."""
+    """Elementwise bit-for-bit equality (NaN equals an identical NaN; -0.0 differs from 0.0).
+
+    Raises:
+      InvalidDeltaError: ``a`` and ``b`` differ in shape or dtype.
+    """
     a = jnp.asarray(a)
     b = jnp.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise InvalidDeltaError(f"cannot compare {a.dtype}{a.shape} with {b.dtype}{b.shape}: shapes and dtypes must match")
     if a.dtype == jnp.bool_:
         return a == b
     itemsize = np.dtype(a.dtype).itemsize

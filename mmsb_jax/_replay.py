@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ._checkpoint import is_checkpoint, read_manifest
-from ._deltas import AccumulateDelta, DenseDelta
+from ._deltas import AccumulateDelta
 from ._errors import InvalidArgumentError, SerializationError
 from ._records import (
     Accumulate,
@@ -43,51 +43,62 @@ def resolve_semiring(name: str, extra=()) -> Semiring:
 
 
 class _SparseRun:
-    """Consecutive sparse records, routed together."""
+    """Consecutive overwrite records (sparse, sparse batches, dense), routed as one batch.
 
-    def __init__(self):
+    A dense record is the sparse delta of its changed positions. Rows of different lengths
+    share one array by repeating each short row's last entry (a no-op: same value, same
+    index, still last). A run is flushed when the dtype changes or it grows past ~4M entries.
+    """
+
+    _MAX_ENTRIES = 1 << 22
+
+    def __init__(self, state):
+        self.state = state
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self.entries = 0
+        self.dtype = None
 
     def add(self, pids, ind, vals, epoch):
+        if pids.shape[0] == 0:
+            return
+        if ind.shape[1] == 0:  # an empty delta writes nothing but still stamps its pages
+            self.flush()
+            self.state._tbl_epoch[pids] = epoch
+            return
+        if self.dtype is not None and vals.dtype != self.dtype:
+            self.flush()
+        self.dtype = vals.dtype
         self.rows.append((pids, ind, vals, epoch))
+        self.entries += ind.size
+        if self.entries >= self._MAX_ENTRIES:
+            self.flush()
 
-    def flush(self, state) -> None:
+    def flush(self) -> None:
         if not self.rows:
             return
-        groups: dict[tuple, list] = {}
-        for pids, ind, vals, epoch in self.rows:
-            groups.setdefault((ind.shape[1], vals.dtype.str), []).append((pids, ind, vals, epoch))
-        # Different row widths or dtypes cannot share one array; keep log order across groups
-        # by flushing in order whenever the group changes.
-        if len(groups) == 1:
-            chunks = [self.rows]
-        else:
-            chunks, cur, key = [], [], None
-            for r in self.rows:
-                k = (r[1].shape[1], r[2].dtype.str)
-                if key is not None and k != key:
-                    chunks.append(cur)
-                    cur = []
-                cur.append(r)
-                key = k
-            chunks.append(cur)
-        for chunk in chunks:
-            pids = np.concatenate([c[0] for c in chunk]).astype(np.int64)
-            ind = np.concatenate([c[1] for c in chunk]).astype(np.int32)
-            vals = np.concatenate([c[2] for c in chunk])
-            epochs = np.concatenate([np.full(c[0].shape[0], c[3], np.int64) for c in chunk])
-            state._epoch = int(epochs[-1])
-            state._check_sparse_batch(pids, ind, vals)
-            state._apply_sparse_rows(pids, ind, vals)
-            state._tbl_epoch[pids] = 0
-            np.maximum.at(state._tbl_epoch, pids, epochs)
-        self.rows = []
+        state = self.state
+        k = max(r[1].shape[1] for r in self.rows)
+        pad = [(0, 0), (0, 0)]
+        pids = np.concatenate([r[0] for r in self.rows]).astype(np.int64)
+        ind = np.concatenate(
+            [r[1] if r[1].shape[1] == k else np.pad(r[1], [pad[0], (0, k - r[1].shape[1])], mode="edge") for r in self.rows]
+        ).astype(np.int32)
+        vals = np.concatenate(
+            [r[2] if r[2].shape[1] == k else np.pad(r[2], [pad[0], (0, k - r[2].shape[1])], mode="edge") for r in self.rows]
+        )
+        epochs = np.concatenate([np.full(r[0].shape[0], r[3], np.int64) for r in self.rows])
+        state._epoch = int(epochs[-1])
+        state._check_sparse_batch(pids, ind, vals)
+        state._apply_sparse_rows(pids, ind, vals)
+        state._tbl_epoch[pids] = 0
+        np.maximum.at(state._tbl_epoch, pids, epochs)
+        self.rows, self.entries, self.dtype = [], 0, None
 
 
 def apply_records(state, records, *, semirings=()) -> None:
     """Apply decoded log records to ``state`` in order (its journal must be off)."""
     assert state._log is None, "replay must not journal"
-    run = _SparseRun()
+    run = _SparseRun(state)
     for rec in records:
         if isinstance(rec, Sparse):
             run.add(np.array([rec.page_id], np.int64), rec.indices.reshape(1, -1), rec.values.reshape(1, -1), rec.epoch)
@@ -95,7 +106,11 @@ def apply_records(state, records, *, semirings=()) -> None:
         if isinstance(rec, SparseBatch):
             run.add(np.asarray(rec.page_ids, np.int64), rec.indices, rec.values, rec.epoch)
             continue
-        run.flush(state)
+        if isinstance(rec, Dense):
+            idx = np.flatnonzero(np.asarray(rec.mask).reshape(-1)).astype(np.int32)
+            run.add(np.array([rec.page_id], np.int64), idx.reshape(1, -1), np.asarray(rec.values).reshape(1, -1), rec.epoch)
+            continue
+        run.flush()
         state._epoch = rec.epoch - 1  # each public operation takes the next epoch
         if isinstance(rec, CreatePages):
             if rec.first_page_id != state._next_id:
@@ -108,8 +123,6 @@ def apply_records(state, records, *, semirings=()) -> None:
             for pid in np.asarray(rec.page_ids).tolist():
                 state._epoch = rec.epoch - 1
                 state.delete_page(int(pid))
-        elif isinstance(rec, Dense):
-            state.route_delta(rec.page_id, DenseDelta(np.asarray(rec.mask), rec.payload()))
         elif isinstance(rec, Accumulate):
             sr = resolve_semiring(rec.semiring, semirings)
             state.route_delta(rec.page_id, AccumulateDelta(np.asarray(rec.payload), sr))
@@ -118,7 +131,7 @@ def apply_records(state, records, *, semirings=()) -> None:
         elif isinstance(rec, RemoveDep):
             state.remove_dependency(rec.parent, rec.child)
         state._epoch = rec.epoch
-    run.flush(state)
+    run.flush()
 
 
 def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | None, int]:

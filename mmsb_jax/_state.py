@@ -32,6 +32,7 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
+from ._checkpoint import STATE_FILE, write_json_atomic
 from ._pages import PagePool
 from ._router import apply_at as _apply_at
 from ._router import read_slot as _read_slot
@@ -224,7 +225,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             new[:cap] = old
             setattr(self, name, new)
 
-    def _resolve_spec(self, size, shape, dtype, location) -> tuple[PagePool, tuple]:
+    def _resolve_spec(self, size, shape, dtype, location, *, register: bool = True) -> tuple[PagePool | None, tuple]:
         # Cache only exact ints: True == 1 and 2.0 == 2 as dict keys, but they are not sizes.
         exact = (size is None or type(size) is int) and (
             shape is None or (type(shape) is tuple and all(type(d) is int for d in shape))
@@ -246,6 +247,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         device, real_location = self._device_for(location)
         pool_key = (shape, np_dtype, real_location)
         pool = self._pool_by_key.get(pool_key)
+        if pool is None and not register:
+            return None, shape
         if pool is None:
             pool = PagePool(len(self._pools), shape, np_dtype, device, real_location)
             self._pools.append(pool)
@@ -308,8 +311,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         n = int(n)
         with self._lock:
             self._check_open()
-            pool, _ = self._resolve_spec(size, shape, dtype, location)
-            if n == 0:
+            pool, _ = self._resolve_spec(size, shape, dtype, location, register=n > 0)
+            if n == 0:  # validated, but nothing created: no pool, no epoch
                 return np.zeros(0, np.int64)
             slots = pool.alloc(n)
             first = self._next_id
@@ -527,6 +530,11 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         from ._tlog import TLog
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery)
+        if not os.path.exists(os.path.join(self.path, STATE_FILE)):
+            write_json_atomic(
+                os.path.join(self.path, STATE_FILE),
+                {"format": "mmsb-state", "version": 1, "semiring": self.semiring.name},
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checkpoint import is_checkpoint, state_semiring
 from ._errors import InvalidArgumentError, SerializationError
-from ._replay import newest_checkpoint, rebuild, resolve_semiring
+from ._replay import newest_checkpoint, rebuild, require_state, resolve_semiring
 from ._state import MMSBState, Page
 from ._tlog import query_records
 
@@ -82,13 +82,17 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         that does not continue it; ``CorruptLogError`` (a subclass) names file and offset.
     """
     path = os.path.abspath(os.fspath(path))
+    require_state(path)
     base, _ = newest_checkpoint(path)
-    if base is None and not os.path.isdir(os.path.join(path, "log")):
-        raise SerializationError(f"no mmsb checkpoint or log at {path!r}")
     semiring = resolve_semiring(state_semiring(path, base), semirings)
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
-    state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
-    state.open_log(recovery="torn_tail" if recovery in ("torn_tail", "absolute") else "point_in_time")
+    report = state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
+    salvaged = recovery in ("point_in_time", "skip_corrupt") and not report.clean
+    state.open_log(recovery="point_in_time" if salvaged else "torn_tail")
+    if salvaged:
+        # The writer cuts the log at the first damage; a checkpoint keeps what replay
+        # salvaged past it, so the next reopen sees the same state.
+        state.checkpoint()
     return state
 
 
@@ -120,6 +124,7 @@ def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
         semiring = path_or_state.semiring
     else:
         path, last, semiring = os.path.abspath(os.fspath(path_or_state)), None, None
+        require_state(path)
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise InvalidArgumentError(f"epoch={epoch!r} must be a non-negative int")
     if last is not None and epoch > last:

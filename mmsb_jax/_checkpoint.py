@@ -77,7 +77,11 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> None:
         raise SerializationError(f"writing checkpoint arrays to {arrays!r} failed: {e}") from e
     finally:
         ckptr.close()
-    write_json_atomic(os.path.join(directory, MANIFEST), {"format": FORMAT, "version": VERSION, **manifest})
+    checksums = {key: _crc(arr) for key, arr in _leaves(tree)}
+    write_json_atomic(
+        os.path.join(directory, MANIFEST),
+        {"format": FORMAT, "version": VERSION, **manifest, "checksums": checksums},
+    )
 
 
 def read_manifest(directory: str) -> dict:
@@ -107,8 +111,28 @@ def read_manifest(directory: str) -> dict:
     return manifest
 
 
+def _leaves(tree, prefix=""):
+    for k in sorted(tree):
+        v = tree[k]
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", np.asarray(v)
+
+
+def _crc(arr: np.ndarray) -> str:
+    import crc32c
+
+    return f"{crc32c.crc32c(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)):08x}"
+
+
 def load_arrays(directory: str) -> dict:
-    """Restore the orbax tree of a checkpoint as numpy arrays (host memory)."""
+    """Restore the orbax tree of a checkpoint as numpy arrays (host memory), checking each
+    array against the CRC-32C the manifest recorded for it.
+
+    Raises:
+      SerializationError: orbax fails, or an array's bytes differ from what was written.
+    """
     import orbax.checkpoint as ocp
 
     arrays = os.path.join(directory, ARRAYS)
@@ -119,7 +143,19 @@ def load_arrays(directory: str) -> dict:
         raise SerializationError(f"restoring checkpoint arrays from {arrays!r} failed: {e}") from e
     finally:
         ckptr.close()
-    return _to_numpy(tree)
+    tree = _to_numpy(tree)
+    expected = read_manifest(directory).get("checksums")
+    if not isinstance(expected, dict):
+        raise SerializationError(f"checkpoint {directory!r} has no array checksums in its manifest")
+    got = dict(_leaves(tree))
+    if sorted(got) != sorted(expected):
+        raise SerializationError(
+            f"checkpoint {directory!r} holds arrays {sorted(got)}, but its manifest lists {sorted(expected)}"
+        )
+    for key, arr in got.items():
+        if _crc(arr) != expected[key]:
+            raise SerializationError(f"checkpoint {directory!r}: array {key!r} fails its CRC-32C check (corrupted)")
+    return tree
 
 
 def _to_numpy(tree):

@@ -22,7 +22,7 @@ class PoolGraph:
         self.graph = ShadowPageGraph()
         self._cg = None
         self._cg_key = None
-        self.x = None  # (capacity, *shape) propagated values, or None when stale
+        self.x = None  # (capacity, *shape) propagated values; None without edges
 
     @property
     def has_edges(self) -> bool:
@@ -37,32 +37,21 @@ class PoolGraph:
 
     def refresh_full(self, b) -> None:
         """Recompute every value from ``b`` (after an edge change, a delete or a growth)."""
-        if not self.has_edges:
-            self.x = None
-            return
-        self.x = propagate(self.compiled(b.shape[0]), b)
+        self.x = propagate(self.compiled(b.shape[0]), b) if self.has_edges else None
 
-    def refresh(self, b, slots) -> np.ndarray | None:
-        """Propagate a write to ``slots``; returns the slots whose visible value changed."""
+    def refresh(self, b, slots) -> None:
+        """Propagate a write to ``slots`` through their dependent cone only."""
         if not self.has_edges:
             self.x = None
-            return None
-        if self.x is None or self.x.shape[0] != b.shape[0]:
-            old = None if self.x is None else np.asarray(self.x)
-            self.refresh_full(b)
-            if old is None or old.shape != self.x.shape:
-                return None  # unknown: the caller treats every written slot as changed
-            return _changed_rows(old, np.asarray(self.x))
-        dirty = np.zeros(b.shape[0], bool)
-        dirty[np.asarray(slots, np.int64)] = True
-        self.x, changed = propagate_incremental(self.compiled(b.shape[0]), self.x, b, jnp.asarray(dirty))
-        return np.flatnonzero(np.asarray(changed))
+        elif self.x is None or self.x.shape[0] != b.shape[0]:
+            self.refresh_full(b)  # the pool grew (or nothing was computed yet)
+        else:
+            dirty = np.zeros(b.shape[0], bool)
+            dirty[np.asarray(slots, np.int64)] = True
+            self.x, _ = propagate_incremental(self.compiled(b.shape[0]), self.x, b, jnp.asarray(dirty))
 
     def visible(self, b):
+        """What readers see: ``x``, recomputed first if the pool grew since."""
+        if self.has_edges and (self.x is None or self.x.shape[0] != b.shape[0]):
+            self.refresh_full(b)
         return b if self.x is None else self.x
-
-
-def _changed_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    flat_a = a.reshape(a.shape[0], -1).view(np.uint8) if a.dtype != np.bool_ else a.reshape(a.shape[0], -1)
-    flat_b = b.reshape(b.shape[0], -1).view(np.uint8) if b.dtype != np.bool_ else b.reshape(b.shape[0], -1)
-    return np.flatnonzero((flat_a != flat_b).any(axis=1))

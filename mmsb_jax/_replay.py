@@ -25,7 +25,7 @@ from ._records import (
     Sparse,
     SparseBatch,
 )
-from ._tlog import read_records
+from ._tlog import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
@@ -64,6 +64,7 @@ class _SparseRun:
         if ind.shape[1] == 0:  # an empty delta writes nothing but still stamps its pages
             self.flush()
             self.state._tbl_epoch[pids] = epoch
+            self.state._epoch = epoch
             return
         if self.dtype is not None and vals.dtype != self.dtype:
             self.flush()
@@ -152,6 +153,12 @@ def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | No
     return best, max(best_epoch, 0)
 
 
+def require_state(path: str) -> None:
+    """Raise SerializationError unless ``path`` holds an mmsb checkpoint or log."""
+    if newest_checkpoint(path)[0] is None and not os.path.isdir(os.path.join(path, "log")):
+        raise SerializationError(f"no mmsb checkpoint or log at {path!r}")
+
+
 def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),
             checkpoint: str | None = "newest"):
     """Fill an empty, journal-less ``state`` from ``path``: a checkpoint, then the log after it.
@@ -169,11 +176,13 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
     if base is not None:
         state._restore_checkpoint(base)
     log_dir = os.path.join(path, "log")
-    res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
-    if res.records and res.records[0].epoch > base_epoch + 1:
+    first = first_logged_epoch(log_dir)
+    if first is not None and first > base_epoch + 1 and (end_epoch is None or end_epoch > base_epoch):
         raise SerializationError(
-            f"the log at {log_dir!r} resumes at epoch {res.records[0].epoch}, but the newest usable "
-            f"checkpoint ends at epoch {base_epoch}: the epochs between were compacted away"
+            f"the log at {log_dir!r} starts at epoch {first}, but the newest usable checkpoint "
+            f"{'at or before epoch ' + str(end_epoch) + ' ' if end_epoch is not None else ''}ends at "
+            f"epoch {base_epoch}: the epochs between were compacted away"
         )
+    res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
     apply_records(state, res.records, semirings=semirings)
     return res.report

@@ -143,6 +143,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self._tbl_epoch = np.zeros(1024, np.int64)
         self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
         self._observers: dict[int, list] = {}  # page id -> callbacks
+        self._observed: dict[int, bytes] = {}  # page id -> its visible bytes at the last notification
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
         self._txn = None  # an open multi-record log batch
         self._source = None  # a source tag for the records being logged (None: the log's default)
@@ -332,16 +333,17 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._check_open()
             pid, pool, slot = self._locate(page_id)
             pg = self._pool_graphs.get(pool.index)
-            if pg is not None and slot in pg.graph._ord:
+            if pg is not None and pg.graph.has_node(slot):
                 pg.graph.remove_node(slot)
             pool.free([slot])
             self._tbl_pool[pid] = -1
             self._observers.pop(pid, None)
+            self._observed.pop(pid, None)
             self._epoch += 1
             self._counters["pages_deleted"] += 1
             self._journal_delete(pid)
             if pg is not None:
-                pg.refresh_full(pool.array)
+                self._refresh_all(pool, pg)
 
     def page(self, page_id) -> Page:
         """The :class:`Page` handle of a live page id."""

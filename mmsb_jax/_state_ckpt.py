@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ._checkpoint import load_arrays, read_manifest, save_checkpoint
+from ._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ._errors import InvalidArgumentError, SerializationError, StateClosedError
 
 
@@ -26,6 +26,8 @@ class Checkpointing:
                 if self._snapshot:
                     raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
                 directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
+                if is_checkpoint(directory):  # no epoch since the last one: it already holds this state
+                    return directory
             directory = os.path.abspath(os.fspath(directory))
             self._flush_journal()
             ids = self.page_ids()
@@ -93,7 +95,7 @@ class Checkpointing:
             raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
 
     def _extra_checkpoint_arrays(self) -> dict:
-        deps = self.dependencies()
+        deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
         types = sorted({e[3] for e in deps})
         return {
             "graph": {

@@ -6,7 +6,7 @@ import numpy as np
 
 from ._errors import GraphCycleError, InvalidArgumentError
 from ._pages import PagePool
-from ._pool_graph import PoolGraph, _changed_rows
+from ._pool_graph import PoolGraph
 
 
 class Dependencies:
@@ -58,66 +58,69 @@ class Dependencies:
             self._refresh_all(pool, pg)
             return self._epoch
 
-    def dependencies(self) -> list[tuple[int, int, float | None, str]]:
-        """Every dependency as ``(parent, child, weight or None, edge_type)``, by parent then child."""
+    def dependencies(self, *, insertion_order: bool = False) -> list[tuple[int, int, float | None, str]]:
+        """Every dependency as ``(parent, child, weight or None, edge_type)``, by parent then child
+        (or, with ``insertion_order=True``, pool by pool in the order propagation sums them)."""
         with self._lock:
             out = []
-            for pi, pg in self._pool_graphs.items():
+            for pi, pg in sorted(self._pool_graphs.items()):
                 owner = self._slot_owners(self._pools[pi])
                 a = pg.graph.edge_arrays()
                 for u, v, w, d, t in zip(a["src"].tolist(), a["dst"].tolist(), a["weight"].tolist(),
                                          a["default_weight"].tolist(), a["edge_type"].tolist()):
                     out.append((owner[u], owner[v], None if d else w, str(t)))
-            return sorted(out, key=lambda e: (e[0], e[1]))
+            return out if insertion_order else sorted(out, key=lambda e: (e[0], e[1]))
 
     def _slot_owners(self, pool: PagePool) -> dict[int, int]:
         ids = np.flatnonzero(self._tbl_pool[: self._next_id] == pool.index)
         return dict(zip(self._tbl_slot[ids].tolist(), ids.tolist()))
 
     def _refresh_all(self, pool: PagePool, pg: PoolGraph) -> None:
-        before = np.asarray(pg.visible(pool.array)) if self._observers else None
         pg.refresh_full(pool.array)
-        if before is not None:
-            after = np.asarray(pg.visible(pool.array))
-            self._notify(pool, _changed_rows(before, after))
+        self._notify(pool)
 
     # ------------------------------------------------------------------ observers
     def observe(self, page_id, callback) -> None:
         """Call ``callback(page_id, epoch)`` after each epoch in which the page's visible value
-        changed (a write to it, or propagation into it). Runs on the writing thread, under
-        the state's lock; it may read the state."""
+        changed (by a write to it, or by propagation into it): compared bit for bit with the
+        value at the last call. Runs on the writing thread under the state's lock; it may read
+        the state."""
         with self._lock:
-            pid, _, _ = self._locate(page_id)
+            pid, pool, slot = self._locate(page_id)
             if not callable(callback):
                 raise InvalidArgumentError(f"callback={callback!r} is not callable")
             self._observers.setdefault(pid, []).append(callback)
+            self._observed[pid] = self._visible_bytes(pool, slot)
 
     def unobserve(self, page_id, callback) -> None:
         with self._lock:
             cbs = self._observers.get(int(page_id), [])
             if callback in cbs:
                 cbs.remove(callback)
+            if not cbs:
+                self._observers.pop(int(page_id), None)
+                self._observed.pop(int(page_id), None)
 
-    def _notify(self, pool: PagePool, slots) -> None:
-        if not self._observers or slots is None or len(slots) == 0 or self._log is None:
+    def _visible_bytes(self, pool: PagePool, slot: int) -> bytes:
+        return np.asarray(self._visible_array(pool)[slot]).tobytes()
+
+    def _notify(self, pool: PagePool) -> None:
+        """Fire the observers of ``pool``'s pages whose visible value changed since last time."""
+        if not self._observers or self._log is None:  # none, or a replay in progress
             return
-        owner = self._slot_owners(pool)
-        for slot in np.unique(np.asarray(slots)).tolist():
-            pid = owner.get(slot)
-            for cb in list(self._observers.get(pid, ())):
-                cb(pid, self._epoch)
+        for pid in sorted(self._observers):
+            if self._tbl_pool[pid] != pool.index:
+                continue
+            now = self._visible_bytes(pool, int(self._tbl_slot[pid]))
+            if now != self._observed.get(pid):
+                self._observed[pid] = now
+                for cb in list(self._observers[pid]):
+                    cb(pid, self._epoch)
 
     # ------------------------------------------------------------------ hooks for layers above
     def _after_write(self, pool: PagePool, slots) -> None:
         """Propagate a write to ``slots`` of ``pool`` and tell the observers."""
         pg = self._pool_graphs.get(pool.index)
-        changed = None
         if pg is not None and pg.has_edges:
-            changed = pg.refresh(pool.array, slots)
-        if self._observers:
-            if changed is None:
-                changed = slots
-            else:
-                changed = np.union1d(changed, np.asarray(slots))
-            self._notify(pool, changed)
-
+            pg.refresh(pool.array, slots)
+        self._notify(pool)

@@ -309,6 +309,12 @@ def _header_first_epoch(path: Path, index: int) -> int | None:
         return None
 
 
+def first_logged_epoch(directory) -> int | None:
+    """The first epoch the oldest segment holds (from its header), or None for an empty log."""
+    segs = list_segments(directory)
+    return _header_first_epoch(segs[0][1], segs[0][0]) if segs else None
+
+
 class _Reader:
     """One pass over a log directory (or one segment) applying a recovery mode."""
 
@@ -403,6 +409,13 @@ class _Reader:
                     }
                     rec = decode_body(kind, buf, p, p + bl, copy, common)
             except BadRecord as e:
+                if hi is not None and not pkinds and size - off >= HEADER_SIZE:
+                    # A damaged record whose epoch field reads past end_epoch, after intact
+                    # records up to it: the reader was asked to stop before it.
+                    (claimed_epoch,) = _Q.unpack_from(buf, off + 8)
+                    if claimed_epoch > hi and (rep.last_epoch is None or claimed_epoch >= rep.last_epoch):
+                        hit_hi = self.done = True
+                        break
                 start = pstart if pkinds else off
                 pending, pkinds = [], []
                 hint = None
@@ -518,7 +531,8 @@ def read_records(
     * ``"skip_corrupt"``: skips damaged bytes (resyncing on the next intact record) and
       incomplete batches, listing them in ``report.skipped``; no error.
 
-    Records past ``end_epoch`` are not validated. Arrays are read-only views into the segment
+    Records past ``end_epoch`` are not validated (a damaged record whose epoch field reads past
+    ``end_epoch`` ends the read like an intact one would). Arrays are read-only views into the segment
     bytes unless ``copy=True``. COMMIT records are returned only if ``include_commit``.
     A missing directory reads as an empty log.
     """

@@ -7,6 +7,7 @@ import os
 from ._checkpoint import is_checkpoint, read_manifest
 from ._errors import MMSBError
 from ._records import Kind
+from ._replay import rebuild, require_state
 from ._tlog import list_segments, read_records
 
 
@@ -41,6 +42,7 @@ def inspect_state(path) -> dict:
     Reads the log in ``skip_corrupt`` mode, so it reports on damaged logs too.
     """
     path = os.path.abspath(os.fspath(path))
+    require_state(path)
     log_dir = os.path.join(path, "log")
     res = read_records(log_dir, "skip_corrupt")
     recs = res.records
@@ -67,10 +69,10 @@ def verify_state(path, progress=None) -> dict:
     Returns ``{"ok": bool, "faults": [str, ...], "records": n, "checkpoints": [...]}``.
     ``progress(i, total, what)`` is called as checkpoints are verified.
     """
-    from ._replay import rebuild
     from ._state import MMSBState
 
     path = os.path.abspath(os.fspath(path))
+    require_state(path)
     faults: list[str] = []
     n_records = 0
     try:

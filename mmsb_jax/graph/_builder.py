@@ -117,6 +117,9 @@ class ShadowPageGraph:
         """All node ids, sorted."""
         return sorted(self._ord)
 
+    def has_node(self, u: int) -> bool:
+        return int(u) in self._ord
+
     def has_edge(self, u: int, v: int) -> bool:
         return (int(u) << 32 | int(v)) in self._key_index()
 

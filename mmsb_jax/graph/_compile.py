@@ -29,7 +29,8 @@ def _k_ladder(kmax: int) -> list[int]:
 
 
 def _bucket(n: int, minimum: int = 1) -> int:
-    """Round ``n`` up to the ladder 2**(i/4) (at most ~19% padding)."""
+    """Round ``n`` up to ``minimum`` or the ladder 2**(i/4) above it (at most ~19% padding),
+    so that graphs of similar size share one compiled program."""
     n = max(int(n), minimum)
     if n <= 8:
         return n
@@ -77,7 +78,11 @@ def _plan_level(groups, d_options) -> list[tuple[int, int, int, int]]:
         r0, _, k = groups[i]
         rows = 0
         best[i] = float("inf")
-        for j in range(i, g):
+        # rows wider than 64 are reduced differently (see _propagate.fold): never mix them
+        last = i + 1 if k > 64 else g
+        for j in range(i, last):
+            if groups[j][2] > 64 and j > i:
+                break
             rows += groups[j][1]
             chunks = _split_rows(r0, rows, k, d_options[k])
             cost = sum(kk * d for _, _, kk, d in chunks) + _STEP_COST * len(chunks) + best[j + 1]
@@ -152,7 +157,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     kind = np.where(group >= 0, 2, np.where(indeg > 0, 1, 0))
 
     kmax = int(indeg.max()) if n and indeg.size else 0
-    ks = _k_ladder(max(kmax, 1))
+    ks = _k_ladder(_pow2_ceil(max(kmax, 1)))
     kb = np.asarray(ks)[np.searchsorted(ks, np.maximum(indeg, 1))]
     e_data = int(dsrc.size)
     budget = int(chunk_edges) if chunk_edges else int(np.clip(_pow2_ceil(max(e_data, 1) // 32), 256, 8192))
@@ -160,7 +165,9 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     d_options = {}
     for k in ks:
         d_hi = min(_D_CAP, max(1, _pow2_floor(budget // k)))
-        ds = sorted({max(1, d_hi >> (2 * i)) for i in range(_D_STEPS)}, reverse=True)
+        # small graphs: fewer classes (branches), hence faster compiles; padding is cheap there
+        steps = _D_STEPS if budget > 1024 else (2 if budget > 256 else 1)
+        ds = sorted({max(1, d_hi >> (2 * i)) for i in range(steps)}, reverse=True)
         d_options[k] = ds
         classes += [(k, d) for d in ds]
     class_id = {c: i + 1 for i, c in enumerate(classes)}
@@ -256,9 +263,9 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     # derive steps were appended first; fix their ordering relative to ELL steps: both lists
     # were built with their own offsets, so sorting by first row is all that is needed.
 
-    w_cap = _bucket(num_edges + 1)
+    w_cap = _bucket(num_edges + 1, 64)
     one_pos = w_cap - 1
-    e_flat = _bucket(eo + max(k * d for k, d in classes))
+    e_flat = _bucket(eo + max(k * d for k, d in classes), 1024)
     ell_src = np.full(e_flat, zero_row, np.int64)
     ell_eidx = np.full(e_flat, one_pos, np.int64)
     if ell_src_parts:
@@ -266,12 +273,12 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
         e = np.concatenate(ell_eidx_parts)
         ell_src[: s.size] = s
         ell_eidx[: e.size] = np.where(e < 0, one_pos, e)
-    p_flat = _bucket(po + max([r * a for _, a, r in derive_fns] + [1]))
+    p_flat = _bucket(po + max([r * a for _, a, r in derive_fns] + [1]), 64)
     der_par = np.full(p_flat, zero_row, np.int64)
     if der_par_parts:
         p = np.concatenate(der_par_parts)
         der_par[: p.size] = p
-    k_steps = _bucket(kinds_a.size, 1)
+    k_steps = _bucket(kinds_a.size, 16)
     step_kind = np.zeros(k_steps, np.int64)
     step_eoff = np.zeros(k_steps, np.int64)
     step_noff = np.zeros(k_steps, np.int64)
@@ -281,7 +288,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     weights[:num_edges] = wvals
 
     # incremental tables (node ids): in-CSR over data edges, out-CSR over data + derive
-    e_in = _bucket(e_data + 1)
+    e_in = _bucket(e_data + 1, 64)
     in_src_t = np.full(e_in, n, np.int64)
     in_src_t[:e_data] = in_src_ext
     in_wpos = np.full(e_in, one_pos, np.int64)
@@ -289,12 +296,11 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
     osrc = np.concatenate([dsrc, rel_src])
     odst = np.concatenate([ddst, rel_dst])
     out_ptr, out_order = _topo.csr(osrc, n)
-    e_out = _bucket(osrc.size + 1)
+    e_out = _bucket(osrc.size + 1, 64)
     out_dst = np.full(e_out, n, np.int64)
     out_dst[: osrc.size] = odst[out_order]
     outdeg = np.diff(out_ptr)
-    k_in = min(_K_INC_CAP, next(k for k in _k_ladder(max(kmax, 1)) if k >= max(kmax, 1)))
-    k_out = min(_K_INC_CAP, _pow2_ceil(int(outdeg.max()) if outdeg.size else 1))
+    k_in = min(_K_INC_CAP, _pow2_ceil(max(kmax, 1)))
     der_nodes, der_par_ext = [], []
     der_row = np.zeros(n, np.int64)
     for (fn, ar), gid in gkeys.items():
@@ -328,6 +334,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
         in_deg=i32(np.diff(in_ptr)),
         in_src=i32(in_src_t),
         in_wpos=i32(in_wpos),
+        in_weights=weights_j[i32(in_wpos)],
         out_start=i32(out_ptr[:-1]),
         out_deg=i32(outdeg),
         out_dst=i32(out_dst),
@@ -342,5 +349,4 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, chunk_edges: int
         derive_fns=derive_fns,
         d_max=int(d_max),
         k_in=int(k_in),
-        k_out=int(k_out),
     )

@@ -49,6 +49,7 @@ class CompiledGraph:
       num_edges: ``()`` int32, the number of edges of the source graph.
       in_start, in_deg: ``(N,)`` int32, CSR by destination over data edges (node ids).
       in_src, in_wpos: ``(E_in,)`` int32, source node and position in ``weights``.
+      in_weights: ``(E_in, *w)`` the weights in that order (``weights[in_wpos]``).
       out_start, out_deg: ``(N,)`` int32, CSR by source over data and derive edges.
       out_dst: ``(E_out,)`` int32 children.
       der_group: ``(N,)`` int32, derive group of each node (-1: not derived).
@@ -59,7 +60,7 @@ class CompiledGraph:
 
     Static:
       semiring, num_nodes, classes (``((k, D), ...)``), derive_fns (``((fn, arity, rows),
-      ...)``), d_max (rows written per step), k_in, k_out (widths used by incremental).
+      ...)``), d_max (rows written per step), k_in (in-edges read per node by incremental).
     """
 
     perm: Array
@@ -77,6 +78,7 @@ class CompiledGraph:
     in_deg: Array
     in_src: Array
     in_wpos: Array
+    in_weights: Array
     out_start: Array
     out_deg: Array
     out_dst: Array
@@ -91,7 +93,6 @@ class CompiledGraph:
     derive_fns: tuple = dataclasses.field(metadata=dict(static=True))
     d_max: int = dataclasses.field(metadata=dict(static=True))
     k_in: int = dataclasses.field(metadata=dict(static=True))
-    k_out: int = dataclasses.field(metadata=dict(static=True))
 
     @property
     def num_steps(self) -> int:
@@ -159,4 +160,4 @@ def with_weights(cg: CompiledGraph, w) -> CompiledGraph:
         )
     tail = jnp.full((cap - e,) + w.shape[1:], sr.one, w.dtype)
     weights = jnp.concatenate([w, tail], axis=0)
-    return cg.replace(weights=weights, ell_weights=weights[cg.ell_eidx])
+    return cg.replace(weights=weights, ell_weights=weights[cg.ell_eidx], in_weights=weights[cg.in_wpos])

@@ -22,7 +22,7 @@ from jax import lax
 
 from .._errors import InvalidArgumentError
 from ._compiled import CompiledGraph
-from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages
+from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages, fold, is_tracer, propagate
 
 
 def _prefix(mask):
@@ -69,15 +69,15 @@ def _page_any(a):
     return a.reshape(a.shape[0], -1).any(axis=1) if a.ndim > 1 else a
 
 
-def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edge_capacity: int):
+def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edge_capacity: int, mode: str = "fallback"):
     sr = cg.semiring
     n = cg.num_nodes
     page = x_old.shape[1:]
     dt = x_old.dtype
     S, EB = capacity, edge_capacity
     zero = sr.zero
-    w_all = cg.weights.astype(dt)
-    one_pos = cg.weights.shape[0] - 1
+    w_in = cg.in_weights.astype(dt)
+    one = jnp.asarray(sr.one, dt)
     j_in = jnp.arange(cg.k_in, dtype=jnp.int32)
     slots = jnp.arange(EB, dtype=jnp.int32)
 
@@ -96,11 +96,11 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
         em = j_in[None, :] < deg[:, None]
         pos = jnp.where(em, cg.in_start[fc][:, None] + j_in[None, :], 0)
         src = jnp.where(em, cg.in_src[pos], n)
-        wp = jnp.where(em, cg.in_wpos[pos], one_pos)
         xs = x.at[src].get(mode="fill", fill_value=zero)
-        w = _bcast_weights(w_all[wp.reshape(-1)], S * cg.k_in, page)
+        w = jnp.where(em.reshape(em.shape + (1,) * (w_in.ndim - 1)), w_in[pos], one)
+        w = _bcast_weights(w.reshape((S * cg.k_in,) + w_in.shape[1:]), S * cg.k_in, page)
         w = w.reshape((S, cg.k_in) + w.shape[1:])
-        r = sr.reduce(sr.mul(w, xs), 1)
+        r = fold(sr, sr.mul(w, xs), 1)
         new = sr.add(b_new.at[f].get(mode="fill", fill_value=zero), r)
         heavy = jnp.any(valid & (cg.in_deg[fc] > cg.k_in))
         for gid, (fn, arity, _rows) in enumerate(cg.derive_fns):
@@ -128,7 +128,10 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
         new, heavy = recompute(x, f)
         cur = x.at[f].get(mode="fill", fill_value=zero)
         moved = _page_any(new != cur) & valid
-        x = x.at[f].set(new, mode="drop")
+        # Writing where(moved, new, cur) (equal values) makes the write depend on every read
+        # of x; otherwise XLA copies x twice per round to keep it alive for the reads.
+        keep_old = ~moved.reshape((S,) + (1,) * len(page))
+        x = x.at[f].set(jnp.where(keep_old, cur, new), mode="drop")
         # remember what was recomputed (the frontier is packed: valid entries come first)
         nf = jnp.sum(valid.astype(jnp.int32))
         tbuf = lax.dynamic_update_slice_in_dim(tbuf, f, jnp.minimum(tcount, tcap), 0)
@@ -155,13 +158,18 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
 
     tbuf0 = jnp.full((tcap + S,), n, jnp.int32)
     state = (x_old, jnp.zeros((n,), jnp.int32), f0, tbuf0, jnp.int32(0), ovf0, jnp.int32(0))
-    x, _, f, tbuf, _, ovf, _ = lax.while_loop(cond, body, state)
+    x, _, f, tbuf, tcount, ovf, rounds = lax.while_loop(cond, body, state)
     ovf = ovf | jnp.any(f < n)
+    if mode == "stats":  # for benchmarks and tests: how the loop went
+        return {"rounds": rounds, "overflow": ovf, "recomputed": tcount}
 
     def incremental(_):
         t = tbuf[:tcap]
         moved = _page_any(x.at[t].get(mode="fill", fill_value=zero) != x_old.at[t].get(mode="fill", fill_value=zero))
         return x, jnp.zeros((n,), bool).at[t].set(moved, mode="drop")
+
+    if mode == "flag":  # the caller falls back to full propagation when ovf is set
+        return (*incremental(None), ovf)
 
     def full(_):
         xf = _propagate_impl(cg, b_new)
@@ -170,11 +178,16 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edg
     return lax.cond(ovf, full, incremental, None)
 
 
-_incremental_jit = jax.jit(_incremental_impl, static_argnums=(4, 5))
+_incremental_jit = jax.jit(_incremental_impl, static_argnums=(4, 5, 6))
+
+
+_changed_jit = jax.jit(lambda x, x_old: _page_any(x != x_old))
 
 
 def default_capacity(num_nodes: int) -> int:
-    return int(min(1024, max(64, 1 << int(np.ceil(np.log2(max(num_nodes, 1) / 256 + 1))))))
+    """Frontier capacity: every round costs O(capacity) whatever the frontier, so keep it
+    modest (measured on CPU: ~1 µs per slot and round at 256)."""
+    return int(min(256, max(64, 1 << int(np.ceil(np.log2(max(num_nodes, 1) / 256 + 1))))))
 
 
 def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: int | None = None, edge_capacity: int | None = None):
@@ -183,7 +196,9 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
     Recomputes only nodes that are dirty or have a parent whose value changed, stopping where
     values stop changing (cutoff). The result equals ``propagate(cg, b_new)`` exactly.
     Works under ``jit`` and ``vmap`` (it is a forward computation: use :func:`propagate`
-    for gradients).
+    for gradients). Called eagerly, it reads one overflow flag back to the host and runs
+    :func:`propagate` when the capacities were exceeded; under ``jit`` that fallback is a
+    ``lax.cond`` inside the program.
 
     Args:
       cg: the compiled graph ``x_old`` was propagated on.
@@ -192,7 +207,7 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
       dirty: bool ``(num_nodes,)`` mask of the nodes whose base changed (an int array of
         node ids is accepted too and skips the mask scan).
       capacity: most nodes recomputed per round (static; default grows with the graph,
-        64..1024). A round that needs more falls back to full propagation, exactly.
+        64..256). A round that needs more falls back to full propagation, exactly.
       edge_capacity: most child edges followed per round (static; default ``4 * capacity``).
 
     Returns:
@@ -214,7 +229,8 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
     b_new = check_pages(cg, b_new, "b_new")
     if x_old.shape != b_new.shape or x_old.dtype != b_new.dtype:
         raise InvalidArgumentError(f"x_old and b_new must match: {x_old.shape=} {x_old.dtype=} vs {b_new.shape=} {b_new.dtype=}")
-    dirty = jnp.asarray(dirty)
+    if not isinstance(dirty, jax.Array):
+        dirty = jnp.asarray(dirty)
     if dirty.dtype == jnp.bool_:
         if dirty.shape != (cg.num_nodes,):
             raise InvalidArgumentError(f"dirty must be a bool mask of shape ({cg.num_nodes},), got {dirty.shape=}")
@@ -224,4 +240,11 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
     eb = int(edge_capacity) if edge_capacity else 4 * s
     if s < 1 or eb < 1:
         raise InvalidArgumentError(f"capacities must be positive, got {capacity=} {edge_capacity=}")
-    return _incremental_jit(cg, x_old, b_new, dirty, s, eb)
+    traced = any(is_tracer(a) for a in (cg.weights, cg.in_src, x_old, b_new, dirty))
+    if traced:
+        return _incremental_jit(cg, x_old, b_new, dirty, s, eb, "fallback")
+    x, changed, ovf = _incremental_jit(cg, x_old, b_new, dirty, s, eb, "flag")
+    if bool(ovf):  # a round outgrew the capacities: the full pass is exact (and cheaper now)
+        x = propagate(cg, b_new)
+        changed = _changed_jit(x, x_old)
+    return x, changed

@@ -16,16 +16,34 @@ def check_pages(cg: CompiledGraph, b, name: str = "b"):
     """``b`` as an array, checked against the graph's size and the semiring's dtype kind."""
     if not isinstance(cg, CompiledGraph):
         raise InvalidArgumentError(f"expected a CompiledGraph (from g.compile(...)), got {type(cg).__name__}")
-    b = jnp.asarray(b)
+    if not isinstance(b, jax.Array):
+        b = jnp.asarray(b)
     if b.ndim < 1 or b.shape[0] != cg.num_nodes:
         raise InvalidArgumentError(
             f"{name} must have shape (num_nodes, *page_shape) with num_nodes={cg.num_nodes}, got {name}.shape={b.shape}"
         )
-    if not cg.semiring.accepts(b.dtype):
+    if not _accepts(cg.semiring.dtype_kind, b.dtype):
         raise InvalidArgumentError(
             f"semiring {cg.semiring.name} works on {cg.semiring.dtype_kind} pages, got {name}.dtype={b.dtype}"
         )
     return b
+
+
+try:  # public in jax 0.10; keep working if it moves
+    from jax.core import Tracer as _Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import Tracer as _Tracer
+
+
+def is_tracer(a) -> bool:
+    return isinstance(a, _Tracer)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts(kind: str, dtype) -> bool:
+    if kind == "bool":
+        return dtype == jnp.bool_
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def _bcast_weights(w, n_edges: int, page: tuple):
@@ -34,6 +52,25 @@ def _bcast_weights(w, n_edges: int, page: tuple):
     if len(tail) > len(page):
         raise InvalidArgumentError(f"weights of shape {w.shape} do not broadcast against pages of shape {page}")
     return w.reshape((n_edges,) + (1,) * (len(page) - len(tail)) + tail)
+
+
+def fold(sr, c, axis: int):
+    """``⊕`` of ``c`` along ``axis`` as a left fold ``((c0 ⊕ c1) ⊕ c2) ...``.
+
+    Full and incremental propagation both reduce a node's in-edges with this fold, in the
+    same edge order, padded with zeros at the end, so they associate floating-point sums the
+    same way (a library ``reduce`` may reassociate differently for different shapes). XLA
+    may still contract ``b + w * x`` into an FMA in one program and not the other, so for
+    REAL / LOG the two can differ in the last bit; idempotent semirings agree exactly.
+    """
+    k = c.shape[axis]
+    if k > 64:  # wide rows (hubs) only occur in full propagation
+        return sr.reduce(c, axis)
+    parts = [lax.index_in_dim(c, j, axis, keepdims=False) for j in range(k)]
+    r = parts[0]
+    for p in parts[1:]:
+        r = sr.add(r, p)
+    return r
 
 
 def _zeros(sr, shape, dtype):
@@ -65,7 +102,7 @@ def _run_steps(cg: CompiledGraph, bi):
             src = lax.dynamic_slice_in_dim(cg.ell_src, eo, k * d)
             w = _bcast_weights(lax.dynamic_slice_in_dim(w_all, eo, k * d), k * d, page)
             xs = x.at[src].get(mode="promise_in_bounds")
-            r = sr.reduce(sr.mul(w, xs).reshape((k, d) + page), 0)
+            r = fold(sr, sr.mul(w, xs).reshape((k, d) + page), 0)
             if d < dmax:
                 r = jnp.concatenate([r, _zeros(sr, (dmax - d,) + page, dt)])
             return sr.add(lax.dynamic_slice_in_dim(bi, no, dmax), r)
@@ -147,7 +184,7 @@ def propagate(cg: CompiledGraph, b):
       [1.0, 11.0, 111.0]
     """
     b = check_pages(cg, b)
-    sharding = getattr(b, "sharding", None) if not isinstance(b, jax.core.Tracer) else None
+    sharding = getattr(b, "sharding", None) if not is_tracer(b) else None
     if isinstance(sharding, jax.sharding.NamedSharding) and not sharding.is_fully_replicated:
         return _propagate_jit_sharded(sharding)(cg, b)
     return _propagate_jit(cg, b)

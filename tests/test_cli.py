@@ -1,0 +1,262 @@
+"""The ``mmsb`` tools: inspect, verify, replay, stats (``mmsb demo`` is tested elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mmsb_jax as mmsb
+from mmsb_jax._checkpoint import load_arrays, read_manifest, save_checkpoint
+from mmsb_jax.cli import main
+
+F32 = np.float32
+
+
+def build(path):
+    """epochs: 1 create 3 pages, 2 add_dep, 3-4 updates, checkpoint at 4, 5 sparse batch,
+    6 delete, 7 accumulate, checkpoint at 7, 8 update."""
+    s = mmsb.mmsb_start(path, fsync="batch")
+    a, b, c = (int(i) for i in mmsb.create_pages(s, 3, size=4, dtype=np.float32))
+    mmsb.add_dependency(s, a, b, weight=2.0)
+    mmsb.update_page(s, a, np.array([1, 2, 3, 4], F32))
+    mmsb.update_page(s, c, np.array([5, 5, 5, 5], F32))
+    mmsb.checkpoint(s)
+    mmsb.route_sparse_batch(s, np.array([a, c]), np.array([[0], [1]]), np.array([[9], [9]], F32))
+    mmsb.delete_page(s, c)
+    mmsb.route_delta(s, b, mmsb.accumulate_delta(np.ones(4, F32), "real"))
+    mmsb.checkpoint(s)
+    mmsb.update_page(s, a, np.zeros(4, F32))
+    digest = mmsb.state_digest(s)
+    mmsb.mmsb_stop(s)
+    return digest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "state"
+    digest = build(path)
+    return path, digest
+
+
+@pytest.fixture
+def state_dir(built, tmp_path):
+    path, digest = built
+    dst = tmp_path / "state"
+    shutil.copytree(path, dst)
+    return dst, digest
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+# --------------------------------------------------------------------------- inspect
+def test_inspect_json(state_dir, capsys):
+    path, _ = state_dir
+    code, out = run(capsys, "inspect", path, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["first_epoch"] == 1 and info["last_epoch"] == 8
+    assert info["pages_created"] == 3 and info["pages_deleted"] == 1
+    assert info["records_by_kind"] == {"CREATE_PAGES": 1, "DELETE_PAGES": 1, "DENSE": 3, "SPARSE_BATCH": 1,
+                                       "ACCUMULATE": 1, "ADD_DEP": 1}
+    assert [c["epoch"] for c in info["checkpoints"]] == [4, 7]
+    assert info["skipped_ranges"] == []
+    seg_bytes = sum(s["bytes"] for s in info["segments"])
+    assert seg_bytes == sum(os.path.getsize(p) for p in (path / "log").glob("log-*.mmsblog"))
+    assert info["log_bytes"] >= seg_bytes and info["total_bytes"] > info["log_bytes"]
+
+
+def test_inspect_table(state_dir, capsys):
+    path, _ = state_dir
+    code, out = run(capsys, "inspect", path)
+    assert code == 0
+    assert "1 .. 8" in out and "3 / 1" in out
+    assert "epoch-000000000004" in out and "epoch-000000000007" in out
+    assert "DAMAGED" not in out
+
+
+def test_inspect_reports_damage(state_dir, capsys):
+    path, _ = state_dir
+    rec = mmsb.query_log(path, epochs=(5, 5))[0]
+    seg = path / "log" / f"log-{rec.segment:08d}.mmsblog"
+    _flip(seg, rec.offset + 40)
+    code, out = run(capsys, "inspect", path, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert len(info["skipped_ranges"]) == 1
+    assert info["skipped_ranges"][0]["start"] == rec.offset
+    assert "SPARSE_BATCH" not in info["records_by_kind"]
+
+
+# --------------------------------------------------------------------------- verify
+def _flip(file, offset):
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ 0xFF]))
+
+
+def test_verify_healthy(state_dir, capsys):
+    path, _ = state_dir
+    code, out = run(capsys, "verify", path)
+    assert code == 0, out
+    assert out.count("matches replay") == 2
+    assert "FAULT" not in out and "OK" in out
+
+
+def test_verify_flipped_log_byte(state_dir, capsys):
+    path, _ = state_dir
+    rec = mmsb.query_log(path, epochs=(6, 6))[0]
+    seg = path / "log" / f"log-{rec.segment:08d}.mmsblog"
+    _flip(seg, rec.offset + 40)
+    code, out = run(capsys, "verify", path)
+    assert code != 0
+    assert "FAULT" in out and f"log-{rec.segment:08d}.mmsblog" in out.replace("\n", "")
+
+
+def test_verify_torn_tail_is_a_fault(state_dir, capsys):
+    """verify checks every CRC (mode "absolute"): a torn tail is reported."""
+    path, _ = state_dir
+    seg = sorted((path / "log").glob("log-*.mmsblog"))[-1]
+    os.truncate(seg, os.path.getsize(seg) - 5)
+    code, out = run(capsys, "verify", path)
+    assert code != 0 and "FAULT" in out
+
+
+def _rewrite_checkpoint(ckpt, change):
+    """Rewrite a checkpoint with orbax (valid files, valid manifest), changing its tree."""
+    manifest = read_manifest(ckpt)
+    tree = load_arrays(ckpt)
+    change(tree, manifest)
+    shutil.rmtree(ckpt)
+    manifest = {k: v for k, v in manifest.items() if k not in ("format", "version")}
+    save_checkpoint(str(ckpt), manifest, tree)
+
+
+def test_verify_tampered_checkpoint_pages(state_dir, capsys):
+    path, _ = state_dir
+    ckpt = path / "checkpoints" / "epoch-000000000007"
+
+    def change(tree, manifest):
+        arr = np.array(tree["pools"]["pool_0"])
+        arr[0, 0] += 1.0  # page a's first element
+        tree["pools"]["pool_0"] = arr
+
+    _rewrite_checkpoint(ckpt, change)
+    code, out = run(capsys, "verify", path)
+    assert code != 0
+    assert "DIFFERS" in out and "epoch-000000000007" in out
+    assert "epoch-000000000004 (epoch 4): matches replay" in out
+
+
+def test_verify_tampered_checkpoint_page_table(state_dir, capsys):
+    path, _ = state_dir
+    ckpt = path / "checkpoints" / "epoch-000000000004"
+
+    def change(tree, manifest):
+        ep = np.array(tree["page_table"]["epoch"])
+        ep[0] += 1  # a page "last changed" at another epoch
+        tree["page_table"]["epoch"] = ep
+
+    _rewrite_checkpoint(ckpt, change)
+    code, out = run(capsys, "verify", path)
+    assert code != 0 and "DIFFERS" in out
+
+
+def test_verify_a_path_without_a_state_fails(tmp_path, capsys):
+    code, out = run(capsys, "verify", tmp_path / "nothing-here")
+    assert code != 0, out
+
+
+def test_verify_after_compaction(tmp_path, capsys):
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
+    from mmsb_jax._tlog import TLog  # MMSBState has no segment-size option
+
+    s._log.close()
+    s._log = TLog(os.path.join(s.path, "log"), fsync="never", segment_bytes=4096)
+    p = mmsb.create_page(s, size=512, dtype=np.float32).id
+    for i in range(1, 12):
+        mmsb.update_page(s, p, np.full(512, i, F32))
+    res = mmsb.compact_log(s)
+    assert res["dropped_segments"]
+    mmsb.update_page(s, p, np.zeros(512, F32))
+    mmsb.mmsb_stop(s)
+    code, out = run(capsys, "verify", path)
+    assert code == 0, out
+    assert "not comparable" in out
+
+
+# --------------------------------------------------------------------------- replay
+@pytest.mark.parametrize("epoch", [3, 5, 8])
+def test_replay_out_checkpoint(state_dir, capsys, tmp_path, epoch):
+    path, _ = state_dir
+    out_dir = tmp_path / f"out-{epoch}"
+    code, out = run(capsys, "replay", path, "--epoch", epoch, "--out", out_dir)
+    assert code == 0, out
+    want = mmsb.replay_to_epoch(path, epoch)
+    assert mmsb.state_digest(want) in out
+    s = mmsb.mmsb_open(out_dir)
+    try:
+        assert s.epoch == epoch
+        assert mmsb.state_digest(s) == mmsb.state_digest(want)
+        for pid in want.page_ids().tolist():
+            np.testing.assert_array_equal(np.asarray(mmsb.query_page(s, pid)), np.asarray(mmsb.query_page(want, pid)))
+        e = mmsb.create_page(s, size=2, dtype=np.int32)  # the reopened checkpoint is a live state
+        assert s.epoch == epoch + 1 and e.id == 3
+        digest = mmsb.state_digest(s)
+    finally:
+        s.close()
+    s = mmsb.mmsb_open(out_dir)
+    try:
+        assert mmsb.state_digest(s) == digest
+    finally:
+        s.close()
+
+
+def test_replay_bad_epoch(state_dir, capsys):
+    path, _ = state_dir
+    code, out = run(capsys, "replay", path, "--epoch", -1)
+    assert code == 2 and "InvalidArgumentError" in out
+
+
+# --------------------------------------------------------------------------- stats
+def test_stats_json(state_dir, capsys):
+    path, digest = state_dir
+    code, out = run(capsys, "stats", path)
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["epoch"] == 8 and stats["pages"] == 2 and stats["bytes"] == 2 * 4 * 4
+    assert stats["semiring"] == "real"
+    assert [p["dtype"] for p in stats["pools"]] == ["float32"]
+    s = mmsb.mmsb_open(path)
+    try:
+        assert mmsb.state_digest(s) == digest  # the tools changed nothing on disk
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- as a process
+def test_module_entry_point(state_dir):
+    path, _ = state_dir
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    ok = subprocess.run([sys.executable, "-m", "mmsb_jax", "verify", str(path)], capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rec = mmsb.query_log(path, epochs=(3, 3))[0]
+    _flip(path / "log" / f"log-{rec.segment:08d}.mmsblog", rec.offset + 40)
+    bad = subprocess.run([sys.executable, "-m", "mmsb_jax", "verify", str(path)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAULT" in bad.stdout

@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.backend import backend_report
+
+from ._checkpoint import STATE_FILE, write_json_atomic
 from ._deltas import (
     DenseDelta,
     SparseDelta,
@@ -32,7 +35,6 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
-from ._checkpoint import STATE_FILE, write_json_atomic
 from ._pages import PagePool
 from ._router import apply_at as _apply_at
 from ._router import read_slot as _read_slot
@@ -523,6 +525,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 "path": self.path,
                 "semiring": self.semiring.name,
                 "enable_gpu": self.enable_gpu,
+                "kernels": backend_report(),
                 **self._counters,
             }
 

@@ -40,11 +40,14 @@ class PoolGraph:
         self.x = propagate(self.compiled(b.shape[0]), b) if self.has_edges else None
 
     def refresh(self, b, slots) -> None:
-        """Propagate a write to ``slots`` through their dependent cone only."""
+        """Propagate a write to ``slots``: through their dependent cone only under idempotent
+        semirings (min/max/or: bit-exact with a full pass); with a full pass otherwise, since
+        XLA may fuse ``b + w*x`` differently in the two programs (last-bit differences for
+        REAL/LOG), and replay must reproduce live values bit for bit."""
         if not self.has_edges:
             self.x = None
-        elif self.x is None or self.x.shape[0] != b.shape[0]:
-            self.refresh_full(b)  # the pool grew (or nothing was computed yet)
+        elif self.x is None or self.x.shape[0] != b.shape[0] or not self.semiring.idempotent:
+            self.refresh_full(b)
         else:
             dirty = np.zeros(b.shape[0], bool)
             dirty[np.asarray(slots, np.int64)] = True

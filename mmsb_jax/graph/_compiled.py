@@ -135,7 +135,7 @@ def with_weights(cg: CompiledGraph, w) -> CompiledGraph:
       >>> g = ShadowPageGraph(); g.add_dependency(0, 1, weight=2.0)
       >>> cg = g.compile(semirings.REAL, num_nodes=2)
       >>> f = lambda w: propagate(with_weights(cg, w), jnp.array([3.0, 0.0]))[1]
-      >>> float(jax.grad(f)(jnp.array([2.0])))
+      >>> float(jax.grad(f)(jnp.array([2.0]))[0])
       3.0
     """
     w = jnp.asarray(w)

@@ -264,6 +264,24 @@ def body_dense(page_id, mask, values) -> tuple[int, list]:
     return Kind.DENSE, parts
 
 
+_SHAPE_PART: dict[tuple, bytes] = {}
+
+
+def body_dense_packed(page_id: int, shape: tuple, packed: np.ndarray, values: np.ndarray) -> tuple[int, list]:
+    """DENSE body from an already packed mask (``np.packbits`` of the flat mask) and the
+    changed values: the shell's fast path (``update_page``), same bytes as :func:`body_dense`.
+    The caller guarantees ``len(values) == popcount(packed)``."""
+    head = _SHAPE_PART.get(shape)
+    if head is None:
+        parts: list = []
+        _arr_parts(np.asarray(shape, dtype="<u8"), parts)
+        head = _SHAPE_PART[shape] = b"".join(bytes(p) for p in parts)
+    parts = [_Q.pack(page_id), head]
+    _arr_parts(packed, parts)
+    _arr_parts(values, parts)
+    return Kind.DENSE, parts
+
+
 def body_sparse(page_id, indices, values) -> tuple[int, list]:
     idx = indices if type(indices) is np.ndarray and indices.dtype == _I32 else _idx32(indices, "indices")
     values = np.asarray(values)

@@ -156,10 +156,11 @@ def scatter_unique(pool, targets, values):
 # --------------------------------------------------------------------------- page reads and writes
 @pool_jit
 def write_diff(pool, slot, new):
-    """Write ``new`` into ``pool[slot]``; return the pool and the bitwise change mask."""
+    """Write ``new`` into ``pool[slot]``; return the pool and the bitwise change mask, flat
+    and packed 8 per byte (``np.packbits`` order) to keep the device-to-host copy small."""
     old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
     mask = ~bit_equal(old, new)
-    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), mask
+    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), jnp.packbits(mask.reshape(-1))
 
 
 @pool_jit
@@ -171,3 +172,12 @@ def apply_at(pool, slot, delta):
 @jax.jit
 def read_slot(pool, slot):
     return jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
+
+
+@pool_jit
+def apply_rows(pool, slots, deltas):
+    """Apply stacked ``deltas[i]`` to ``pool[slots[i]]`` for distinct slots, in one pass;
+    slots past the pool's end are padding and change nothing."""
+    pages = jnp.take(pool, slots, axis=0, mode="clip")
+    new = jax.vmap(apply_delta)(pages, deltas)
+    return pool.at[slots].set(new, mode="drop", unique_indices=True)

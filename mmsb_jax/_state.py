@@ -391,16 +391,18 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._check_open()
             pid, pool, slot = self._locate(page_id)
             arr = self._coerce_page_data(data, pool, pid)
-            new_pool, mask = _write_diff(pool.array, np.int32(slot), arr)
+            new_pool, packed = _write_diff(pool.array, np.int32(slot), arr)
             pool.array = new_pool
-            mask = np.asarray(mask)
-            if not mask.any():
+            packed = np.asarray(packed)
+            if not packed.any():
                 self._counters["noop_updates"] += 1
                 return None
             self._epoch += 1
             self._tbl_epoch[pid] = self._epoch
             self._counters["updates"] += 1
-            self._journal_dense(pid, mask, arr)
+            if self._log is not None:
+                mask = np.unpackbits(packed, count=pool.page_elems).view(np.bool_)
+                self._rec("log_dense_packed", pid, pool.shape, packed, np.asarray(arr).reshape(-1)[mask])
             self._after_write(pool, [slot])
             return self._epoch
 
@@ -458,10 +460,6 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
 
     def _journal_delete(self, pid: int) -> None:
         self._rec("log_delete_pages", np.array([pid], np.uint64))
-
-    def _journal_dense(self, pid: int, mask: np.ndarray, data) -> None:
-        if self._log is not None:
-            self._rec("log_dense", pid, mask, np.asarray(data)[mask])
 
     def _journal_delta(self, pid: int, delta) -> None:
         if self._log is None:

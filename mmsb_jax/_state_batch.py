@@ -6,10 +6,10 @@ import numpy as np
 
 from pallas_kernels import backend
 
-from ._deltas import SparseDelta, check_delta_fits
+from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits
 from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
-from ._router import apply_at, scatter_unique, sparse_rows_keep
+from ._router import apply_rows, scatter_unique, sparse_rows_keep
 
 
 class BatchRouting:
@@ -163,14 +163,16 @@ class BatchRouting:
                 self._apply_sparse_rows(pids, ind, vals)
                 self._journal_sparse_batch(pids, ind, vals)
             else:
-                touched: dict[int, set] = {}
+                by_pool: dict[int, list] = {}
                 for pid, pool, slot, delta in checked:
-                    pool.array = apply_at(pool.array, np.int32(slot), delta)
+                    by_pool.setdefault(pool.index, []).append((slot, delta))
                     self._tbl_epoch[pid] = self._epoch
-                    touched.setdefault(pool.index, set()).add(slot)
                     self._journal_delta(pid, delta)
-                for pi, slots in touched.items():
-                    self._after_write(self._pools[pi], sorted(slots))
+                for pi, items in by_pool.items():
+                    pool = self._pools[pi]
+                    for group in _rounds(items):
+                        pool.array = _apply_group(pool, group)
+                    self._after_write(pool, sorted({slot for slot, _ in items}))
             self._journal_commit()
             self._counters["deltas_routed"] += len(checked)
             self._counters["batches"] += 1
@@ -193,3 +195,47 @@ def _stack_sparse(checked):
     vals = np.stack([np.pad(v, (0, k - v.size), mode="edge") for _, _, v in rows])
     return pids, ind, vals
 
+
+
+def _rounds(items):
+    """Split ``[(slot, delta), ...]`` (in order) into groups to apply one after another.
+
+    Round ``r`` holds each slot's ``r``-th delta, so slots are unique within a round and a
+    round can be one gather-apply-scatter; within a round, deltas are grouped by kind (and
+    semiring) so each group stacks into one pytree. Applying the groups round by round equals
+    applying every delta in order.
+    """
+    rank: dict[int, int] = {}
+    rounds: list[dict] = []
+    for slot, d in items:
+        r = rank.get(slot, 0)
+        rank[slot] = r + 1
+        if r == len(rounds):
+            rounds.append({})
+        key = (type(d).__name__, getattr(d, "semiring", None))
+        rounds[r].setdefault(key, []).append((slot, d))
+    return [g for rnd in rounds for g in rnd.values()]
+
+
+def _apply_group(pool, group):
+    """One jitted gather-apply-scatter of same-kind deltas on distinct slots of ``pool``."""
+    n = len(group)
+    m = bucket(n, minimum=1)
+    slots = np.arange(pool.capacity, pool.capacity + m, dtype=np.int32)  # padding: past the end, dropped
+    slots[:n] = [s for s, _ in group]
+    deltas = [d for _, d in group] + [group[0][1]] * (m - n)
+    first = deltas[0]
+    if isinstance(first, SparseDelta):
+        k = max(int(np.asarray(d.indices).size) for d in deltas)
+        if k == 0:
+            return pool.array
+        ind = np.stack([np.pad(np.asarray(d.indices), (0, k - np.asarray(d.indices).size), mode="edge")
+                        if np.asarray(d.indices).size else np.full(k, -1) for d in deltas]).astype(np.int32)
+        vals = np.stack([np.pad(np.asarray(d.values), (0, k - np.asarray(d.values).size), mode="edge")
+                         if np.asarray(d.values).size else np.zeros(k, pool.dtype) for d in deltas])
+        stacked = SparseDelta(ind, vals, first.shape)
+    elif isinstance(first, DenseDelta):
+        stacked = DenseDelta(np.stack([np.asarray(d.mask) for d in deltas]), np.stack([np.asarray(d.payload) for d in deltas]))
+    else:
+        stacked = AccumulateDelta(np.stack([np.asarray(d.payload) for d in deltas]), first.semiring)
+    return apply_rows(pool.array, slots, stacked)

@@ -320,9 +320,10 @@ def remove_dependency(state: MMSBState, parent_id, child_id) -> int:
     return state.remove_dependency(parent_id, child_id)
 
 
-def checkpoint(state: MMSBState, directory=None) -> str:
-    """Write a checkpoint of the state; returns its directory (see :meth:`MMSBState.checkpoint`)."""
-    return state.checkpoint(directory)
+def checkpoint(state: MMSBState, directory=None, *, block: bool = True):
+    """Write a checkpoint of the state; returns its directory, or with ``block=False`` a
+    ``Future`` of it, written in the background (see :meth:`MMSBState.checkpoint`)."""
+    return state.checkpoint(directory, block=block)
 
 
 def state_digest(state) -> str:

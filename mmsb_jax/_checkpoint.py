@@ -54,7 +54,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     _fsync_dir(os.path.dirname(path))
 
 
-def save_checkpoint(directory: str, manifest: dict, tree: dict) -> None:
+def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
     """Write ``tree`` with orbax and then ``manifest`` (atomically) into ``directory``.
 
     Raises:
@@ -82,6 +82,7 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> None:
         os.path.join(directory, MANIFEST),
         {"format": FORMAT, "version": VERSION, **manifest, "checksums": checksums},
     )
+    return directory
 
 
 def read_manifest(directory: str) -> dict:

@@ -149,6 +149,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
         self._txn = None  # an open multi-record log batch
         self._source = None  # a source tag for the records being logged (None: the log's default)
+        self._ckpt_pool = None  # the background checkpoint writer (checkpoint(block=False))
+        self._ckpt_pending: list = []
+        self._ckpt_failed = None
         self.read_only = False
         self._counters = {
             "pages_created": 0,
@@ -524,6 +527,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 "semiring": self.semiring.name,
                 "enable_gpu": self.enable_gpu,
                 "kernels": backend_report(),
+                "log": self._log.stats() if self._log is not None else None,
                 **self._counters,
             }
 
@@ -543,6 +547,15 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         with self._lock:
             if self._closed:
                 return
+            try:
+                self.wait_for_checkpoints()
+            finally:
+                if self._ckpt_pool is not None:
+                    self._ckpt_pool.shutdown(wait=True)
+                self._close_now()
+
+    def _close_now(self) -> None:
+        with self._lock:
             self._closed = True
             if self._log is not None:
                 self._log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -14,11 +15,16 @@ class Checkpointing:
     """Mixin of :class:`MMSBState`: ``checkpoint`` and restoring one into an empty state."""
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, directory=None) -> str:
+    def checkpoint(self, directory=None, *, block: bool = True):
         """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
 
-        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``.
+        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``. With
+        ``block=False`` the state is copied to host memory now and written by a background
+        thread; a ``concurrent.futures.Future`` of the directory is returned, and a failure is
+        raised by its ``result()`` and again by the next ``checkpoint`` or ``mmsb_stop`` (never
+        swallowed).
         """
+        self._raise_failed_checkpoint()
         with self._lock:
             if self._closed:
                 raise StateClosedError(f"the state at {self.path!r} is stopped")
@@ -59,9 +65,31 @@ class Checkpointing:
                 ],
                 **self._extra_manifest(),
             }
-            save_checkpoint(directory, manifest, tree)
             self._counters["checkpoints"] += 1
-            return directory
+            if block:
+                return save_checkpoint(directory, manifest, tree)
+            if self._ckpt_pool is None:
+                self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
+            future = self._ckpt_pool.submit(save_checkpoint, directory, manifest, tree)
+            future.add_done_callback(self._record_checkpoint_failure)
+            self._ckpt_pending.append(future)
+            return future
+
+    def _record_checkpoint_failure(self, future) -> None:
+        if future.exception() is not None and self._ckpt_failed is None:
+            self._ckpt_failed = future.exception()
+
+    def _raise_failed_checkpoint(self) -> None:
+        failed, self._ckpt_failed = self._ckpt_failed, None
+        if failed is not None:
+            raise SerializationError(f"a background checkpoint failed: {failed}") from failed
+
+    def wait_for_checkpoints(self) -> None:
+        """Wait for background checkpoints; raise if one failed."""
+        pending, self._ckpt_pending = self._ckpt_pending, []
+        for f in pending:
+            f.exception()  # waits
+        self._raise_failed_checkpoint()
 
     def _restore_checkpoint(self, directory: str) -> None:
         """Load a checkpoint into this (empty) state."""

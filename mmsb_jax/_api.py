@@ -18,7 +18,8 @@ from ._state import MMSBState, Page
 from ._tlog import query_records
 
 
-def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch") -> MMSBState:
+def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
+               segment_bytes: int = 64 << 20) -> MMSBState:
     """Start a new state.
 
     Args:
@@ -29,6 +30,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
       semiring: the semiring of dependency propagation (a record or a standard name).
       fsync: log durability, ``"always"`` (every commit fsynced before it returns),
         ``"batch"`` (group commit) or ``"never"``.
+      segment_bytes: log segments rotate at this size (compaction drops whole segments).
 
     Raises:
       InvalidArgumentError: unknown ``fsync`` or ``semiring``.
@@ -43,7 +45,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
     """
     if path is not None and (is_checkpoint(os.fspath(path)) or os.path.isdir(os.path.join(os.fspath(path), "log"))):
         raise SerializationError(f"{os.fspath(path)!r} already holds an mmsb state; use mmsb_open to reopen it")
-    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
+    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes)
     state.open_log()
     return state
 
@@ -62,7 +64,7 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
-              semirings=()) -> MMSBState:
+              semirings=(), segment_bytes: int = 64 << 20) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
@@ -85,7 +87,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     require_state(path)
     base, _ = newest_checkpoint(path)
     semiring = resolve_semiring(state_semiring(path, base), semirings)
-    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync)
+    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes)
     report = state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
     salvaged = recovery in ("point_in_time", "skip_corrupt") and not report.clean
     state.open_log(recovery="point_in_time" if salvaged else "torn_tail")

@@ -114,11 +114,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     """
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
-                 _snapshot: bool = False):
+                 segment_bytes: int = 64 << 20, _snapshot: bool = False):
         if fsync not in _FSYNC:
             raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {_FSYNC}")
         self.semiring = get_semiring(semiring)
         self.fsync = fsync
+        self.segment_bytes = segment_bytes
         self._owns_dir = path is None
         if path is None:
             path = tempfile.mkdtemp(prefix="mmsb-")
@@ -536,7 +537,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         """Start journaling into ``<path>/log`` (after any replay)."""
         from ._tlog import TLog
 
-        self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery)
+        self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
+                         segment_bytes=self.segment_bytes)
         if not os.path.exists(os.path.join(self.path, STATE_FILE)):
             write_json_atomic(
                 os.path.join(self.path, STATE_FILE),

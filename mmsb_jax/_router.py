@@ -181,3 +181,9 @@ def apply_rows(pool, slots, deltas):
     pages = jnp.take(pool, slots, axis=0, mode="clip")
     new = jax.vmap(apply_delta)(pages, deltas)
     return pool.at[slots].set(new, mode="drop", unique_indices=True)
+
+
+@pool_jit
+def write_rows(pool, slots, rows):
+    """``pool[slots[i]] = rows[i]`` for distinct slots; slots past the end are padding."""
+    return pool.at[slots].set(rows.astype(pool.dtype), mode="drop", unique_indices=True)

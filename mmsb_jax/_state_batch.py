@@ -9,7 +9,7 @@ from pallas_kernels import backend
 from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits
 from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
-from ._router import apply_rows, scatter_unique, sparse_rows_keep
+from ._router import apply_rows, scatter_unique, sparse_rows_keep, write_rows
 
 
 class BatchRouting:
@@ -87,6 +87,20 @@ class BatchRouting:
                     pool.array, slots.astype(np.int32), vals[rows], indices=sub_ind.astype(np.int32),
                     interpret=backend.interpret(),
                 )
+                self._tbl_epoch[pids[rows]] = self._epoch
+                self._after_write(pool, slots)
+                continue
+            if sub_ind.shape[1] == pool.page_elems and _whole_pages(sub_ind):
+                # Every row rewrites its whole page (e.g. replayed page rewrites): keep the last
+                # row per page and write rows, instead of scattering every element.
+                _, first_from_end = np.unique(slots[::-1], return_index=True)
+                win = slots.shape[0] - 1 - first_from_end
+                m = bucket(win.size, minimum=1)
+                targets = np.arange(pool.capacity, pool.capacity + m, dtype=np.int32)  # padding: dropped
+                targets[: win.size] = slots[win]
+                new_rows = np.zeros((m, *pool.shape), pool.dtype)
+                new_rows[: win.size] = vals[rows][win].reshape(-1, *pool.shape)
+                pool.array = write_rows(pool.array, targets, new_rows)
                 self._tbl_epoch[pids[rows]] = self._epoch
                 self._after_write(pool, slots)
                 continue
@@ -239,3 +253,8 @@ def _apply_group(pool, group):
     else:
         stacked = AccumulateDelta(np.stack([np.asarray(d.payload) for d in deltas]), first.semiring)
     return apply_rows(pool.array, slots, stacked)
+
+
+def _whole_pages(indices: np.ndarray) -> bool:
+    """Whether every row of ``indices`` is ``0, 1, ..., k-1`` (a whole-page rewrite)."""
+    return bool((indices == np.arange(indices.shape[1], dtype=indices.dtype)).all())

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_bits_equal, rand_array
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -13,30 +14,11 @@ import mmsb_jax as mmsb
 from mmsb_jax import InvalidDeltaError, PageNotFoundError
 from mmsb_jax._router import last_writer_keep, sparse_rows_keep
 
-
 # --------------------------------------------------------------------------- helpers
-def rand_array(rng, shape, dtype):
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
-    out = (rng.standard_normal(shape) * 10).astype(dtype)
-    out[rng.random(shape) < 0.1] = np.nan
-    out[rng.random(shape) < 0.1] = -0.0
-    return out
 
 
-def as_bits(x):
-    x = np.asarray(x)
-    return x if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
 
 
-def assert_bits_equal(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, got.dtype, want.shape, want.dtype)
-    np.testing.assert_array_equal(as_bits(got), as_bits(want), err_msg=what)
 
 
 def snapshot(state):
@@ -448,3 +430,28 @@ def test_sparse_rows_keep_brute_force(seed, n, k, page_elems):
         assert want.all()
     else:
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("permute", [False, True], ids=["whole-page-rows", "permuted-rows"])
+def test_whole_page_rows_last_writer_wins(permute):
+    """Rows that rewrite whole pages take a row-write path; the result is the same last-writer
+    model as element scatters (permuted indices take the element path)."""
+    rng = np.random.default_rng(7)
+    st = mmsb.mmsb_start()
+    ids = mmsb.create_pages(st, 6, size=8, dtype=np.int32)
+    rows = rng.integers(0, 6, 30)
+    ind = np.tile(np.arange(8, dtype=np.int32), (30, 1))
+    if permute:
+        ind = np.stack([rng.permutation(8) for _ in range(30)]).astype(np.int32)
+    vals = rng.integers(-1000, 1000, (30, 8)).astype(np.int32)
+    epoch = mmsb.route_sparse_batch(st, ids[rows], ind, vals)
+    model = np.zeros((6, 8), np.int32)
+    for r in range(30):
+        model[rows[r], ind[r]] = vals[r]
+    got = np.stack([np.asarray(mmsb.query_page(st, int(i))) for i in ids])
+    np.testing.assert_array_equal(got, model)
+    for p in range(6):
+        assert st.page_epoch(int(ids[p])) == (epoch if p in rows else 1)
+    snap = mmsb.replay_to_epoch(st, epoch)
+    np.testing.assert_array_equal(np.stack([np.asarray(mmsb.query_page(snap, int(i))) for i in ids]), model)
+    mmsb.mmsb_stop(st)

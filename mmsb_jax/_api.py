@@ -15,7 +15,7 @@ from ._checkpoint import is_checkpoint, state_semiring
 from ._errors import InvalidArgumentError, SerializationError
 from ._replay import newest_checkpoint, rebuild, require_state, resolve_semiring
 from ._state import MMSBState, Page
-from ._tlog import query_records
+from ._tlog_read import query_records
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,

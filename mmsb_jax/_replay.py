@@ -25,7 +25,7 @@ from ._records import (
     Sparse,
     SparseBatch,
 )
-from ._tlog import first_logged_epoch, read_records
+from ._tlog_read import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring
 
 def resolve_semiring(name: str, extra=()) -> Semiring:

@@ -8,7 +8,7 @@ from ._checkpoint import is_checkpoint, read_manifest
 from ._errors import MMSBError
 from ._records import Kind
 from ._replay import rebuild, require_state
-from ._tlog import list_segments, read_records
+from ._tlog_read import list_segments, read_records
 
 
 def _checkpoints(path: str) -> list[tuple[str, int]]:

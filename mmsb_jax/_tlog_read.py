@@ -1,0 +1,524 @@
+"""Reading the transaction log: record validation, the four recovery modes, queries.
+
+Pure Python + numpy + ``crc32c``; never pickles and never trusts a length field beyond the
+bytes present in the file. The writer is :mod:`mmsb_jax._tlog`; the byte format is specified
+in ``docs/tlog-format.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ._errors import (
+    CorruptLogError,
+    InvalidArgumentError,
+    SerializationError,
+)
+from ._records import (
+    FLAG_BATCH,
+    HEADER_SIZE,
+    KINDS,
+    MAGIC,
+    RECORD_HEADER,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
+    VERSION,
+    BadRecord,
+    Kind,
+    LogRecord,
+    crc32c,
+    decode_body,
+    kind_of,
+    pad8,
+)
+
+SEGMENT_RE = re.compile(r"^log-(\d{8,})\.mmsblog$")
+MODES = ("torn_tail", "absolute", "point_in_time", "skip_corrupt")
+_MODE_ALIASES = {
+    "torn_tail": "torn_tail",
+    "tolerate_corrupted_tail_records": "torn_tail",
+    "absolute": "absolute",
+    "absolute_consistency": "absolute",
+    "point_in_time": "point_in_time",
+    "skip_corrupt": "skip_corrupt",
+    "skip_any_corrupted_records": "skip_corrupt",
+}
+_Q = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+def segment_path(directory: str | os.PathLike, index: int) -> Path:
+    return Path(directory) / f"log-{index:08d}.mmsblog"
+
+
+def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(index, path)`` of every segment file in ``directory``, by index (other files ignored)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    out = []
+    for name in os.listdir(d):
+        m = SEGMENT_RE.match(name)
+        if m:
+            out.append((int(m.group(1)), d / name))
+    out.sort()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+class LogPosition(NamedTuple):
+    """A byte position in the log: segment index and offset in that segment file."""
+
+    segment: int
+    offset: int
+
+
+@dataclasses.dataclass
+class SkippedRange:
+    """Bytes ``[start, end)`` of segment file ``path`` that were not returned, and why."""
+
+    path: str
+    start: int
+    end: int
+    reason: str
+
+
+@dataclasses.dataclass
+class RecoveryReport:
+    """What a read found besides the records.
+
+    ``torn_tail``: the dropped incomplete tail (``torn_tail`` mode); ``stopped_at``: where a
+    ``point_in_time`` read stopped; ``skipped``: regions ``skip_corrupt`` jumped over (also
+    missing segments, with ``start == end == 0``); ``end``: position just after the last
+    valid committed record read (where a writer continues); ``kind_counts``: committed
+    records seen per kind (int kind -> count), including ones filtered out by epoch.
+    """
+
+    mode: str
+    segments: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedRange] = dataclasses.field(default_factory=list)
+    torn_tail: SkippedRange | None = None
+    stopped_at: SkippedRange | None = None
+    end: LogPosition | None = None
+    last_epoch: int | None = None
+    kind_counts: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.skipped and self.torn_tail is None and self.stopped_at is None
+
+
+@dataclasses.dataclass
+class ReadResult:
+    """Records (in log order) plus the :class:`RecoveryReport`; iterates over the records."""
+
+    records: list[LogRecord]
+    report: RecoveryReport
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+
+def _mode(mode: str) -> str:
+    try:
+        return _MODE_ALIASES[mode]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(f"mode={mode!r}; expected one of {MODES}") from None
+
+
+def _check(buf: bytes, mv: memoryview, off: int, size: int) -> tuple:
+    """Validate the record at ``off`` (header + CRC); BadRecord(reason) if it is not intact."""
+    left = size - off
+    if left < HEADER_SIZE:
+        raise BadRecord(f"truncated record header ({left} of {HEADER_SIZE} bytes)")
+    length, crc, epoch, ts, kind, flags, sl, res, bl = RECORD_HEADER.unpack_from(buf, off)
+    if length < HEADER_SIZE or length & 7:
+        raise BadRecord(f"invalid record length {length}")
+    if length > left:
+        raise BadRecord(f"record length {length} exceeds the {left} bytes left in the file")
+    if kind not in KINDS:
+        raise BadRecord(f"unknown record kind {kind}")
+    if res or flags & ~FLAG_BATCH:
+        raise BadRecord("reserved header bits are set")
+    if HEADER_SIZE + sl + pad8(sl) + bl + pad8(bl) != length:
+        raise BadRecord("record length does not match its source and body lengths")
+    if crc32c(mv[off + 8 : off + length]) != crc:
+        raise BadRecord("CRC mismatch")
+    return length, epoch, ts, kind, flags, sl, bl
+
+
+def _valid_at(buf, mv, off, size) -> bool:
+    try:
+        _check(buf, mv, off, size)
+        return True
+    except BadRecord:
+        return False
+
+
+def _next_valid(buf: bytes, mv: memoryview, start: int, size: int, hint: int | None = None) -> int | None:
+    """Offset of the first intact record at an 8-aligned offset >= ``start`` (or None).
+
+    Header plausibility is checked vectorised over every aligned offset; only survivors pay
+    for a CRC. ``hint`` (e.g. bad offset + its claimed length) is tried first, so with a hint
+    the answer is *an* intact record, not necessarily the first (use it for existence checks).
+    """
+    if hint is not None and start <= hint and not hint & 7 and _valid_at(buf, mv, hint, size):
+        return hint
+    a = start + pad8(start)
+    chunk = 1 << 20
+    while size - a >= HEADER_SIZE:
+        n = min((size - a) // 8, chunk + 3)
+        w = np.frombuffer(buf, "<u8", n, a)
+        length = (w[:-3] & 0xFFFFFFFF).astype(np.int64)
+        w3 = w[3:]
+        kind = (w3 & 0xFF).astype(np.int64)
+        flags = (w3 >> 8) & 0xFF
+        sl = ((w3 >> 16) & 0xFF).astype(np.int64)
+        res = (w3 >> 24) & 0xFF
+        bl = (w3 >> 32).astype(np.int64)
+        room = (size - a) - 8 * np.arange(n - 3, dtype=np.int64)
+        ok = (
+            (length == HEADER_SIZE + ((sl + 7) & -8) + ((bl + 7) & -8))
+            & (kind >= 1)
+            & (kind <= max(KINDS))
+            & (res == 0)
+            & ((flags & 0xFE) == 0)
+            & (length <= room)
+        )
+        for i in np.flatnonzero(ok):
+            off = a + 8 * int(i)
+            if _valid_at(buf, mv, off, size):
+                return off
+        a += 8 * (n - 3)
+    return None
+
+
+def _check_segment_header(buf: bytes, index: int, path: str) -> int:
+    """Validate a segment header; returns its first epoch. BadRecord if damaged."""
+    if len(buf) < SEGMENT_HEADER_SIZE:
+        raise BadRecord(f"truncated segment header ({len(buf)} of {SEGMENT_HEADER_SIZE} bytes)")
+    magic, version, hlen, _flags, sidx, first_epoch, _created, _res = SEGMENT_HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise BadRecord("bad segment magic")
+    if crc32c(buf[:44]) != _U32.unpack_from(buf, 44)[0]:
+        raise BadRecord("segment header CRC mismatch")
+    if version != VERSION:
+        raise SerializationError(f"{path}: TLog format version {version} is not supported (this build reads {VERSION})")
+    if hlen != SEGMENT_HEADER_SIZE or sidx != index:
+        raise BadRecord(f"segment header names index {sidx} / size {hlen}")
+    return first_epoch
+
+
+def _header_first_epoch(path: Path, index: int) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SEGMENT_HEADER_SIZE)
+        return _check_segment_header(head, index, str(path))
+    except (BadRecord, OSError):
+        return None
+
+
+def first_logged_epoch(directory) -> int | None:
+    """The first epoch the oldest segment holds (from its header), or None for an empty log."""
+    segs = list_segments(directory)
+    return _header_first_epoch(segs[0][1], segs[0][0]) if segs else None
+
+
+class _Reader:
+    """One pass over a log directory (or one segment) applying a recovery mode."""
+
+    def __init__(self, mode, start_epoch=None, end_epoch=None, include_commit=False, copy=False, decode=True):
+        self.mode = mode
+        self.lo = 0 if start_epoch is None else int(start_epoch)
+        self.hi = None if end_epoch is None else int(end_epoch)
+        self.include_commit = include_commit
+        self.copy = copy
+        self.decode = decode
+        self.records: list[LogRecord] = []
+        self.report = RecoveryReport(mode=mode)
+        self.done = False
+        self._sources: dict[bytes, str] = {}
+
+    # -- problems ------------------------------------------------------------------------
+    def _bad(self, path, buf, mv, off, start, reason, is_last, hint=None):
+        """Broken bytes at ``off`` (dropping from ``start``). Returns resume offset or None."""
+        size = len(buf)
+        mode = self.mode
+        if mode == "absolute":
+            raise CorruptLogError(path, off, reason)
+        if mode == "torn_tail":
+            if is_last and _next_valid(buf, mv, off + 8, size, hint) is None:
+                self.report.torn_tail = SkippedRange(path, start, size, reason)
+                return None
+            raise CorruptLogError(path, off, reason + ("" if is_last else " (not the last segment)"))
+        if mode == "point_in_time":
+            self.report.stopped_at = SkippedRange(path, start, size, reason)
+            self.done = True
+            return None
+        nxt = _next_valid(buf, mv, off + 8, size)  # no hint: resync on the *first* intact record
+        self.report.skipped.append(SkippedRange(path, start, size if nxt is None else nxt, reason))
+        return nxt
+
+    def _logical(self, path, start, end, size, reason) -> bool:
+        """Intact records that do not form a valid batch. Returns False to stop the segment."""
+        if self.mode in ("absolute", "torn_tail"):
+            raise CorruptLogError(path, start, reason)
+        if self.mode == "point_in_time":
+            self.report.stopped_at = SkippedRange(path, start, size, reason)
+            self.done = True
+            return False
+        self.report.skipped.append(SkippedRange(path, start, end, reason))
+        return True
+
+    def _source(self, buf, p, n) -> str:
+        key = buf[p : p + n]
+        s = self._sources.get(key)
+        if s is None:
+            s = self._sources[key] = key.decode("utf-8", "replace")
+        return s
+
+    # -- one segment -----------------------------------------------------------------------
+    def segment(self, index: int, path: Path, buf: bytes, is_last: bool) -> None:
+        spath = str(path)
+        rep = self.report
+        rep.segments.append(spath)
+        size = len(buf)
+        mv = memoryview(buf)
+        try:
+            _check_segment_header(buf, index, spath)
+            off = SEGMENT_HEADER_SIZE
+        except BadRecord as e:
+            off = self._bad(spath, buf, mv, 0, 0, f"bad segment header: {e}", is_last, SEGMENT_HEADER_SIZE)
+            if off is None:
+                rep.end = LogPosition(index, 0)
+                return
+        good = off if off == SEGMENT_HEADER_SIZE else 0
+        lo, hi, out, counts = self.lo, self.hi, self.records, rep.kind_counts
+        decode, copy, include_commit = self.decode, self.copy, self.include_commit
+        pending: list = []
+        pkinds: list = []
+        pstart = pepoch = -1
+        hit_hi = False
+        while off < size:
+            try:
+                length, epoch, ts, kind, flags, sl, bl = _check(buf, mv, off, size)
+                if hi is not None and epoch > hi and not pkinds:
+                    hit_hi = self.done = True
+                    break
+                p = off + HEADER_SIZE + sl + pad8(sl)
+                rec = None
+                if kind == Kind.COMMIT or (decode and epoch >= lo):
+                    common = {
+                        "epoch": epoch,
+                        "timestamp": ts,
+                        "source": self._source(buf, off + HEADER_SIZE, sl),
+                        "batched": bool(flags & FLAG_BATCH),
+                        "segment": index,
+                        "offset": off,
+                    }
+                    rec = decode_body(kind, buf, p, p + bl, copy, common)
+            except BadRecord as e:
+                if hi is not None and not pkinds and size - off >= HEADER_SIZE:
+                    # A damaged record whose epoch field reads past end_epoch, after intact
+                    # records up to it: the reader was asked to stop before it.
+                    (claimed_epoch,) = _Q.unpack_from(buf, off + 8)
+                    if claimed_epoch > hi and (rep.last_epoch is None or claimed_epoch >= rep.last_epoch):
+                        hit_hi = self.done = True
+                        break
+                start = pstart if pkinds else off
+                pending, pkinds = [], []
+                hint = None
+                if size - off >= 8:
+                    (claimed,) = _U32.unpack_from(buf, off)
+                    hint = off + claimed if claimed >= HEADER_SIZE else None
+                nxt = self._bad(spath, buf, mv, off, start, str(e), is_last, hint)
+                if nxt is None:
+                    break
+                off = nxt
+                continue
+            if kind == Kind.COMMIT:
+                ok = flags & FLAG_BATCH and pkinds and pepoch == epoch and rec.count == len(pkinds)
+                if not ok:
+                    start = pstart if pkinds else off
+                    n = len(pkinds)
+                    pending, pkinds = [], []
+                    if not self._logical(
+                        spath, start, off + length, size,
+                        f"COMMIT (epoch {epoch}, count {rec.count}) does not close a batch "
+                        f"(pending: {n} records of epoch {pepoch if n else None})",
+                    ):
+                        break
+                    off += length
+                    continue
+                if epoch >= lo:
+                    out.extend(r for r in pending if r is not None)
+                    if include_commit:
+                        out.append(rec)
+                for k in pkinds:
+                    counts[k] = counts.get(k, 0) + 1
+                counts[kind] = counts.get(kind, 0) + 1
+                pending, pkinds = [], []
+                good = off + length
+                rep.last_epoch = epoch
+            else:
+                if pkinds and (not flags & FLAG_BATCH or pepoch != epoch):
+                    n = len(pkinds)
+                    pending, pkinds = [], []
+                    if not self._logical(
+                        spath, pstart, off, size, f"batch of {n} records at epoch {pepoch} has no COMMIT"
+                    ):
+                        break
+                if flags & FLAG_BATCH:
+                    if not pkinds:
+                        pstart, pepoch = off, epoch
+                    pkinds.append(kind)
+                    pending.append(rec)
+                else:
+                    if rec is not None:
+                        out.append(rec)
+                    counts[kind] = counts.get(kind, 0) + 1
+                    good = off + length
+                    rep.last_epoch = epoch
+            off += length
+        if pkinds and not hit_hi and not self.done:
+            reason = f"batch of {len(pkinds)} records at epoch {pepoch} has no COMMIT"
+            if is_last and self.mode == "torn_tail":
+                rep.torn_tail = SkippedRange(spath, pstart, size, reason + " at the end of the log")
+            else:
+                self._logical(spath, pstart, off, size, reason)
+        rep.end = LogPosition(index, good)
+
+    # -- a directory ---------------------------------------------------------------------
+    def run(self, directory) -> None:
+        segs = list_segments(directory)
+        firsts: list[int | None] = []
+        if self.lo or self.hi is not None:
+            firsts = [_header_first_epoch(p, i) for i, p in segs]
+        prev = None
+        for n, (index, path) in enumerate(segs):
+            if self.done:
+                break
+            is_last = n == len(segs) - 1
+            if prev is not None and index != prev + 1:
+                reason = f"missing segment(s) {prev + 1}..{index - 1}"
+                if self.mode == "point_in_time":
+                    self.report.stopped_at = SkippedRange(str(path), 0, 0, reason)
+                    break
+                if self.mode == "skip_corrupt":
+                    self.report.skipped.append(SkippedRange(str(segment_path(directory, prev + 1)), 0, 0, reason))
+                else:
+                    raise CorruptLogError(path, 0, reason)
+            prev = index
+            if firsts:
+                if self.hi is not None and firsts[n] is not None and firsts[n] > self.hi:
+                    break
+                if not is_last and firsts[n + 1] is not None and firsts[n + 1] < self.lo:
+                    continue  # every record of this segment is older than start_epoch
+            with open(path, "rb") as f:
+                buf = f.read()
+            self.segment(index, path, buf, is_last)
+
+
+def read_records(
+    directory: str | os.PathLike,
+    mode: str = "torn_tail",
+    start_epoch: int | None = None,
+    end_epoch: int | None = None,
+    *,
+    include_commit: bool = False,
+    copy: bool = False,
+) -> ReadResult:
+    """Read every committed record with ``start_epoch <= epoch <= end_epoch``, in log order.
+
+    Modes (RocksDB WAL recovery modes; long RocksDB names are accepted as aliases):
+
+    * ``"torn_tail"`` (default, = ``tolerate_corrupted_tail_records``): an incomplete or bad
+      record at the end of the last segment (and a batch without its COMMIT there) is dropped
+      (``report.torn_tail``); any other damage raises :class:`CorruptLogError`.
+    * ``"absolute"``: any damage, including a torn tail, raises.
+    * ``"point_in_time"``: stops at the first damage (``report.stopped_at``); no error.
+    * ``"skip_corrupt"``: skips damaged bytes (resyncing on the next intact record) and
+      incomplete batches, listing them in ``report.skipped``; no error.
+
+    Records past ``end_epoch`` are not validated (a damaged record whose epoch field reads past
+    ``end_epoch`` ends the read like an intact one would). Arrays are read-only views into the segment
+    bytes unless ``copy=True``. COMMIT records are returned only if ``include_commit``.
+    A missing directory reads as an empty log.
+    """
+    r = _Reader(_mode(mode), start_epoch, end_epoch, include_commit, copy)
+    r.run(directory)
+    r.report.kind_counts = dict(r.report.kind_counts)
+    return ReadResult(r.records, r.report)
+
+
+def _filter(records, page_id=None, epochs=None, source=None, kinds=None) -> list[LogRecord]:
+    ks = None if kinds is None else {kind_of(k) for k in ([kinds] if isinstance(kinds, (str, int)) else kinds)}
+    out = []
+    for r in records:
+        if ks is not None and r.kind not in ks:
+            continue
+        if source is not None and r.source != source:
+            continue
+        if page_id is not None and not r.touches(page_id):
+            continue
+        out.append(_copy_record(r))
+    return out
+
+
+def _copy_record(r: LogRecord) -> LogRecord:
+    r = dataclasses.replace(r)
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        if isinstance(v, np.ndarray) and not v.flags.writeable:
+            setattr(r, f.name, v.copy())
+    return r
+
+
+def _epoch_range(epochs) -> tuple[int | None, int | None]:
+    if epochs is None:
+        return None, None
+    try:
+        a, b = epochs
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"epochs={epochs!r} must be a pair (first, last), inclusive") from None
+    return a, b
+
+
+def query_records(
+    directory: str | os.PathLike,
+    page_id: int | None = None,
+    epochs: tuple[int | None, int | None] | None = None,
+    source: str | None = None,
+    kinds: Iterable[Kind | int | str] | Kind | int | str | None = None,
+    *,
+    mode: str = "torn_tail",
+) -> list[LogRecord]:
+    """Committed records matching every given filter (arrays copied, safe to keep).
+
+    ``page_id`` matches records that touch the page: DENSE/SPARSE/ACCUMULATE of it, a
+    SPARSE_BATCH or DELETE_PAGES containing it, a CREATE_PAGES range holding it, an edge
+    with it as parent or child. ``epochs=(a, b)`` is inclusive; either end may be None.
+    """
+    a, b = _epoch_range(epochs)
+    res = read_records(directory, mode, a, b, include_commit=kinds is not None)
+    return _filter(res.records, page_id, epochs, source, kinds)
+
+

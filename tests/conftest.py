@@ -1,16 +1,9 @@
-"""Test configuration: strict dtype/rank promotion and 8 virtual CPU devices (STYLE.md, 7)."""
+"""Test fixtures and the hypothesis profile (devices and promotion rules: ../conftest.py)."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import pytest
+from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "mmsb",

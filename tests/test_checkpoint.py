@@ -8,21 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import assert_bits_equal
 
 import mmsb_jax as mmsb
 from mmsb_jax import PageNotFoundError, SerializationError
 
-
 # --------------------------------------------------------------------------- helpers
-def as_bits(x):
-    x = np.asarray(x)
-    return x if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
 
 
-def assert_bits_equal(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, got.dtype, want.shape, want.dtype)
-    np.testing.assert_array_equal(as_bits(got), as_bits(want), err_msg=what)
 
 
 def describe(state):

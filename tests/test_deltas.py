@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import as_bits
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -40,9 +41,6 @@ def rand_array(rng, shape, dtype):
     return out
 
 
-def as_bits(x):
-    x = np.asarray(x)
-    return x if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
 
 
 def assert_bits_equal(got, want):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import as_bits, assert_bits_equal, rand_array
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,28 +35,10 @@ SPARSE_K = 3
 
 
 # --------------------------------------------------------------------------- helpers
-def rand_array(rng, shape, dtype):
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
-    out = (rng.standard_normal(shape) * 10).astype(dtype)
-    out[rng.random(shape) < 0.1] = np.nan
-    out[rng.random(shape) < 0.1] = -0.0
-    return out
 
 
-def as_bits(x):
-    x = np.asarray(x)
-    return x if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
 
 
-def assert_bits_equal(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
-    np.testing.assert_array_equal(as_bits(got), as_bits(want))
 
 
 def snapshot(state):

@@ -1,0 +1,29 @@
+"""Helpers shared by the test modules: random page contents and bit-exact comparison."""
+
+import numpy as np
+
+
+def rand_array(rng, shape, dtype):
+    """Random values over the dtype's range; floats include NaN and -0.0."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+    out = (rng.standard_normal(shape) * 10).astype(dtype)
+    out[rng.random(shape) < 0.1] = np.nan
+    out[rng.random(shape) < 0.1] = -0.0
+    return out
+
+
+def as_bits(x):
+    """The array's bit patterns (so NaN == NaN and -0.0 != 0.0)."""
+    x = np.asarray(x)
+    return x if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
+
+
+def assert_bits_equal(got, want, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, got.dtype, want.shape, want.dtype)
+    np.testing.assert_array_equal(as_bits(got), as_bits(want), err_msg=what)

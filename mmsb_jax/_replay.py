@@ -25,8 +25,10 @@ from ._records import (
     Sparse,
     SparseBatch,
 )
+from ._router import pad_rows
 from ._tlog_read import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring
+
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
     """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``."""
@@ -79,14 +81,9 @@ class _SparseRun:
             return
         state = self.state
         k = max(r[1].shape[1] for r in self.rows)
-        pad = [(0, 0), (0, 0)]
         pids = np.concatenate([r[0] for r in self.rows]).astype(np.int64)
-        ind = np.concatenate(
-            [r[1] if r[1].shape[1] == k else np.pad(r[1], [pad[0], (0, k - r[1].shape[1])], mode="edge") for r in self.rows]
-        ).astype(np.int32)
-        vals = np.concatenate(
-            [r[2] if r[2].shape[1] == k else np.pad(r[2], [pad[0], (0, k - r[2].shape[1])], mode="edge") for r in self.rows]
-        )
+        ind = pad_rows([r[1] for r in self.rows], k, 0).astype(np.int32)
+        vals = pad_rows([r[2] for r in self.rows], k, 0)
         epochs = np.concatenate([np.full(r[0].shape[0], r[3], np.int64) for r in self.rows])
         state._epoch = int(epochs[-1])
         state._check_sparse_batch(pids, ind, vals)
@@ -135,22 +132,29 @@ def apply_records(state, records, *, semirings=()) -> None:
     run.flush()
 
 
-def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | None, int]:
-    """The newest readable checkpoint under ``path`` (itself or ``checkpoints/*``) with
-    ``epoch <= max_epoch``; returns ``(directory or None, epoch or 0)``."""
-    candidates = [path] if is_checkpoint(path) else []
+def list_checkpoints(path: str) -> list[tuple[str, int]]:
+    """Every checkpoint under ``path`` (itself, then ``checkpoints/*``) as ``(directory, epoch)``;
+    epoch ``-1`` marks one whose manifest cannot be read."""
+    dirs = [path] if is_checkpoint(path) else []
     ck = os.path.join(path, "checkpoints")
     if os.path.isdir(ck):
-        candidates += [os.path.join(ck, n) for n in sorted(os.listdir(ck)) if is_checkpoint(os.path.join(ck, n))]
-    best, best_epoch = None, -1
-    for d in candidates:
+        dirs += [os.path.join(ck, n) for n in sorted(os.listdir(ck)) if is_checkpoint(os.path.join(ck, n))]
+    out = []
+    for d in dirs:
         try:
-            e = int(read_manifest(d)["epoch"])
+            out.append((d, int(read_manifest(d)["epoch"])))
         except (SerializationError, KeyError, TypeError, ValueError):
-            continue  # an unreadable checkpoint is skipped: an older one or the log serves
-        if e > best_epoch and (max_epoch is None or e <= max_epoch):
-            best, best_epoch = d, e
-    return best, max(best_epoch, 0)
+            out.append((d, -1))
+    return out
+
+
+def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | None, int]:
+    """The newest readable checkpoint under ``path`` with ``epoch <= max_epoch``; returns
+    ``(directory or None, epoch or 0)``. Unreadable ones are skipped: an older one or the log serves."""
+    usable = [(d, e) for d, e in list_checkpoints(path) if e >= 0 and (max_epoch is None or e <= max_epoch)]
+    if not usable:
+        return None, 0
+    return max(usable, key=lambda t: t[1])
 
 
 def require_state(path: str) -> None:

@@ -95,6 +95,23 @@ def route_sparse(pool: Array, slots: Array, indices: Array, values: Array) -> Ar
     return flat.at[win_t].set(win_v, mode="drop").reshape(pool.shape)
 
 
+def pad_rows(blocks: list, k: int, fill) -> np.ndarray:
+    """Concatenate row blocks (each ``(n_i, k_i)``, or 1-D for one row) into ``(sum n_i, k)``,
+    padding short rows by repeating their last entry (for sparse deltas a no-op: the same
+    value to the same index, still last); an empty row becomes ``fill``."""
+    out = []
+    for b in blocks:
+        b = np.asarray(b)
+        b = b.reshape(1, -1) if b.ndim == 1 else b
+        if b.shape[1] == k:
+            out.append(b)
+        elif b.shape[1] == 0:
+            out.append(np.full((b.shape[0], k), fill, b.dtype))
+        else:
+            out.append(np.pad(b, [(0, 0), (0, k - b.shape[1])], mode="edge"))
+    return np.concatenate(out)
+
+
 def last_writer_keep(targets: np.ndarray) -> np.ndarray | None:
     """Host-side: ``keep[i]`` true iff no later entry repeats ``targets[i]``; ``None`` if all unique.
 

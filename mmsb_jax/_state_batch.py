@@ -9,7 +9,7 @@ from pallas_kernels import backend
 from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits
 from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
-from ._router import apply_rows, scatter_unique, sparse_rows_keep, write_rows
+from ._router import apply_rows, pad_rows, scatter_unique, sparse_rows_keep, write_rows
 
 
 class BatchRouting:
@@ -205,8 +205,8 @@ def _stack_sparse(checked):
         return np.zeros(0, np.int64), np.zeros((0, 0), np.int32), np.zeros((0, 0), np.uint8)
     k = max(r[1].size for r in rows)
     pids = np.array([r[0] for r in rows], np.int64)
-    ind = np.stack([np.pad(i, (0, k - i.size), mode="edge") for _, i, _ in rows]).astype(np.int32)
-    vals = np.stack([np.pad(v, (0, k - v.size), mode="edge") for _, _, v in rows])
+    ind = pad_rows([i for _, i, _ in rows], k, 0).astype(np.int32)
+    vals = pad_rows([v for _, _, v in rows], k, 0)
     return pids, ind, vals
 
 
@@ -243,10 +243,8 @@ def _apply_group(pool, group):
         k = max(int(np.asarray(d.indices).size) for d in deltas)
         if k == 0:
             return pool.array
-        ind = np.stack([np.pad(np.asarray(d.indices), (0, k - np.asarray(d.indices).size), mode="edge")
-                        if np.asarray(d.indices).size else np.full(k, -1) for d in deltas]).astype(np.int32)
-        vals = np.stack([np.pad(np.asarray(d.values), (0, k - np.asarray(d.values).size), mode="edge")
-                         if np.asarray(d.values).size else np.zeros(k, pool.dtype) for d in deltas])
+        ind = pad_rows([d.indices for d in deltas], k, -1).astype(np.int32)  # -1: dropped
+        vals = pad_rows([d.values for d in deltas], k, 0).astype(pool.dtype)
         stacked = SparseDelta(ind, vals, first.shape)
     elif isinstance(first, DenseDelta):
         stacked = DenseDelta(np.stack([np.asarray(d.mask) for d in deltas]), np.stack([np.asarray(d.payload) for d in deltas]))

@@ -48,7 +48,8 @@ class Checkpointing:
                     "slot": self._tbl_slot[ids],
                     "epoch": self._tbl_epoch[ids],
                 }
-            tree.update(self._extra_checkpoint_arrays())
+            deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
+            tree.update(self._edge_arrays(deps))
             manifest = {
                 "epoch": self._epoch,
                 "next_page_id": self._next_id,
@@ -63,7 +64,8 @@ class Checkpointing:
                     }
                     for p in self._pools
                 ],
-                **self._extra_manifest(),
+                "edge_types": sorted({e[3] for e in deps}),
+                "dependencies": len(deps),
             }
             self._counters["checkpoints"] += 1
             if block:
@@ -122,8 +124,8 @@ class Checkpointing:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
 
-    def _extra_checkpoint_arrays(self) -> dict:
-        deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
+    @staticmethod
+    def _edge_arrays(deps) -> dict:
         types = sorted({e[3] for e in deps})
         return {
             "graph": {
@@ -133,10 +135,6 @@ class Checkpointing:
                 "type": np.array([types.index(e[3]) for e in deps], np.int32),
             }
         } if deps else {}
-
-    def _extra_manifest(self) -> dict:
-        deps = self.dependencies()
-        return {"edge_types": sorted({e[3] for e in deps}), "dependencies": len(deps)}
 
     def _restore_extra(self, manifest: dict, tree: dict) -> None:
         g = tree.get("graph")

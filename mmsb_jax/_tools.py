@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import os
 
-from ._checkpoint import is_checkpoint, read_manifest
 from ._errors import MMSBError
 from ._records import Kind
-from ._replay import rebuild, require_state
+from ._replay import list_checkpoints, rebuild, require_state
 from ._tlog_read import list_segments, read_records
-
-
-def _checkpoints(path: str) -> list[tuple[str, int]]:
-    dirs = [path] if is_checkpoint(path) else []
-    ck = os.path.join(path, "checkpoints")
-    if os.path.isdir(ck):
-        dirs += [os.path.join(ck, n) for n in sorted(os.listdir(ck)) if is_checkpoint(os.path.join(ck, n))]
-    out = []
-    for d in dirs:
-        try:
-            out.append((d, int(read_manifest(d)["epoch"])))
-        except (MMSBError, KeyError, TypeError, ValueError):
-            out.append((d, -1))
-    return out
 
 
 def _dir_bytes(path: str) -> int:
@@ -56,7 +41,7 @@ def inspect_state(path) -> dict:
         "pages_deleted": deleted,
         "records_by_kind": {Kind(k).name: v for k, v in sorted(res.report.kind_counts.items())},
         "segments": [{"file": os.path.basename(str(p)), "bytes": os.path.getsize(p)} for _, p in list_segments(log_dir)],
-        "checkpoints": [{"dir": os.path.relpath(d, path), "epoch": e} for d, e in _checkpoints(path)],
+        "checkpoints": [{"dir": os.path.relpath(d, path), "epoch": e} for d, e in list_checkpoints(path)],
         "skipped_ranges": [vars(s) for s in res.report.skipped],
         "log_bytes": _dir_bytes(log_dir),
         "total_bytes": _dir_bytes(path),
@@ -83,7 +68,7 @@ def verify_state(path, progress=None) -> dict:
         faults.append(f"log: {e}")
         first = None
     checks = []
-    cks = _checkpoints(path)
+    cks = list_checkpoints(path)
     for i, (d, epoch) in enumerate(cks):
         if progress:
             progress(i, len(cks), d)

@@ -197,9 +197,29 @@ def update_page(state: MMSBState, page_id, data) -> int | None:
     Returns the new epoch, or ``None`` when ``data`` equals the page bit for bit (a no-op:
     no epoch, nothing logged).
 
+    ``data`` is an array of the page's shape and dtype (arrays are never cast), or plain Python
+    data (a list, nested lists), which takes the page's dtype when every value fits it: a float
+    rounds, but an integer that wraps around, a fraction on an integer page or a float that
+    overflows to infinity is refused.
+
     Raises:
       PageNotFoundError: unknown page id.
-      InvalidDeltaError: ``data`` has another shape or dtype than the page.
+      InvalidDeltaError: ``data`` has another shape or dtype than the page, or holds a value
+        the page's dtype cannot represent.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> page = mmsb.create_page(state, size=3, dtype=jnp.uint8)
+      >>> mmsb.update_page(state, page.id, [1, 2, 255])
+      2
+      >>> mmsb.update_page(state, page.id, [1, 2, 255]) is None  # same content: no epoch
+      True
+      >>> mmsb.update_page(state, page.id, [1, 2, 256])
+      Traceback (most recent call last):
+      ...
+      mmsb_jax._errors.InvalidDeltaError: data for page 0 holds 256, which dtype uint8 cannot represent
+      >>> mmsb.mmsb_stop(state)
     """
     return state.update_page(page_id, data)
 
@@ -329,9 +349,20 @@ def checkpoint(state: MMSBState, directory=None, *, block: bool = True):
 
 
 def state_digest(state) -> str:
-    """A hex digest of every page's id, epoch and bytes, and the state's epoch.
+    """A hex digest of every page's id, epoch and bytes, the dependencies and the state's epoch;
+    for pages with dependencies, of their propagated values too (what :func:`query_page` returns).
 
     Two states (or snapshots) with equal digests hold the same pages bit for bit.
+
+    Example:
+      >>> import mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> page = mmsb.create_page(state, size=4)
+      >>> before = mmsb.state_digest(state)
+      >>> _ = mmsb.update_page(state, page.id, [1, 2, 3, 4])
+      >>> mmsb.state_digest(state) != before
+      True
+      >>> mmsb.mmsb_stop(state)
     """
     return state.digest()
 

@@ -138,7 +138,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self.enable_gpu = self._gpu is not None
         self._pools: list[PagePool] = []
         self._pool_by_key: dict[tuple, PagePool] = {}
-        self._spec_cache: dict[tuple, tuple[PagePool, tuple]] = {}
+        self._spec_cache: dict[tuple, tuple[PagePool, tuple, Any]] = {}
         # Page table, columnar and indexed by page id (ids are never reused).
         self._next_id = 0
         self._tbl_pool = np.full(1024, -1, np.int32)
@@ -238,12 +238,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             shape is None or (type(shape) is tuple and all(type(d) is int for d in shape))
         )
         try:
-            key = (size, shape, dtype, location) if exact else None
+            # keyed on the dtype object's identity (jax's scalar types hash in Python); the entry
+            # holds the object, so the id cannot be reused while it is cached
+            key = (size, shape, id(dtype), location) if exact else None
             hit = self._spec_cache.get(key) if exact else None
-        except TypeError:  # an unhashable dtype or location: take the slow path
+        except TypeError:  # an unhashable location: take the slow path
             key, hit = None, None
-        if hit is not None:
-            return hit
+        if hit is not None and hit[2] is dtype:
+            return hit[0], hit[1]
         shape = self._normalize_shape(size, shape)
         try:
             np_dtype = np.dtype(dtype)
@@ -261,7 +263,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._pools.append(pool)
             self._pool_by_key[pool_key] = pool
         if key is not None:
-            self._spec_cache[key] = (pool, shape)
+            self._spec_cache[key] = (pool, shape, dtype)
         return pool, shape
 
     @staticmethod
@@ -370,13 +372,15 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
 
     # ------------------------------------------------------------------ writes
     def _coerce_page_data(self, data, pool: PagePool, pid: int):
-        if isinstance(data, jax.Array):
+        if isinstance(data, (jax.Array, np.ndarray)):
             arr = data
         else:
             try:
                 arr = np.asarray(data)
             except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
                 raise InvalidDeltaError(f"data for page {pid} cannot be read as an array: {e}") from None
+            if not isinstance(data, np.generic) and arr.dtype != pool.dtype:
+                arr = self._cast_untyped(arr, pool, pid)
         if tuple(arr.shape) != pool.shape:
             if arr.size == pool.page_elems and arr.ndim == 1 and len(pool.shape) > 1:
                 arr = arr.reshape(pool.shape)
@@ -388,6 +392,26 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         if np.dtype(arr.dtype) != pool.dtype:
             raise InvalidDeltaError(f"data for page {pid} has dtype {np.dtype(arr.dtype)}; expected dtype {pool.dtype}")
         return arr
+
+    @staticmethod
+    def _cast_untyped(arr: np.ndarray, pool: PagePool, pid: int) -> np.ndarray:
+        """Python data (lists, nested sequences) has no dtype of its own: take the page's, as
+        ``jnp.asarray(data, dtype)`` would, but refuse values that would change more than a float
+        rounds: wrap-around, truncation, or a finite value that overflows to infinity."""
+        if arr.dtype.kind not in "biuf":
+            return arr  # the dtype check reports it
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cast = arr.astype(pool.dtype)
+            if pool.dtype.kind == "f" or pool.dtype.name == "bfloat16":
+                ok = np.isfinite(cast) | ~np.isfinite(arr)
+            else:
+                back = cast.astype(arr.dtype)
+                ok = back == arr
+        if not ok.all():
+            bad = arr.reshape(-1)[np.flatnonzero(~ok.reshape(-1))[0]].item()
+            raise InvalidDeltaError(f"data for page {pid} holds {bad!r}, which dtype {pool.dtype} cannot represent")
+        return cast
 
     def update_page(self, page_id, data) -> int | None:
         """Replace a page's content; see :func:`mmsb_jax.update_page`."""
@@ -460,7 +484,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             getattr(self._log, method)(self._epoch, *args, **kw)
 
     def _journal_create(self, first: int, n: int, pool: PagePool) -> None:
-        self._rec("log_create_pages", first, n, pool.shape, pool.dtype.name, pool.location)
+        if self._log is not None:
+            self._rec("log_create_pages", first, n, pool.shape, pool.dtype, pool.location)
 
     def _journal_delete(self, pid: int) -> None:
         self._rec("log_delete_pages", np.array([pid], np.uint64))
@@ -495,7 +520,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
 
     # ------------------------------------------------------------------ digest & stats
     def digest(self) -> str:
-        """Hex digest of every live page (id, epoch, shape, dtype, bytes) and the epoch."""
+        """Hex digest of every live page (id, epoch, shape, dtype, bytes) and the epoch; for
+        pages with dependencies, of the propagated values too (what :meth:`query_page` reads)."""
         with self._lock:
             h = hashlib.blake2b(digest_size=20)
             h.update(np.int64(self._epoch).tobytes())
@@ -507,8 +533,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 sel = ids[self._tbl_pool[ids] == pool.index]
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
                 if sel.size:
-                    data = np.asarray(pool.array)[self._tbl_slot[sel]]
-                    h.update(np.ascontiguousarray(data).view(np.uint8).tobytes())
+                    slots = self._tbl_slot[sel]
+                    h.update(np.ascontiguousarray(np.asarray(pool.array)[slots]).view(np.uint8).tobytes())
+                    pg = self._pool_graphs.get(pool.index)
+                    if pg is not None and pg.has_edges:  # the derived values, which replay recomputes
+                        x = np.asarray(pg.visible(pool.array))[slots]
+                        h.update(np.ascontiguousarray(x).view(np.uint8).tobytes())
             return h.hexdigest()
 
     def stats(self) -> dict[str, Any]:

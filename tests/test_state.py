@@ -678,3 +678,49 @@ def test_stopped_state_rejects_every_operation():
     assert not wrongly_allowed, f"allowed after mmsb_stop: {wrongly_allowed}"
     assert s.epoch == 1
     mmsb.mmsb_stop(s)  # stopping twice is harmless
+
+
+def test_digest_covers_propagated_values():
+    """The digest hashes what readers see (x) as well as what was written (b): a wrong
+    propagated value changes it, while equal states still agree."""
+    state = mmsb.mmsb_start(semiring="tropical", fsync="never")
+    try:
+        a, b = (mmsb.create_page(state, size=4, dtype=jnp.float32).id for _ in range(2))
+        mmsb.update_page(state, a, jnp.arange(4, dtype=jnp.float32))
+        mmsb.update_page(state, b, jnp.full(4, 10.0, jnp.float32))
+        mmsb.add_dependency(state, a, b, weight=1.0)
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(state, b)), [1.0, 2.0, 3.0, 4.0])
+        digest = mmsb.state_digest(state)
+        assert mmsb.state_digest(state) == digest
+        pg = state._pool_graphs[state._pools[0].index]
+        pg.x = pg.x.at[state._tbl_slot[b], 0].set(7.0)  # corrupt one derived value only
+        assert mmsb.state_digest(state) != digest
+    finally:
+        mmsb.mmsb_stop(state)
+
+
+def test_update_page_python_data_takes_the_page_dtype():
+    state = mmsb.mmsb_start(fsync="never")
+    try:
+        u8 = mmsb.create_page(state, size=3, dtype=jnp.uint8).id
+        f32 = mmsb.create_page(state, size=3, dtype=jnp.float32).id
+        flags = mmsb.create_page(state, shape=(2, 1), dtype=jnp.bool_).id
+        assert mmsb.update_page(state, u8, [1, 2, 255]) == 4
+        assert np.asarray(mmsb.query_page(state, u8)).tolist() == [1, 2, 255]
+        assert mmsb.update_page(state, f32, [0.1, float("nan"), 3]) == 5  # floats round
+        assert_bits_equal(mmsb.query_page(state, f32), np.array([0.1, np.nan, 3], np.float32))
+        assert mmsb.update_page(state, flags, [[0], [1]]) == 6
+        assert mmsb.update_page(state, flags, [[False], [True]]) is None
+        before = state_digest_and_epoch(state)
+        for pid, data, bad in [(u8, [1, 2, 256], "256"), (u8, [-1, 0, 0], "-1"), (u8, [0.5, 0, 0], "0.5"),
+                               (f32, [1e300, 0, 0], "1e+300"), (flags, [[2], [0]], "2")]:
+            with pytest.raises(InvalidDeltaError, match=rf"page {pid} holds {re.escape(bad)}, which dtype"):
+                mmsb.update_page(state, pid, data)
+        # arrays with a dtype of their own are never cast
+        with pytest.raises(InvalidDeltaError, match="has dtype int64; expected dtype uint8"):
+            mmsb.update_page(state, u8, np.array([1, 2, 3]))
+        with pytest.raises(InvalidDeltaError, match="has dtype float64; expected dtype float32"):
+            mmsb.update_page(state, f32, np.array([1.0, 2.0, 3.0]))
+        assert state_digest_and_epoch(state) == before
+    finally:
+        mmsb.mmsb_stop(state)

@@ -14,7 +14,7 @@ import numpy as np
 from ._checkpoint import is_checkpoint, state_semiring
 from ._errors import InvalidArgumentError, SerializationError
 from ._replay import newest_checkpoint, rebuild, require_state, resolve_semiring
-from ._state import MMSBState, Page
+from ._state import MMSBState, Page, _page_id
 from ._tlog_read import query_records
 
 
@@ -28,8 +28,12 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
       enable_gpu: place ``location="gpu"`` pages on a GPU. Without a usable GPU the state
         falls back to the CPU with one ``GPUFallbackWarning``.
       semiring: the semiring of dependency propagation (a record or a standard name).
-      fsync: log durability, ``"always"`` (every commit fsynced before it returns),
-        ``"batch"`` (group commit) or ``"never"``.
+      fsync: log durability. ``"always"``: every commit is written and fsynced before it
+        returns. ``"batch"`` (group commit): buffered, then written and fsynced within about
+        5 ms (or when 1 MiB is buffered), so a crash loses at most those last milliseconds.
+        ``"never"``: buffered in the process and written to the OS only when 1 MiB is
+        buffered, on a checkpoint and on :func:`mmsb_stop`; never fsynced. A process killed
+        without ``mmsb_stop`` loses what was still buffered (up to 1 MiB of records).
       segment_bytes: log segments rotate at this size (compaction drops whole segments).
 
     Raises:
@@ -55,8 +59,19 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
     Returns the checkpoint directory, or ``None``. A state started with ``path=None`` has its
     temporary directory removed (the checkpoint, written elsewhere, stays).
+
+    Raises:
+      InvalidArgumentError: ``checkpoint_path`` lies inside the temporary directory that
+        stopping removes (the state stays open).
     """
     out = None
+    if checkpoint_path is not None and state._owns_dir:
+        target = os.path.abspath(os.fspath(checkpoint_path))
+        if os.path.commonpath([target, state.path]) == state.path:
+            raise InvalidArgumentError(
+                f"checkpoint_path={target!r} is inside the temporary state directory {state.path!r}, "
+                "which mmsb_stop removes; write the checkpoint elsewhere"
+            )
     if checkpoint_path is not None:
         out = state.checkpoint(checkpoint_path)
     state.close()
@@ -104,9 +119,11 @@ def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
     Built from the newest checkpoint at or before ``epoch`` plus the log records up to it
     (batched through the router). Query it with :func:`query_page`; ``snap.epoch`` is the
     last epoch at or before ``epoch`` that committed anything. Writes raise ``ReadOnlyError``.
+    ``epoch=None`` replays everything (the state's last epoch).
 
     Raises:
-      InvalidArgumentError: a negative epoch, or one past the state's last epoch.
+      InvalidArgumentError: a negative epoch, or one past the state's last epoch (for a state
+        object and a path alike).
       SerializationError: the epochs up to ``epoch`` were compacted away.
 
     Example:
@@ -127,15 +144,22 @@ def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
     else:
         path, last, semiring = os.path.abspath(os.fspath(path_or_state)), None, None
         require_state(path)
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise InvalidArgumentError(f"epoch={epoch!r} must be a non-negative int")
+    if epoch is None:
+        epoch = last
+    elif isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise InvalidArgumentError(f"epoch={epoch!r} must be a non-negative int (or None: the last epoch)")
     if last is not None and epoch > last:
         raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
     if semiring is None:
         semiring = resolve_semiring(state_semiring(path, newest_checkpoint(path)[0]), semirings)
     snap = MMSBState(path, semiring=semiring, _snapshot=True)
-    rebuild(snap, path, end_epoch=int(epoch), semirings=semirings)
+    rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
     snap.read_only = True
+    log_dir = os.path.join(path, "log")
+    if epoch is not None and snap.epoch < epoch and not (
+        os.path.isdir(log_dir) and query_records(log_dir, epochs=(int(epoch), None))
+    ):  # nothing committed at or after ``epoch``
+        raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {snap.epoch}")
     return snap
 
 
@@ -146,6 +170,8 @@ def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list
     the records' source tag; ``kinds``: e.g. ``"SPARSE"`` or ``["DENSE", "SPARSE_BATCH"]``.
     Each record has ``epoch``, ``kind``, ``timestamp`` (ns since the Unix epoch), ``source``.
     """
+    if page_id is not None:
+        page_id = _page_id(page_id)  # a Page handle or an int id, as everywhere else
     path = state.path if isinstance(state, MMSBState) else os.path.abspath(os.fspath(state))
     if isinstance(state, MMSBState):
         state._flush_journal()
@@ -224,12 +250,26 @@ def update_page(state: MMSBState, page_id, data) -> int | None:
     return state.update_page(page_id, data)
 
 
-def route_delta(state: MMSBState, page_id, delta) -> int:
+def route_delta(state: MMSBState, page_id, delta) -> int | None:
     """Apply any :class:`Delta` to a page in a new epoch (apply, log, propagate); returns the epoch.
+
+    A delta that touches no element (a sparse delta without indices, a dense delta whose mask
+    is all false) changes nothing: it takes no epoch, is not logged, and returns ``None``
+    (as :func:`update_page` does for identical content).
 
     Raises:
       PageNotFoundError: unknown page id.
       InvalidDeltaError: the delta's shape, dtype or indices do not fit the page.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> p = mmsb.create_page(state, size=3, dtype=jnp.float32)
+      >>> mmsb.route_delta(state, p.id, mmsb.sparse_delta([1], jnp.array([4.0]), 3))
+      2
+      >>> mmsb.route_delta(state, p.id, mmsb.sparse_delta([], jnp.zeros(0, jnp.float32), 3)) is None
+      True
+      >>> mmsb.mmsb_stop(state)
     """
     return state.route_delta(page_id, delta)
 
@@ -239,7 +279,9 @@ def batch_route_deltas(state: MMSBState, entries) -> int | None:
 
     The result equals routing the same deltas one by one, in order, also when a page repeats
     (repeated sparse targets: the later entry wins, resolved before the scatter). If any entry
-    is invalid nothing is applied and no epoch is used. Returns the epoch (``None`` if empty).
+    is invalid nothing is applied and no epoch is used. Entries whose delta touches no element
+    are skipped, as :func:`route_delta` skips them. Returns the epoch, or ``None`` when nothing
+    is left to write.
 
     Raises:
       PageNotFoundError / InvalidDeltaError: naming the offending entry's position and page id.
@@ -263,7 +305,8 @@ def route_sparse_batch(state: MMSBState, page_ids, indices, values) -> int | Non
     """Route ``n`` sparse deltas given as arrays, in one epoch: the vectorized router.
 
     ``page[page_ids[i]].flat[indices[i, j]] = values[i, j]``, last writer wins in batch order.
-    No per-delta Python objects: this is the path for millions of deltas per second.
+    No per-delta Python objects: this is the path for millions of deltas per second. Returns
+    the epoch, or ``None`` when there is nothing to write (``n == 0`` or ``k == 0``).
 
     Args:
       page_ids: int ``(n,)``.
@@ -311,6 +354,12 @@ def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type
     semiring (``weight=None``: the semiring's one). Adding an existing edge replaces its weight.
     Non-``"data"`` edge types (``"control"``, ``"gpu_sync"``, ``"compiler"``) only order pages.
 
+    New pages hold numeric zeros. Under the real, boolean and max-times semirings that is the
+    semiring's zero, so a child with one parent of weight one reads its parent's value (a
+    passthrough copy). Under tropical (zero ``+inf``), max-plus and log (``-inf``) it is not:
+    ``0`` is tropical's *one*, and ``min(0, parent)`` hides a positive parent. For a passthrough
+    there, first write the semiring's zero into the child, as the second example shows.
+
     Raises:
       PageNotFoundError: an unknown page.
       GraphCycleError: the edge would close a cycle (``.cycle`` names the page path); nothing
@@ -328,6 +377,17 @@ def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type
       >>> _ = mmsb.update_page(state, b.id, jnp.full(2, 3.0, jnp.float32))
       >>> mmsb.query_page(state, c.id).tolist()
       [7.0, 7.0]
+      >>> mmsb.mmsb_stop(state)
+
+      Under tropical, a passthrough child starts at the semiring's zero:
+
+      >>> state = mmsb.mmsb_start(semiring="tropical")
+      >>> parent, child = (mmsb.create_page(state, size=2, dtype=jnp.float32) for _ in range(2))
+      >>> _ = mmsb.update_page(state, parent.id, jnp.array([5.0, 6.0]))
+      >>> _ = mmsb.update_page(state, child.id, jnp.full(2, state.semiring.zero, jnp.float32))
+      >>> _ = mmsb.add_dependency(state, parent.id, child.id)
+      >>> mmsb.query_page(state, child.id).tolist()
+      [5.0, 6.0]
       >>> mmsb.mmsb_stop(state)
     """
     return state.add_dependency(parent_id, child_id, weight=weight, edge_type=edge_type)

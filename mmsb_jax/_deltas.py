@@ -15,6 +15,7 @@ Everything here is pure and works under ``jit`` and ``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Union
 
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InvalidDeltaError
+from ._pages import MAX_PAGE_ELEMS
 from .semirings import Semiring, get_semiring
 
 Array = Any
@@ -136,7 +138,11 @@ def sparse_delta(indices, values, shape) -> SparseDelta:
       [9.0, 0.0, 6.0]
     """
     shape = _normalize_shape(shape)
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
+    if size > MAX_PAGE_ELEMS:
+        raise InvalidDeltaError(
+            f"sparse_delta needs a page of at most {MAX_PAGE_ELEMS} elements (int32 indices), got shape {shape}"
+        )
     if _is_concrete(indices):
         idx_np = np.asarray(indices)
         if idx_np.dtype == object or (idx_np.size and not np.issubdtype(idx_np.dtype, np.integer)):
@@ -206,6 +212,16 @@ def _normalize_shape(shape) -> tuple:
 
 
 # --------------------------------------------------------------------------- checks
+def touches_nothing(delta) -> bool:
+    """Whether ``delta`` writes no element: a sparse delta without indices or a dense delta
+    whose mask is all false (host-side; reads the mask). Accumulate deltas touch every element."""
+    if isinstance(delta, SparseDelta):
+        return delta.indices.shape[0] == 0
+    if isinstance(delta, DenseDelta):
+        return not bool(np.asarray(delta.mask).any())
+    return False
+
+
 def check_delta_fits(delta, shape, dtype, *, where: str = "") -> None:
     """Raise :class:`InvalidDeltaError` unless ``delta`` fits a page of ``shape`` / ``dtype``."""
     at = f" ({where})" if where else ""

@@ -36,8 +36,7 @@ def page_history(state, page_id) -> list:
     """Every log record that touched ``page_id`` (create, deltas, batches, edges, delete), in order."""
     from ._api import query_log
 
-    pid = int(page_id)
-    return query_log(state, page_id=pid)
+    return query_log(state, page_id=page_id)
 
 
 def diff(state, epoch_a: int, epoch_b: int) -> dict:

@@ -21,6 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 _MIN_CAPACITY = 16
+_MIN_RESERVE_BYTES = 64 << 20  # a first reservation of large pages stops at this size (>= 1 page)
+
+#: The most elements one page may hold: flat indices into a page are int32 (sparse deltas,
+#: the log's SPARSE records, the router).
+MAX_PAGE_ELEMS = 2**31
 
 # XLA's CPU copy insertion copies a donated arena whole when one output aliases it and another
 # output reads it (e.g. "write this page and return what changed"); region analysis proves the
@@ -124,7 +129,8 @@ class PagePool:
 
     def _reserve(self, needed: int) -> None:
         if needed > self.capacity:
-            self.capacity = max(needed, 2 * self.capacity, _MIN_CAPACITY)
+            floor = max(1, min(_MIN_CAPACITY, _MIN_RESERVE_BYTES // max(self.page_bytes, 1)))
+            self.capacity = max(needed, 2 * self.capacity, floor)
 
     # ------------------------------------------------------------------ the arena
     @property

@@ -7,6 +7,7 @@ locks) lives here; the pure core (deltas, semirings, propagation) knows nothing 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from ._deltas import (
     DenseDelta,
     SparseDelta,
     check_delta_fits,
+    touches_nothing,
 )
 from ._errors import (
     GPUFallbackWarning,
@@ -35,7 +37,7 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
-from ._pages import PagePool
+from ._pages import MAX_PAGE_ELEMS, PagePool
 from ._router import apply_at as _apply_at
 from ._router import read_slot as _read_slot
 from ._router import write_diff as _write_diff
@@ -92,6 +94,9 @@ def _page_id(page_id) -> int:
         return page_id.id
     if isinstance(page_id, (int, np.integer)) and not isinstance(page_id, (bool, np.bool_)):
         return int(page_id)
+    if (isinstance(page_id, (np.ndarray, jax.Array)) and page_id.ndim == 0
+            and np.dtype(page_id.dtype).kind in "iu" and not isinstance(page_id, jax.core.Tracer)):
+        return int(page_id)  # a 0-d integer array, e.g. jnp.asarray(ids)[0]
     raise PageNotFoundError(page_id, f"page_id={page_id!r} is not a page id (expected an int or a Page)")
 
 
@@ -126,7 +131,10 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self.path = os.path.abspath(os.fspath(path))
         self._snapshot = _snapshot  # a replayed view: never writes into its path
         if not _snapshot:
-            os.makedirs(self.path, exist_ok=True)
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
         self._lock = threading.RLock()
         self._closed = False
         self._epoch = 0
@@ -151,8 +159,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self._txn = None  # an open multi-record log batch
         self._source = None  # a source tag for the records being logged (None: the log's default)
         self._ckpt_pool = None  # the background checkpoint writer (checkpoint(block=False))
-        self._ckpt_pending: list = []
-        self._ckpt_failed = None
+        self._ckpt_pending: list = []  # (directory, epoch, Future) of background checkpoints not yet reported
         self.read_only = False
         self._counters = {
             "pages_created": 0,
@@ -253,6 +260,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             raise InvalidArgumentError(f"dtype={dtype!r} is not a dtype") from None
         if np_dtype.kind not in "biuf" and np_dtype.name != "bfloat16":
             raise InvalidArgumentError(f"dtype={np_dtype} is not supported; expected a bool, integer or float dtype")
+        if jax.dtypes.canonicalize_dtype(np_dtype) != np_dtype:
+            raise InvalidArgumentError(
+                f"dtype={np_dtype} needs JAX's 64-bit mode, which is off (JAX would store "
+                f"{jax.dtypes.canonicalize_dtype(np_dtype)}); call jax.config.update('jax_enable_x64', True) "
+                "first, or use a 32-bit dtype"
+            )
         device, real_location = self._device_for(location)
         pool_key = (shape, np_dtype, real_location)
         pool = self._pool_by_key.get(pool_key)
@@ -285,14 +298,24 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 raise InvalidArgumentError(f"shape={shape} must have at least one dimension, each > 0")
             if size is not None and (isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer))):
                 raise InvalidArgumentError(f"size={size!r} must be a positive int")
-            if size is not None and int(size) != int(np.prod(shape)):
-                raise InvalidArgumentError(f"size={size} does not match shape={shape} ({int(np.prod(shape))} elements)")
-            return shape
+            if size is not None and int(size) != math.prod(shape):
+                raise InvalidArgumentError(f"size={size} does not match shape={shape} ({math.prod(shape)} elements)")
+            return MMSBState._check_page_elems(shape)
         if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
             raise InvalidArgumentError(f"size={size!r} must be a positive int")
         if size <= 0:
             raise InvalidArgumentError(f"size={size} must be a positive number of elements")
-        return (int(size),)
+        return MMSBState._check_page_elems((int(size),))
+
+    @staticmethod
+    def _check_page_elems(shape: tuple) -> tuple:
+        elems = math.prod(shape)
+        if elems > MAX_PAGE_ELEMS:
+            raise InvalidArgumentError(
+                f"a page of shape {shape} holds {elems} elements; at most {MAX_PAGE_ELEMS} (2**31) are "
+                "supported (flat indices into a page are int32)"
+            )
+        return shape
 
     # ------------------------------------------------------------------ create / delete
     def create_page(self, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> Page:
@@ -434,7 +457,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._after_write(pool, [slot])
             return self._epoch
 
-    def route_delta(self, page_id, delta) -> int:
+    def route_delta(self, page_id, delta) -> int | None:
         """Apply one delta to a page in a new epoch; see :func:`mmsb_jax.route_delta`."""
         with self._lock:
             self._check_open()
@@ -442,6 +465,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             check_delta_fits(delta, pool.shape, pool.dtype, where=f"page {pid}")
             if isinstance(delta, SparseDelta):
                 self._check_sparse_indices(delta, pool, pid)
+            if touches_nothing(delta):
+                self._counters["noop_updates"] += 1
+                return None
             pool.array = _apply_at(pool.array, np.int32(slot), delta)
             self._epoch += 1
             self._tbl_epoch[pid] = self._epoch

@@ -6,7 +6,7 @@ import numpy as np
 
 from pallas_kernels import backend
 
-from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits
+from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
 from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
 from ._router import apply_rows, pad_rows, scatter_unique, sparse_rows_keep, write_rows
@@ -20,7 +20,7 @@ class BatchRouting:
         with self._lock:
             self._check_open()
             pids, ind, vals = self._check_sparse_batch(page_ids, indices, values)
-            if pids.size == 0:
+            if ind.size == 0:  # no rows, or rows without entries: nothing changes, no epoch
                 return None
             self._epoch += 1
             self._apply_sparse_rows(pids, ind, vals)
@@ -161,7 +161,8 @@ class BatchRouting:
                 check_delta_fits(delta, pool.shape, pool.dtype, where=f"batch entry {i}, page {pid}")
                 if isinstance(delta, SparseDelta):
                     self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
-                checked.append((pid, pool, slot, delta))
+                if not touches_nothing(delta):  # an empty delta changes nothing: no epoch, no record
+                    checked.append((pid, pool, slot, delta))
             all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked) and len(
                 {np.dtype(d.dtype) for *_, d in checked}
             ) <= 1  # one values array needs one dtype

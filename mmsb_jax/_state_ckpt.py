@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from ._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ._errors import InvalidArgumentError, SerializationError, StateClosedError
+
+
+def _done(value) -> Future:
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 class Checkpointing:
@@ -18,77 +24,112 @@ class Checkpointing:
     def checkpoint(self, directory=None, *, block: bool = True):
         """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
 
-        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``. With
+        ``directory`` defaults to ``<state path>/checkpoints/epoch-<epoch>``; when that already
+        holds a checkpoint (nothing was committed since), nothing is written. With
         ``block=False`` the state is copied to host memory now and written by a background
         thread; a ``concurrent.futures.Future`` of the directory is returned, and a failure is
-        raised by its ``result()`` and again by the next ``checkpoint`` or ``mmsb_stop`` (never
-        swallowed).
+        raised by its ``result()`` and again, once, by the next ``checkpoint`` or ``mmsb_stop``
+        (never swallowed).
+
+        A request for a directory that a background checkpoint of the same epoch is still
+        writing joins it: ``block=False`` returns that same future, ``block=True`` waits for it
+        and returns the directory (or raises its failure). Safe to call from several threads.
+
+        Raises:
+          SerializationError: ``directory`` already holds a checkpoint (or, with ``block=True``,
+            a background checkpoint of another epoch is writing it); writing failed; or an
+            earlier background checkpoint failed.
+          StateClosedError: the state is stopped.
         """
-        self._raise_failed_checkpoint()
         with self._lock:
+            self._raise_failed_checkpoint()
             if self._closed:
                 raise StateClosedError(f"the state at {self.path!r} is stopped")
-            if directory is None:
+            default = directory is None
+            if default:
                 if self._snapshot:
                     raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
                 directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
-                if is_checkpoint(directory):  # no epoch since the last one: it already holds this state
-                    return directory
             directory = os.path.abspath(os.fspath(directory))
-            self._flush_journal()
-            ids = self.page_ids()
-            # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
-            tree = {"epoch": np.array([self._epoch], np.int64)}
-            if self._pools:
-                tree["pools"] = {f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools}
-            if ids.size:
-                tree["page_table"] = {
-                    "id": ids,
-                    "pool": self._tbl_pool[ids],
-                    "slot": self._tbl_slot[ids],
-                    "epoch": self._tbl_epoch[ids],
-                }
-            deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
-            tree.update(self._edge_arrays(deps))
-            manifest = {
-                "epoch": self._epoch,
-                "next_page_id": self._next_id,
-                "semiring": self.semiring.name,
-                "pools": [
-                    {
-                        "index": p.index,
-                        "shape": list(p.shape),
-                        "dtype": p.dtype.name,
-                        "location": p.location,
-                        "high_water": p.high_water,
-                    }
-                    for p in self._pools
-                ],
-                "edge_types": sorted({e[3] for e in deps}),
-                "dependencies": len(deps),
-            }
-            self._counters["checkpoints"] += 1
-            if block:
-                return save_checkpoint(directory, manifest, tree)
-            if self._ckpt_pool is None:
-                self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
-            future = self._ckpt_pool.submit(save_checkpoint, directory, manifest, tree)
-            future.add_done_callback(self._record_checkpoint_failure)
-            self._ckpt_pending.append(future)
-            return future
+            joined = next((f for d, e, f in self._ckpt_pending if d == directory and e == self._epoch), None)
+            if joined is None:
+                if block and any(d == directory for d, _, _ in self._ckpt_pending):
+                    raise SerializationError(
+                        f"{directory!r} is being written by a background checkpoint of another epoch; "
+                        "choose a new directory"
+                    )
+                if default and is_checkpoint(directory):  # it already holds this state
+                    return directory if block else _done(directory)
+                return self._write_checkpoint(directory, block)
+            if not block:
+                return joined
+        # Wait without the lock (the writer never takes it; other threads may go on).
+        joined.exception()
+        self._raise_failed_checkpoint()  # it failed: raised here, once (not again by mmsb_stop)
+        return joined.result()
 
-    def _record_checkpoint_failure(self, future) -> None:
-        if future.exception() is not None and self._ckpt_failed is None:
-            self._ckpt_failed = future.exception()
+    def _write_checkpoint(self, directory: str, block: bool):
+        """Copy the state to host memory and write it (now, or in the background). Under the lock."""
+        self._flush_journal()
+        ids = self.page_ids()
+        # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
+        tree = {"epoch": np.array([self._epoch], np.int64)}
+        if self._pools:
+            tree["pools"] = {f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools}
+        if ids.size:
+            tree["page_table"] = {
+                "id": ids,
+                "pool": self._tbl_pool[ids],
+                "slot": self._tbl_slot[ids],
+                "epoch": self._tbl_epoch[ids],
+            }
+        deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
+        tree.update(self._edge_arrays(deps))
+        manifest = {
+            "epoch": self._epoch,
+            "next_page_id": self._next_id,
+            "semiring": self.semiring.name,
+            "pools": [
+                {
+                    "index": p.index,
+                    "shape": list(p.shape),
+                    "dtype": p.dtype.name,
+                    "location": p.location,
+                    "high_water": p.high_water,
+                }
+                for p in self._pools
+            ],
+            "edge_types": sorted({e[3] for e in deps}),
+            "dependencies": len(deps),
+        }
+        self._counters["checkpoints"] += 1
+        if block:
+            return save_checkpoint(directory, manifest, tree)
+        if self._ckpt_pool is None:
+            self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
+        future = self._ckpt_pool.submit(save_checkpoint, directory, manifest, tree)
+        self._ckpt_pending.append((directory, self._epoch, future))
+        return future
 
     def _raise_failed_checkpoint(self) -> None:
-        failed, self._ckpt_failed = self._ckpt_failed, None
-        if failed is not None:
-            raise SerializationError(f"a background checkpoint failed: {failed}") from failed
+        """Forget finished background checkpoints; raise (once) if any of them failed."""
+        with self._lock:
+            running, failed = [], []
+            for entry in self._ckpt_pending:  # (directory, epoch, future)
+                future = entry[2]
+                if not future.done():
+                    running.append(entry)
+                elif future.exception() is not None:
+                    failed.append(future.exception())
+            self._ckpt_pending = running
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise SerializationError(f"a background checkpoint failed: {failed[0]}{more}") from failed[0]
 
     def wait_for_checkpoints(self) -> None:
         """Wait for background checkpoints; raise if one failed."""
-        pending, self._ckpt_pending = self._ckpt_pending, []
+        with self._lock:
+            pending = [f for _, _, f in self._ckpt_pending]
         for f in pending:
             f.exception()  # waits
         self._raise_failed_checkpoint()

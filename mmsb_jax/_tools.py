@@ -7,7 +7,7 @@ import os
 from ._errors import MMSBError
 from ._records import Kind
 from ._replay import list_checkpoints, rebuild, require_state
-from ._tlog_read import list_segments, read_records
+from ._tlog_read import first_logged_epoch, list_segments, read_records
 
 
 def _dir_bytes(path: str) -> int:
@@ -51,22 +51,31 @@ def inspect_state(path) -> dict:
 def verify_state(path, progress=None) -> dict:
     """Check every record's CRC and that each checkpoint equals a replay of the log to its epoch.
 
-    Returns ``{"ok": bool, "faults": [str, ...], "records": n, "checkpoints": [...]}``.
-    ``progress(i, total, what)`` is called as checkpoints are verified.
+    Each checkpoint is compared with the previous one (or the empty state) plus the log records
+    between them. A checkpoint whose comparison needs records that compaction removed cannot be
+    re-derived: it is listed with ``matches_replay=None`` and a ``note``, and is not a fault.
+
+    Returns ``{"ok": bool, "faults": [str, ...], "records": n, "checkpoints": [...]}``:
+    ``records`` counts the records whose CRC was checked (those before the first damage, if
+    any); each checkpoint is ``{"dir", "epoch", "matches_replay": bool | None}``, plus
+    ``"note"`` when it was skipped. ``progress(i, total, what)`` is called as checkpoints are
+    verified.
     """
     from ._state import MMSBState
 
     path = os.path.abspath(os.fspath(path))
     require_state(path)
+    log_dir = os.path.join(path, "log")
     faults: list[str] = []
-    n_records = 0
     try:
-        res = read_records(os.path.join(path, "log"), "absolute")
-        n_records = len(res.records)
-        first = res.records[0].epoch if res.records else None
+        n_records = len(read_records(log_dir, "absolute").records)
     except MMSBError as e:
         faults.append(f"log: {e}")
-        first = None
+        try:  # the intact records before the damage were checked
+            n_records = len(read_records(log_dir, "point_in_time").records)
+        except MMSBError:
+            n_records = 0
+    first = first_logged_epoch(log_dir)  # compaction dropped every epoch before this one
     checks = []
     cks = list_checkpoints(path)
     for i, (d, epoch) in enumerate(cks):
@@ -77,21 +86,23 @@ def verify_state(path, progress=None) -> dict:
             continue
         # Compare against the log replayed from the previous checkpoint (or from the start).
         older = [(od, oe) for od, oe in cks if 0 <= oe < epoch]
-        base = max(older, key=lambda t: t[1])[0] if older else None
-        if base is None and first not in (None, 1):
-            checks.append({"dir": os.path.relpath(d, path), "epoch": epoch, "matches_replay": None})
-            continue  # the log before this checkpoint was compacted away: nothing to compare
+        base, base_epoch = max(older, key=lambda t: t[1]) if older else (None, 0)
+        check = {"dir": os.path.relpath(d, path), "epoch": epoch, "matches_replay": None}
+        if first is not None and first > base_epoch + 1:  # epochs base_epoch+1 .. first-1 are gone
+            check["note"] = f"skipped: log compacted before epoch {first}"
+            checks.append(check)
+            continue
         try:
             from_ckpt = MMSBState(path, _snapshot=True)
             from_ckpt._restore_checkpoint(d)
             from_log = MMSBState(path, _snapshot=True)
             rebuild(from_log, path, end_epoch=epoch, checkpoint=base)
-            same = from_ckpt.digest() == from_log.digest()
+            check["matches_replay"] = from_ckpt.digest() == from_log.digest()
         except MMSBError as e:
             faults.append(f"checkpoint {d}: {e}")
             continue
-        checks.append({"dir": os.path.relpath(d, path), "epoch": epoch, "matches_replay": same})
-        if not same:
+        checks.append(check)
+        if not check["matches_replay"]:
             faults.append(f"checkpoint {d} (epoch {epoch}) differs from a replay of the log to that epoch")
     if progress:
         progress(len(cks), len(cks), "done")

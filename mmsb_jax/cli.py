@@ -196,9 +196,11 @@ def cmd_verify(args) -> int:
 
         rep = verify_state(args.path, progress=tick)
     for c in rep["checkpoints"]:
-        status = {True: "matches replay", False: "DIFFERS", None: "log compacted: not comparable"}[c["matches_replay"]]
+        status = {True: "matches replay", False: "DIFFERS", None: "not comparable"}[c["matches_replay"]]
+        if c.get("note"):
+            status += f" ({c['note']})"
         console.print(f"checkpoint {c['dir']} (epoch {c['epoch']}): {status}")
-    console.print(f"{rep['records']:,} log records, every CRC checked")
+    console.print(f"{rep['records']:,} log records checked" + (", every CRC valid" if rep["ok"] else " before the first fault"))
     for f in rep["faults"]:
         console.print(f"[red]FAULT[/red] {f}")
     console.print("[green]OK[/green]" if rep["ok"] else f"[red]{len(rep['faults'])} fault(s)[/red]")
@@ -221,7 +223,7 @@ def cmd_replay(args) -> int:
 def cmd_stats(args) -> int:
     import mmsb_jax as mmsb
 
-    snap = mmsb.replay_to_epoch(args.path, 2**62)
+    snap = mmsb.replay_to_epoch(args.path, None)
     stats = snap.stats()
     stats.pop("path", None)
     print(json.dumps(stats, indent=1, default=str))

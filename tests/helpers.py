@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: random page contents and bit-exact comparison."""
+"""Helpers shared by the test modules: random page contents, bit-exact comparison, the no-op rule."""
 
 import numpy as np
 
@@ -27,3 +27,13 @@ def assert_bits_equal(got, want, what=""):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, got.dtype, want.shape, want.dtype)
     np.testing.assert_array_equal(as_bits(got), as_bits(want), err_msg=what)
+
+
+def writes_nothing(d) -> bool:
+    """The model's rule: a delta that writes no element (an all-false mask, no sparse indices)
+    changes nothing, so it takes no epoch."""
+    import mmsb_jax as mmsb
+
+    if isinstance(d, mmsb.DenseDelta):
+        return not np.asarray(d.mask).any()
+    return isinstance(d, mmsb.SparseDelta) and np.asarray(d.indices).size == 0

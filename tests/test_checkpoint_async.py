@@ -1,10 +1,14 @@
 """Background checkpoints: same result as a blocking one; failures are raised, never swallowed."""
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
 import mmsb_jax as mmsb
-from mmsb_jax import SerializationError
+from mmsb_jax import SerializationError, _state_ckpt
+from mmsb_jax._checkpoint import read_manifest
 
 
 def test_background_checkpoint_equals_blocking(tmp_path):
@@ -45,3 +49,116 @@ def test_stop_waits_for_and_reports_a_failed_background_checkpoint(tmp_path):
     with pytest.raises(SerializationError, match="background checkpoint failed"):
         mmsb.mmsb_stop(st)
     assert st.closed
+
+
+# ------------------------------------------------------------------ one epoch, several requests
+@pytest.fixture
+def held_writer(monkeypatch):
+    """Background writes wait until ``gate.set()`` (at most 60 s): a checkpoint stays pending."""
+    gate = threading.Event()
+    write = _state_ckpt.save_checkpoint
+
+    def held(*args):
+        if threading.current_thread().name.startswith("mmsb-checkpoint"):
+            gate.wait(60)
+        return write(*args)
+
+    monkeypatch.setattr(_state_ckpt, "save_checkpoint", held)
+    yield gate
+    gate.set()
+
+
+def _one_page_state(path):
+    st = mmsb.mmsb_start(path)
+    p = mmsb.create_page(st, size=16, dtype=np.float32)
+    mmsb.update_page(st, p.id, np.arange(16, dtype=np.float32))
+    return st
+
+
+def _assert_reopens_to(path, digest):
+    reopened = mmsb.mmsb_open(path)
+    assert mmsb.state_digest(reopened) == digest
+    mmsb.mmsb_stop(reopened)
+
+
+def test_background_checkpoints_at_one_epoch_share_a_future(tmp_path, held_writer):
+    st = _one_page_state(tmp_path / "s")
+    digest = mmsb.state_digest(st)
+    f1 = mmsb.checkpoint(st, block=False)
+    f2 = mmsb.checkpoint(st, block=False)
+    assert f2 is f1 and not f1.done()
+    held_writer.set()
+    assert f1.result(timeout=120) == os.path.join(st.path, "checkpoints", "epoch-000000000002")
+    f3 = mmsb.checkpoint(st, block=False)  # written already: a done future of the same directory
+    assert f3.done() and f3.result() == f1.result()
+    mmsb.mmsb_stop(st)
+    _assert_reopens_to(tmp_path / "s", digest)
+    _assert_reopens_to(f1.result(), digest)
+
+
+def test_blocking_checkpoint_joins_a_pending_background_one(tmp_path, held_writer):
+    st = _one_page_state(tmp_path / "s")
+    digest = mmsb.state_digest(st)
+    fut = mmsb.checkpoint(st, block=False)
+    threading.Timer(0.5, held_writer.set).start()
+    assert mmsb.checkpoint(st) == fut.result(timeout=0)  # waited for the background write
+    assert st._ckpt_pending == []  # nothing left over
+    mmsb.mmsb_stop(st)
+    _assert_reopens_to(fut.result(), digest)
+
+
+def test_joined_background_failure_is_raised_once(tmp_path, held_writer):
+    st = _one_page_state(tmp_path / "s")
+    mmsb.checkpoint(st, tmp_path / "taken")
+    fut = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # will fail: the directory holds one
+    threading.Timer(0.5, held_writer.set).start()
+    with pytest.raises(SerializationError, match="background checkpoint failed.*already holds a checkpoint"):
+        mmsb.checkpoint(st, tmp_path / "taken")  # joins it, and reports its failure
+    with pytest.raises(SerializationError, match="already holds a checkpoint"):
+        fut.result(timeout=0)
+    assert st._ckpt_pending == []
+    mmsb.mmsb_stop(st)  # reported once: stopping is clean
+
+
+def test_blocking_checkpoint_into_a_directory_pending_at_another_epoch(tmp_path, held_writer):
+    st = _one_page_state(tmp_path / "s")
+    fut = mmsb.checkpoint(st, tmp_path / "c", block=False)
+    mmsb.update_page(st, 0, np.zeros(16, np.float32))
+    with pytest.raises(SerializationError, match="being written by a background checkpoint of another epoch"):
+        mmsb.checkpoint(st, tmp_path / "c")
+    held_writer.set()
+    assert fut.result(timeout=120) == str(tmp_path / "c")
+    assert read_manifest(str(tmp_path / "c"))["epoch"] == 2  # the background one, untouched
+    mmsb.mmsb_stop(st)
+
+
+def test_threads_checkpointing_one_epoch(tmp_path, held_writer):
+    """A pending background checkpoint, then 8 threads asking for one at the same epoch (half
+    blocking): every request ends in the same directory and stopping is clean."""
+    st = _one_page_state(tmp_path / "s")
+    digest = mmsb.state_digest(st)
+    first = mmsb.checkpoint(st, block=False)
+    start = threading.Barrier(8)
+    futures, dirs, errors = [], [], []
+
+    def ask(block):
+        try:
+            start.wait()
+            (dirs if block else futures).append(mmsb.checkpoint(st, block=block))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    background = [threading.Thread(target=ask, args=(False,)) for _ in range(4)]
+    blocking = [threading.Thread(target=ask, args=(True,)) for _ in range(4)]
+    for t in background + blocking:
+        t.start()
+    for t in background:
+        t.join(60)
+    assert len(futures) == 4 and all(f is first for f in futures)
+    held_writer.set()
+    for t in blocking:
+        t.join(120)
+    assert errors == []
+    assert dirs == [first.result(timeout=0)] * 4
+    mmsb.mmsb_stop(st)
+    _assert_reopens_to(tmp_path / "s", digest)

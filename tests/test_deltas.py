@@ -270,6 +270,14 @@ def test_sparse_delta_index_out_of_range(bad, shape):
     assert str(bad) in str(ei.value)
 
 
+@pytest.mark.parametrize("indices", [[2**31 + 5], jnp.array([3], jnp.int32)], ids=["concrete", "array"])
+def test_sparse_delta_refuses_pages_past_int32_indices(indices):
+    """Flat indices are int32: an index >= 2**31 would wrap, so such pages are refused."""
+    with pytest.raises(InvalidDeltaError, match=r"at most 2147483648 elements .* shape \(4294967296,\)"):
+        mmsb.sparse_delta(indices, jnp.ones(1, jnp.uint8), shape=2**32)
+    assert mmsb.sparse_delta([2**31 - 1], jnp.ones(1, jnp.uint8), shape=2**31).indices.tolist() == [2**31 - 1]
+
+
 @pytest.mark.parametrize(
     "indices, needle",
     [([0.0, 1.5], "float"), (np.array([True, False]), "bool"), (np.array(["a", "b"]), "<U1")],

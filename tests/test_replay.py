@@ -156,6 +156,11 @@ def make_delta(kind, data):
     return mmsb.accumulate_delta(jnp.asarray(np.array(payload, F32)), sr)
 
 
+def writes_something(kind, data) -> bool:
+    """The model's no-op rule: a delta that writes no element takes no epoch."""
+    return kind == "accumulate" or bool(np.any(data[0]) if kind == "dense" else len(data[0]))
+
+
 def model_apply(b, kind, data):
     if kind == "dense":
         return dense_apply(b, *data)
@@ -251,6 +256,9 @@ def apply_op(state, model: Model, op):
     if kind == "route":
         pid, (dk, data) = model.pick(op[1]), op[2]
         e = mmsb.route_delta(state, pid, make_delta(dk, data))
+        if not writes_something(dk, data):  # e.g. an all-false mask: no epoch
+            assert e is None
+            return kind
         assert e == model.commit()
         model.write(pid, model_apply(model.b[pid], dk, data))
         return kind
@@ -267,6 +275,10 @@ def apply_op(state, model: Model, op):
     if kind == "batch":
         entries = [(model.pick(p), dk, data) for p, (dk, data) in op[1]]
         e = mmsb.batch_route_deltas(state, [(pid, make_delta(dk, data)) for pid, dk, data in entries])
+        entries = [(pid, dk, data) for pid, dk, data in entries if writes_something(dk, data)]
+        if not entries:
+            assert e is None
+            return kind
         assert e == model.commit()
         for pid, dk, data in entries:
             model.write(pid, model_apply(model.b[pid], dk, data))
@@ -451,30 +463,44 @@ def test_replay_to_epoch_of_a_missing_path_raises(tmp_path):
         mmsb.replay_to_epoch(tmp_path / "nothing-here", 3)
 
 
-def test_deltas_that_write_nothing_still_replay_exactly(tmp_path):
-    """A dense delta with an all-False mask or an empty sparse delta takes an epoch and
-    stamps the page (live); replay and reopen must reproduce that epoch and page epoch."""
+def test_deltas_that_write_nothing_take_no_epoch(tmp_path):
+    """A dense delta with an all-False mask or an empty sparse delta changes nothing: no epoch,
+    no record, the page's epoch stays (as update_page with identical content)."""
     path = tmp_path / "s"
     s = mmsb.mmsb_start(path, fsync="never")
     a, b = (int(i) for i in mmsb.create_pages(s, 2, size=4, dtype=np.float32))  # 1
-    e1 = mmsb.route_delta(s, a, mmsb.dense_delta(np.zeros(4, bool), np.ones(4, F32)))  # 2
-    e2 = mmsb.batch_route_deltas(s, [(b, mmsb.dense_delta(np.zeros(4, bool), np.ones(4, F32))),
-                                     (a, mmsb.accumulate_delta(np.ones(4, F32), "real"))])  # 3
-    e3 = mmsb.route_delta(s, b, mmsb.sparse_delta(np.zeros(0, np.int32), np.zeros(0, F32), 4))  # 4
-    assert (e1, e2, e3) == (2, 3, 4)
-    assert (s.page_epoch(a), s.page_epoch(b)) == (3, 4)
-    digests = {}
-    for e in range(5):
-        snap = mmsb.replay_to_epoch(s, e)
-        assert snap.epoch == e
-        digests[e] = mmsb.state_digest(snap)
-    assert digests[4] == mmsb.state_digest(s)
-    assert mmsb.replay_to_epoch(s, 2).page_epoch(a) == 2
-    assert mmsb.replay_to_epoch(s, 3).page_epoch(b) == 3
+    nothing = mmsb.dense_delta(np.zeros(4, bool), np.ones(4, F32))
+    empty = mmsb.sparse_delta(np.zeros(0, np.int32), np.zeros(0, F32), 4)
+    assert mmsb.route_delta(s, a, nothing) is None and mmsb.route_delta(s, b, empty) is None
+    assert mmsb.batch_route_deltas(s, [(a, nothing), (b, empty)]) is None
+    assert mmsb.route_sparse_batch(s, [a, b], np.zeros((2, 0), np.int32), np.zeros((2, 0), F32)) is None
+    assert mmsb.batch_route_deltas(s, [(b, nothing), (a, mmsb.accumulate_delta(np.ones(4, F32), "real"))]) == 2
+    assert (s.epoch, s.page_epoch(a), s.page_epoch(b)) == (2, 2, 1)
+    assert [r.kind.name for r in mmsb.query_log(s)] == ["CREATE_PAGES", "ACCUMULATE"]
+    digest = mmsb.state_digest(s)
     mmsb.mmsb_stop(s)
     s = mmsb.mmsb_open(path)
     try:
-        assert s.epoch == 4 and mmsb.state_digest(s) == digests[4]
+        assert s.epoch == 2 and mmsb.state_digest(s) == digest
+    finally:
+        s.close()
+
+
+def test_logged_deltas_that_write_nothing_replay_as_recorded(tmp_path):
+    """Logs written before empty deltas became no-ops hold them with an epoch of their own:
+    replay keeps that epoch and stamps the page, exactly as recorded."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
+    a, b = (int(i) for i in mmsb.create_pages(s, 2, size=4, dtype=np.float32))  # 1
+    s._log.log_dense(2, a, np.zeros(4, bool), np.zeros(0, F32))  # as an older version logged them
+    s._log.log_sparse(3, b, np.zeros(0, np.int32), np.zeros(0, F32))
+    s._log.sync()
+    s.close()
+    s = mmsb.mmsb_open(path)
+    try:
+        assert (s.epoch, s.page_epoch(a), s.page_epoch(b)) == (3, 2, 3)
+        assert mmsb.replay_to_epoch(s, 2).page_epoch(a) == 2
+        assert mmsb.route_delta(s, a, mmsb.sparse_delta([0], np.ones(1, F32), 4)) == 4
     finally:
         s.close()
 
@@ -759,3 +785,16 @@ def test_observers_are_not_called_by_replay(state):
     mmsb.replay_to_epoch(state, state.epoch)
     mmsb.diff(state, 0, state.epoch)
     assert len(rec.calls) == n == 1
+
+
+def test_replay_past_the_end_is_refused_for_paths_too(tmp_path):
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
+    p = mmsb.create_page(s, size=2, dtype=np.float32)
+    mmsb.update_page(s, p.id, np.ones(2, F32))  # epoch 2
+    mmsb.mmsb_stop(s)
+    assert mmsb.replay_to_epoch(path, 2).epoch == 2
+    assert mmsb.replay_to_epoch(path, None).epoch == 2  # None: everything
+    for e in (3, 99):
+        with pytest.raises(InvalidArgumentError, match=f"epoch={e} is past the state's last epoch 2"):
+            mmsb.replay_to_epoch(path, e)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import as_bits, assert_bits_equal, rand_array
+from helpers import as_bits, assert_bits_equal, rand_array, writes_nothing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -218,7 +218,11 @@ class StateMachine(RuleBasedStateMachine):
     def route_delta(self, data, seed, kind):
         pid = self._pick(data)
         d, new = self._delta(np.random.default_rng(seed), kind, self.model[pid])
-        self._commit(mmsb.route_delta(self.state, pid, d), [pid])
+        e = mmsb.route_delta(self.state, pid, d)
+        if writes_nothing(d):  # e.g. an all-false mask: no epoch, the page's epoch stays
+            assert e is None and self.state.epoch == self.epoch
+            return
+        self._commit(e, [pid])
         self.model[pid] = new
 
     def _delta(self, rng, kind, page):
@@ -251,8 +255,13 @@ class StateMachine(RuleBasedStateMachine):
             d, new = self._delta(rng, kind, self.model[pid])
             entries.append((pid, d))
             self.model[pid] = new
-            touched.append(pid)
-        self._commit(mmsb.batch_route_deltas(self.state, entries), touched)
+            if not writes_nothing(d):
+                touched.append(pid)
+        e = mmsb.batch_route_deltas(self.state, entries)
+        if not touched:
+            assert e is None and self.state.epoch == self.epoch
+            return
+        self._commit(e, touched)
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4))
@@ -608,6 +617,13 @@ BAD_CREATE = {
     "dtype-str": ({"size": 4, "dtype": str}, InvalidArgumentError, ("<U",)),
     "dtype-complex": ({"size": 4, "dtype": "complex64"}, InvalidArgumentError, ("complex64",)),
     "dtype-unknown": ({"size": 4, "dtype": "not-a-dtype"}, InvalidArgumentError, ("'not-a-dtype'",)),
+    # JAX's 64-bit mode is off here: 64-bit pages would silently hold 32-bit data
+    "dtype-float64": ({"size": 4, "dtype": np.float64}, InvalidArgumentError, ("float64", "jax_enable_x64")),
+    "dtype-int64": ({"size": 4, "dtype": "int64"}, InvalidArgumentError, ("int64", "would store int32")),
+    "dtype-uint64": ({"size": 4, "dtype": jnp.uint64}, InvalidArgumentError, ("uint64",)),
+    # flat page indices are int32: a page holds at most 2**31 elements
+    "size-huge": ({"size": 2**62}, InvalidArgumentError, (str(2**62), "2**31")),
+    "shape-huge": ({"shape": (2**16, 2**16, 2)}, InvalidArgumentError, ("(65536, 65536, 2)", str(2**33))),
 }
 
 
@@ -722,5 +738,73 @@ def test_update_page_python_data_takes_the_page_dtype():
         with pytest.raises(InvalidDeltaError, match="has dtype float64; expected dtype float32"):
             mmsb.update_page(state, f32, np.array([1.0, 2.0, 3.0]))
         assert state_digest_and_epoch(state) == before
+    finally:
+        mmsb.mmsb_stop(state)
+
+
+def test_create_page_largest_page_reserves_lazily():
+    """A page of 2**31 elements is allowed; creating it reserves one slot, not sixteen, and
+    touches no memory until it is read."""
+    state = mmsb.mmsb_start(fsync="never")
+    try:
+        p = mmsb.create_page(state, size=2**31, dtype=jnp.bool_)
+        pool = mmsb.get_stats(state)["pools"][0]
+        assert (p.size, pool["capacity"], pool["materialized_bytes"]) == (2**31, 1, 0)
+    finally:
+        mmsb.mmsb_stop(state)
+
+
+def test_page_ids_as_numpy_and_jax_integer_scalars(populated):
+    ids = np.asarray(populated.page_ids())
+    want = np.asarray(mmsb.query_page(populated, int(ids[0])))
+    for pid in (ids[0], np.int32(ids[0]), np.array(ids[0]), jnp.asarray(ids)[0]):
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(populated, pid)), want)
+    for bad, needle in ((jnp.asarray([0, 1]), "Array"), (jnp.float32(0), "Array"), (np.array(True), "True")):
+        with pytest.raises(PageNotFoundError, match=needle):
+            mmsb.query_page(populated, bad)
+
+
+def test_start_on_a_file_is_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(InvalidArgumentError, match="exists and is not a directory"):
+        mmsb.mmsb_start(f)
+    assert f.read_text() == "x"
+
+
+def test_stop_refuses_a_checkpoint_inside_the_temporary_directory():
+    state = mmsb.mmsb_start(fsync="never")
+    p = mmsb.create_page(state, size=2)
+    with pytest.raises(InvalidArgumentError, match="inside the temporary state directory"):
+        mmsb.mmsb_stop(state, checkpoint_path=f"{state.path}/ckpt")
+    assert not state.closed and mmsb.query_page(state, p.id).shape == (2,)  # still open, unchanged
+    mmsb.mmsb_stop(state)
+
+
+def test_query_log_takes_page_handles_and_refuses_bools():
+    state = mmsb.mmsb_start(fsync="never")
+    try:
+        a, b = mmsb.create_page(state, size=2), mmsb.create_page(state, size=2)
+        mmsb.update_page(state, b.id, [1, 2])
+        assert [r.epoch for r in mmsb.query_log(state, page_id=b)] == [2, 3]
+        assert [r.epoch for r in mmsb.page_history(state, b)] == [2, 3]
+        with pytest.raises(PageNotFoundError, match="page_id=True is not a page id"):
+            mmsb.query_log(state, page_id=True)
+        assert [r.epoch for r in mmsb.query_log(state, page_id=np.int64(a.id))] == [1]
+    finally:
+        mmsb.mmsb_stop(state)
+
+
+def test_bfloat16_pages_propagate_and_accumulate():
+    state = mmsb.mmsb_start(semiring="real", fsync="never")
+    try:
+        bf = jnp.bfloat16
+        a, b = (mmsb.create_page(state, size=3, dtype=bf).id for _ in range(2))
+        mmsb.update_page(state, a, jnp.array([1, 2, 4], bf))
+        mmsb.add_dependency(state, a, b, weight=0.5)
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(state, b), np.float32), [0.5, 1, 2])
+        mmsb.route_delta(state, b, mmsb.accumulate_delta(jnp.ones(3, bf)))
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(state, b), np.float32), [1.5, 2, 3])
+        assert mmsb.semirings.REAL.accepts(bf) and not mmsb.semirings.BOOLEAN.accepts(bf)
     finally:
         mmsb.mmsb_stop(state)

@@ -80,4 +80,4 @@ class Semiring(NamedTuple):
         dt = np.dtype(dtype)
         if self.dtype_kind == "bool":
             return dt == np.bool_
-        return np.issubdtype(dt, np.floating)
+        return bool(jnp.issubdtype(dt, jnp.floating))  # jnp: also bfloat16 and the other ml_dtypes floats

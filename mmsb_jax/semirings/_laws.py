@@ -179,9 +179,9 @@ def _fmt(v) -> str:
 
 def _default_tolerance(dtype) -> float:
     dt = np.dtype(dtype)
-    if dt == np.bool_ or not np.issubdtype(dt, np.floating):
+    if dt == np.bool_ or not jnp.issubdtype(dt, jnp.floating):
         return 0.0
-    return 64.0 * float(np.finfo(dt).eps)
+    return 64.0 * float(jnp.finfo(dt).eps)
 
 
 def _as_np(x) -> np.ndarray:

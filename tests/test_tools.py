@@ -1,0 +1,96 @@
+"""``verify_state`` (``mmsb verify``) on compacted and damaged logs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import mmsb_jax as mmsb
+from mmsb_jax._checkpoint import load_arrays, read_manifest, save_checkpoint
+from mmsb_jax._tlog_read import first_logged_epoch
+from mmsb_jax._tools import verify_state
+from mmsb_jax.cli import main
+
+F32 = np.float32
+
+
+def _writes(state, page, first, n=10):
+    for k in range(first, first + n):
+        mmsb.update_page(state, page, np.full(256, k, F32))
+
+
+@pytest.fixture
+def compacted(tmp_path):
+    """epochs 1-10, checkpoint at 10, 11-20, compact_log (checkpoint at 20), 21-30, checkpoint
+    at 30, 31: the log before the compaction is gone."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, segment_bytes=4096)
+    p = mmsb.create_page(s, size=256, dtype=F32).id
+    _writes(s, p, 1, 9)
+    mmsb.checkpoint(s)
+    _writes(s, p, 100)
+    assert mmsb.compact_log(s)["dropped_segments"]
+    _writes(s, p, 200)
+    mmsb.checkpoint(s)
+    mmsb.update_page(s, p, np.zeros(256, F32))
+    digest = mmsb.state_digest(s)
+    mmsb.mmsb_stop(s)
+    return path, digest
+
+
+def test_verify_skips_checkpoints_that_compaction_cut_off(compacted, capsys):
+    path, digest = compacted
+    reopened = mmsb.mmsb_open(path)
+    assert mmsb.state_digest(reopened) == digest  # the state itself is healthy
+    mmsb.mmsb_stop(reopened)
+    first = first_logged_epoch(path / "log")
+    assert 11 < first <= 20
+    rep = verify_state(path)
+    assert rep["ok"] and rep["faults"] == []
+    skipped = {"matches_replay": None, "note": f"skipped: log compacted before epoch {first}"}
+    assert rep["checkpoints"] == [
+        {"dir": "checkpoints/epoch-000000000010", "epoch": 10, **skipped},
+        {"dir": "checkpoints/epoch-000000000020", "epoch": 20, **skipped},
+        {"dir": "checkpoints/epoch-000000000030", "epoch": 30, "matches_replay": True},
+    ]
+    assert rep["records"] == len(mmsb.query_log(path))
+    assert main(["verify", str(path)]) == 0
+    assert "FAULT" not in capsys.readouterr().out
+
+
+def test_verify_after_compaction_still_finds_a_tampered_checkpoint(compacted):
+    path, _ = compacted
+    ckpt = str(path / "checkpoints" / "epoch-000000000030")
+    manifest = {k: v for k, v in read_manifest(ckpt).items() if k not in ("format", "version")}
+    tree = load_arrays(ckpt)
+    pool = np.array(tree["pools"]["pool_0"])
+    pool[0, 0] += 1.0
+    tree["pools"]["pool_0"] = pool
+    shutil.rmtree(ckpt)
+    save_checkpoint(ckpt, manifest, tree)  # valid files and checksums, wrong contents
+    rep = verify_state(path)
+    assert not rep["ok"]
+    assert rep["faults"] == [f"checkpoint {ckpt} (epoch 30) differs from a replay of the log to that epoch"]
+    assert rep["checkpoints"][-1]["matches_replay"] is False
+
+
+def test_verify_counts_the_records_checked_before_damage(tmp_path):
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path)
+    p = mmsb.create_page(s, size=64, dtype=F32).id
+    for k in range(1, 6):
+        mmsb.update_page(s, p, np.full(64, k, F32))
+    mmsb.mmsb_stop(s)
+    assert verify_state(path)["records"] == 6
+    rec = mmsb.query_log(path, epochs=(4, 4))[0]
+    seg = path / "log" / f"log-{rec.segment:08d}.mmsblog"
+    with open(seg, "r+b") as f:  # flip a byte inside epoch 4's record
+        f.seek(rec.offset + 40)
+        b = f.read(1)[0]
+        f.seek(rec.offset + 40)
+        f.write(bytes([b ^ 0xFF]))
+    rep = verify_state(path)
+    assert not rep["ok"] and rep["faults"][0].startswith("log: ") and seg.name in rep["faults"][0]
+    assert rep["records"] == 3  # epochs 1-3 are intact and were checked

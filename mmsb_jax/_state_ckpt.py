@@ -64,8 +64,10 @@ class Checkpointing:
             if not block:
                 return joined
         # Wait without the lock (the writer never takes it; other threads may go on).
-        joined.exception()
+        error = joined.exception()
         self._raise_failed_checkpoint()  # it failed: raised here, once (not again by mmsb_stop)
+        if error is not None:  # another thread reported it first: still an error here
+            raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
     def _write_checkpoint(self, directory: str, block: bool):

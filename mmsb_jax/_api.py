@@ -113,7 +113,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     return state
 
 
-def replay_to_epoch(path_or_state, epoch: int, *, semirings=()) -> MMSBState:
+def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBState:
     """A read-only snapshot of the state as it was right after ``epoch``.
 
     Built from the newest checkpoint at or before ``epoch`` plus the log records up to it

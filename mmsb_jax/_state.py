@@ -94,9 +94,11 @@ def _page_id(page_id) -> int:
         return page_id.id
     if isinstance(page_id, (int, np.integer)) and not isinstance(page_id, (bool, np.bool_)):
         return int(page_id)
-    if (isinstance(page_id, (np.ndarray, jax.Array)) and page_id.ndim == 0
-            and np.dtype(page_id.dtype).kind in "iu" and not isinstance(page_id, jax.core.Tracer)):
-        return int(page_id)  # a 0-d integer array, e.g. jnp.asarray(ids)[0]
+    if isinstance(page_id, (np.ndarray, jax.Array)) and page_id.ndim == 0 and np.dtype(page_id.dtype).kind in "iu":
+        try:
+            return int(page_id)  # a 0-d integer array, e.g. jnp.asarray(ids)[0]
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+            pass  # traced: the shell needs a concrete id
     raise PageNotFoundError(page_id, f"page_id={page_id!r} is not a page id (expected an int or a Page)")
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compat import is_tracer
 from ._errors import InvalidDeltaError
 from ._pages import MAX_PAGE_ELEMS
 from .semirings import Semiring, get_semiring
@@ -88,7 +89,7 @@ DELTA_TYPES = (DenseDelta, SparseDelta, AccumulateDelta)
 
 # --------------------------------------------------------------------------- constructors
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not is_tracer(x)
 
 
 def dense_delta(mask, payload) -> DenseDelta:

@@ -22,7 +22,8 @@ from jax import lax
 
 from .._errors import InvalidArgumentError
 from ._compiled import CompiledGraph
-from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages, fold, is_tracer, propagate
+from .._compat import is_tracer
+from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages, fold, propagate
 
 
 def _prefix(mask):

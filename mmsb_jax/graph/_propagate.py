@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._compat import is_tracer
 from .._errors import InvalidArgumentError
 from ._compiled import CompiledGraph
 
@@ -27,16 +28,6 @@ def check_pages(cg: CompiledGraph, b, name: str = "b"):
             f"semiring {cg.semiring.name} works on {cg.semiring.dtype_kind} pages, got {name}.dtype={b.dtype}"
         )
     return b
-
-
-try:  # public in jax 0.10; keep working if it moves
-    from jax.core import Tracer as _Tracer
-except ImportError:  # pragma: no cover
-    from jax._src.core import Tracer as _Tracer
-
-
-def is_tracer(a) -> bool:
-    return isinstance(a, _Tracer)
 
 
 @functools.lru_cache(maxsize=None)

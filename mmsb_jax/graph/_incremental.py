@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._compat import is_tracer
 from .._errors import InvalidArgumentError
 from ._compiled import CompiledGraph
-from .._compat import is_tracer
 from ._propagate import _bcast_weights, _propagate_impl, call_derive, check_pages, fold, propagate
 
 

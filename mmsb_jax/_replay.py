@@ -13,9 +13,7 @@ import os
 import numpy as np
 
 from ._checkpoint import is_checkpoint, read_manifest
-from ._deltas import AccumulateDelta
-from ._errors import InvalidArgumentError, SerializationError
-from ._records import (
+from ._decode import (
     Accumulate,
     AddDep,
     CreatePages,
@@ -25,6 +23,8 @@ from ._records import (
     Sparse,
     SparseBatch,
 )
+from ._deltas import AccumulateDelta
+from ._errors import InvalidArgumentError, SerializationError
 from ._router import pad_rows
 from ._tlog_read import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring

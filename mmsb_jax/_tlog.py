@@ -20,6 +20,18 @@ import weakref
 from pathlib import Path
 from typing import Any, Self
 
+from ._decode import (
+    Accumulate,
+    AddDep,
+    Commit,
+    CreatePages,
+    DeletePages,
+    Dense,
+    LogRecord,
+    RemoveDep,
+    Sparse,
+    SparseBatch,
+)
 from ._errors import (
     InvalidArgumentError,
     SerializationError,
@@ -32,18 +44,8 @@ from ._records import (
     RECORD_HEADER,
     SEGMENT_HEADER_SIZE,
     U64_MAX,
-    Accumulate,
-    AddDep,
     BadRecord,
-    Commit,
-    CreatePages,
-    DeletePages,
-    Dense,
     Kind,
-    LogRecord,
-    RemoveDep,
-    Sparse,
-    SparseBatch,
     body_accumulate,
     body_add_dep,
     body_commit,

@@ -17,6 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._decode import (
+    LogRecord,
+    decode_body,
+)
 from ._errors import (
     CorruptLogError,
     InvalidArgumentError,
@@ -33,9 +37,7 @@ from ._records import (
     VERSION,
     BadRecord,
     Kind,
-    LogRecord,
     crc32c,
-    decode_body,
     kind_of,
     pad8,
 )

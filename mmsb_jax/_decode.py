@@ -1,0 +1,377 @@
+"""TLog record format, read side: the decoded record types and body decoding.
+
+The byte layout is specified in ``docs/tlog-format.md``; encoding and framing live in
+:mod:`mmsb_jax._records`. Never pickles; no length or shape is trusted beyond the bytes present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import ClassVar
+
+import numpy as np
+
+from ._records import (
+    _ARR,
+    _DEP,
+    _Q,
+    _QQ,
+    _STR,
+    U64_MAX,
+    BadRecord,
+    Kind,
+    body_accumulate,
+    body_add_dep,
+    body_commit,
+    body_create_pages,
+    body_delete_pages,
+    body_dense,
+    body_remove_dep,
+    body_sparse,
+    body_sparse_batch,
+    dtype_from_name,
+    pad8,
+)
+
+# --------------------------------------------------------------------------------------------
+# decoded records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class LogRecord:
+    """One decoded log record. Subclasses add the kind-specific body fields.
+
+    ``segment``/``offset`` locate the record on disk (-1 when not read from disk); they are
+    ignored by ``==``. Arrays read with ``copy=False`` are read-only views of the segment bytes.
+    """
+
+    kind: ClassVar[Kind]
+    epoch: int
+    timestamp: int = 0
+    source: str = ""
+    batched: bool = False
+    segment: int = -1
+    offset: int = -1
+
+    def touches(self, page_id: int) -> bool:
+        """Whether this record changes (or creates/deletes) ``page_id``."""
+        return False
+
+    def _body(self) -> tuple[int, list]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            if f.name in ("segment", "offset"):
+                continue
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                a, b = np.asarray(a), np.asarray(b)
+                if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class CreatePages(LogRecord):
+    kind: ClassVar[Kind] = Kind.CREATE_PAGES
+    first_page_id: int
+    count: int
+    shape: tuple
+    dtype: str
+    location: str
+
+    @property
+    def page_ids(self) -> range:
+        return range(self.first_page_id, self.first_page_id + self.count)
+
+    def touches(self, page_id: int) -> bool:
+        return self.first_page_id <= page_id < self.first_page_id + self.count
+
+    def _body(self):
+        return body_create_pages(self.first_page_id, self.count, self.shape, self.dtype, self.location)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class DeletePages(LogRecord):
+    kind: ClassVar[Kind] = Kind.DELETE_PAGES
+    page_ids: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return 0 <= page_id <= U64_MAX and bool(np.any(self.page_ids == np.uint64(page_id)))
+
+    def _body(self):
+        return body_delete_pages(self.page_ids)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Dense(LogRecord):
+    """``mask`` has the page shape; ``values`` holds only the changed positions (C order)."""
+
+    kind: ClassVar[Kind] = Kind.DENSE
+    page_id: int
+    mask: np.ndarray
+    values: np.ndarray
+
+    @property
+    def shape(self) -> tuple:
+        return self.mask.shape
+
+    def payload(self, fill=0) -> np.ndarray:
+        """The full-page payload: ``values`` at the masked positions, ``fill`` elsewhere."""
+        out = np.full(self.mask.shape, fill, dtype=self.values.dtype)
+        out[self.mask] = self.values
+        return out
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_dense(self.page_id, self.mask, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Sparse(LogRecord):
+    kind: ClassVar[Kind] = Kind.SPARSE
+    page_id: int
+    indices: np.ndarray
+    values: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_sparse(self.page_id, self.indices, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class SparseBatch(LogRecord):
+    """Row ``i`` is a sparse delta ``(indices[i], values[i])`` to page ``page_ids[i]``."""
+
+    kind: ClassVar[Kind] = Kind.SPARSE_BATCH
+    page_ids: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return 0 <= page_id <= U64_MAX and bool(np.any(self.page_ids == np.uint64(page_id)))
+
+    def _body(self):
+        return body_sparse_batch(self.page_ids, self.indices, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Accumulate(LogRecord):
+    kind: ClassVar[Kind] = Kind.ACCUMULATE
+    page_id: int
+    semiring: str
+    payload: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_accumulate(self.page_id, self.semiring, self.payload)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class AddDep(LogRecord):
+    """``weight is None`` means the semiring's one."""
+
+    kind: ClassVar[Kind] = Kind.ADD_DEP
+    parent: int
+    child: int
+    weight: float | None = None
+    edge_type: str = ""
+
+    def touches(self, page_id: int) -> bool:
+        return page_id in (self.parent, self.child)
+
+    def _body(self):
+        return body_add_dep(self.parent, self.child, self.weight, self.edge_type)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class RemoveDep(LogRecord):
+    kind: ClassVar[Kind] = Kind.REMOVE_DEP
+    parent: int
+    child: int
+
+    def touches(self, page_id: int) -> bool:
+        return page_id in (self.parent, self.child)
+
+    def _body(self):
+        return body_remove_dep(self.parent, self.child)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Commit(LogRecord):
+    """End of a multi-record batch: ``count`` records of this epoch precede it."""
+
+    kind: ClassVar[Kind] = Kind.COMMIT
+    count: int
+
+    def _body(self):
+        return body_commit(self.count)
+
+
+RECORD_TYPES: dict[Kind, type[LogRecord]] = {
+    cls.kind: cls
+    for cls in (CreatePages, DeletePages, Dense, Sparse, SparseBatch, Accumulate, AddDep, RemoveDep, Commit)
+}
+
+# --------------------------------------------------------------------------------------------
+# body decoding
+# --------------------------------------------------------------------------------------------
+
+
+_DT_BY_WORD: dict[int, np.dtype] = {}
+
+
+def _rd_arr(buf: bytes, p: int, end: int, copy: bool) -> tuple[np.ndarray, int]:
+    """Decode the array block at ``p`` (bounds-checked against ``end``); returns (array, next)."""
+    if p + 16 > end:
+        raise BadRecord("array block past the end of the body")
+    nl, nd = _ARR.unpack_from(buf, p)
+    if nd == 1:
+        count = _Q.unpack_from(buf, p + 8)[0]
+        shape = None
+        q = p + 16
+    else:
+        q = p + 8 + 8 * nd
+        if q > end:
+            raise BadRecord("array block past the end of the body")
+        shape = struct.unpack_from(f"<{nd}Q", buf, p + 8) if nd else ()
+        count = 1
+        for s in shape:
+            count *= s
+    p = q + nl + ((-nl) & 7)
+    if p > end or nl == 0:
+        raise BadRecord("array block past the end of the body")
+    if nl <= 8:
+        word = _Q.unpack_from(buf, q)[0] | (nl << 64) if q + 8 <= end else -1
+        dt = _DT_BY_WORD.get(word)
+        if dt is None:
+            dt = dtype_from_name(buf[q : q + nl])
+            if word >= 0:
+                _DT_BY_WORD[word] = dt
+    else:
+        dt = dtype_from_name(buf[q : q + nl])
+    nbytes = count * dt.itemsize
+    if p + nbytes > end:
+        raise BadRecord(f"array of {count} x {dt.name} ({nbytes} bytes) exceeds the record body")
+    if count == 0:
+        arr = np.empty(shape if shape is not None else (0,), dt)
+    else:
+        arr = np.frombuffer(buf, dt, count, p)
+        if shape is not None and nd != 1:
+            arr = arr.reshape(shape)
+        if copy:
+            arr = arr.copy()
+    return arr, p + nbytes + ((-nbytes) & 7)
+
+
+def _rd_str(buf: bytes, p: int, end: int) -> tuple[str, int]:
+    if p + 8 > end:
+        raise BadRecord("string block past the end of the body")
+    (n,) = _STR.unpack_from(buf, p)
+    p += 8
+    if p + n > end:
+        raise BadRecord("string block past the end of the body")
+    try:
+        s = bytes(buf[p : p + n]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord("string block is not utf-8") from e
+    return s, p + n + pad8(n)
+
+
+def _need(p: int, n: int, end: int) -> None:
+    if p + n > end:
+        raise BadRecord("fixed body fields past the end of the body")
+
+
+def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dict) -> LogRecord:
+    """Decode the body ``buf[p:end]`` of a record of ``kind``; BadRecord if inconsistent."""
+    if kind == Kind.SPARSE_BATCH:
+        pids, p = _rd_arr(buf, p, end, copy)
+        idx, p = _rd_arr(buf, p, end, copy)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if (
+            pids.dtype != np.uint64
+            or idx.dtype != np.int32
+            or pids.ndim != 1
+            or idx.ndim != 2
+            or vals.shape != idx.shape
+            or idx.shape[0] != pids.shape[0]
+        ):
+            raise BadRecord("inconsistent SPARSE_BATCH arrays")
+        return SparseBatch(page_ids=pids, indices=idx, values=vals, **common)
+    if kind == Kind.SPARSE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        idx, p = _rd_arr(buf, p + 8, end, copy)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if idx.dtype != np.int32 or idx.ndim != 1 or vals.shape != idx.shape:
+            raise BadRecord("inconsistent SPARSE arrays")
+        return Sparse(page_id=pid, indices=idx, values=vals, **common)
+    if kind == Kind.DENSE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        shp, p = _rd_arr(buf, p + 8, end, False)
+        packed, p = _rd_arr(buf, p, end, False)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if shp.dtype != np.uint64 or shp.ndim != 1 or packed.dtype != np.uint8 or vals.ndim != 1:
+            raise BadRecord("inconsistent DENSE arrays")
+        shape = tuple(int(s) for s in shp)
+        size = 1
+        for s in shape:
+            size *= s
+        if packed.shape[0] != (size + 7) // 8:
+            raise BadRecord("DENSE mask size does not match the page shape")
+        mask = np.unpackbits(packed, count=size).view(np.bool_).reshape(shape)
+        if int(np.count_nonzero(mask)) != vals.shape[0]:
+            raise BadRecord("DENSE value count does not match the mask")
+        return Dense(page_id=pid, mask=mask, values=vals, **common)
+    if kind == Kind.ACCUMULATE:
+        _need(p, 8, end)
+        (pid,) = _Q.unpack_from(buf, p)
+        sr, p = _rd_str(buf, p + 8, end)
+        payload, p = _rd_arr(buf, p, end, copy)
+        return Accumulate(page_id=pid, semiring=sr, payload=payload, **common)
+    if kind == Kind.CREATE_PAGES:
+        _need(p, 16, end)
+        first, count = _QQ.unpack_from(buf, p)
+        shp, p = _rd_arr(buf, p + 16, end, False)
+        dt, p = _rd_str(buf, p, end)
+        loc, p = _rd_str(buf, p, end)
+        if shp.dtype != np.uint64 or shp.ndim != 1:
+            raise BadRecord("inconsistent CREATE_PAGES shape")
+        dtype_from_name(dt)
+        shape = tuple(int(s) for s in shp)
+        return CreatePages(first_page_id=first, count=count, shape=shape, dtype=dt, location=loc, **common)
+    if kind == Kind.DELETE_PAGES:
+        pids, p = _rd_arr(buf, p, end, copy)
+        if pids.dtype != np.uint64 or pids.ndim != 1:
+            raise BadRecord("inconsistent DELETE_PAGES ids")
+        return DeletePages(page_ids=pids, **common)
+    if kind == Kind.ADD_DEP:
+        _need(p, _DEP.size, end)
+        parent, child, w, has = _DEP.unpack_from(buf, p)
+        et, p = _rd_str(buf, p + _DEP.size, end)
+        return AddDep(parent=parent, child=child, weight=w if has else None, edge_type=et, **common)
+    if kind == Kind.REMOVE_DEP:
+        _need(p, 16, end)
+        parent, child = _QQ.unpack_from(buf, p)
+        return RemoveDep(parent=parent, child=child, **common)
+    if kind == Kind.COMMIT:
+        _need(p, 8, end)
+        return Commit(count=_Q.unpack_from(buf, p)[0], **common)
+    raise BadRecord(f"unknown record kind {kind}")

@@ -19,7 +19,7 @@ from ._tlog_read import query_records
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
-               segment_bytes: int = 64 << 20) -> MMSBState:
+               segment_bytes: int = 64 << 20, mesh=None) -> MMSBState:
     """Start a new state.
 
     Args:
@@ -35,9 +35,14 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         buffered, on a checkpoint and on :func:`mmsb_stop`; never fsynced. A process killed
         without ``mmsb_stop`` loses what was still buffered (up to 1 MiB of records).
       segment_bytes: log segments rotate at this size (compaction drops whole segments).
+      mesh: a ``jax.sharding.Mesh``: pools on its platform are split over all its devices
+        along the slot axis (``NamedSharding(mesh, P(mesh.axis_names))``), each shard
+        writing only its own slots. Placement is not state: the log, checkpoints and
+        :func:`state_digest` are the same with any mesh or none, and a state can be reopened
+        with another one.
 
     Raises:
-      InvalidArgumentError: unknown ``fsync`` or ``semiring``.
+      InvalidArgumentError: unknown ``fsync`` or ``semiring``; ``mesh`` not a ``Mesh``.
       SerializationError: ``path`` already holds a state (open it with :func:`mmsb_open`).
 
     Example:
@@ -49,7 +54,8 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
     """
     if path is not None and (is_checkpoint(os.fspath(path)) or os.path.isdir(os.path.join(os.fspath(path), "log"))):
         raise SerializationError(f"{os.fspath(path)!r} already holds an mmsb state; use mmsb_open to reopen it")
-    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes)
+    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
+                      mesh=mesh)
     state.open_log()
     return state
 
@@ -79,7 +85,7 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
-              semirings=(), segment_bytes: int = 64 << 20) -> MMSBState:
+              semirings=(), segment_bytes: int = 64 << 20, mesh=None) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
@@ -93,6 +99,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         ``"skip_corrupt"`` (salvage every intact record). ``state.recovery_report`` says what
         was dropped.
       semirings: user-defined semirings named in logged accumulate deltas.
+      mesh: shard the pools over this mesh (see :func:`mmsb_start`).
 
     Raises:
       SerializationError: nothing to open at ``path``, an inconsistent checkpoint, or a log
@@ -102,7 +109,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     require_state(path)
     base, _ = newest_checkpoint(path)
     semiring = resolve_semiring(state_semiring(path, base), semirings)
-    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes)
+    state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
+                      mesh=mesh)
     report = state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
     salvaged = recovery in ("point_in_time", "skip_corrupt") and not report.clean
     state.open_log(recovery="point_in_time" if salvaged else "torn_tail")

@@ -47,17 +47,27 @@ def bucket(n: int, minimum: int = 8) -> int:
     return 1 << (n - 1).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
-def _grow(old, capacity: int):
+def _grow_impl(old, capacity: int):
     new = jnp.zeros((capacity,) + old.shape[1:], old.dtype)
     return jax.lax.dynamic_update_slice_in_dim(new, old, 0, axis=0)
 
 
-@pool_jit
-def _zero_slots(pool, slots):
-    # slots is padded with out-of-range entries, which mode="drop" ignores.
-    zeros = jnp.zeros((slots.shape[0],) + pool.shape[1:], pool.dtype)
-    return pool.at[slots].set(zeros, mode="drop")
+_grow = jax.jit(_grow_impl, static_argnames=("capacity",))
+
+
+@functools.cache
+def _grow_sharded(sharding):
+    return jax.jit(_grow_impl, static_argnames=("capacity",), out_shardings=sharding)
+
+
+@functools.cache
+def _zeros_sharded(sharding, shape: tuple, dtype):
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+def page_sharding(mesh):
+    """The sharding of a pool over every device of ``mesh``, along the page (slot) axis."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
 
 
 class PagePool:
@@ -66,18 +76,24 @@ class PagePool:
     Attributes:
       shape: the page shape.
       dtype: the page dtype (a ``numpy.dtype``).
-      device: the ``jax.Device`` the arena lives on.
+      device: the ``jax.Device`` the arena lives on (unsharded pools).
+      sharding: ``None``, or the ``NamedSharding`` that splits the arena's slots over devices
+        (capacity is then a multiple of the device count).
+      ops: the jitted arena operations for this placement (see :mod:`mmsb_jax._pool_ops`).
       capacity: slots reserved (the device array grows to it on next access).
       high_water: one past the highest slot ever handed out.
       live: slots in use.
     """
 
-    def __init__(self, index: int, shape: tuple, dtype, device, location: str):
+    def __init__(self, index: int, shape: tuple, dtype, device, location: str, sharding=None, ops=None):
         self.index = index
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.device = device
         self.location = location
+        self.sharding = sharding
+        self.ops = ops
+        self.shards = 1 if sharding is None else len(sharding.device_set)
         self.page_elems = int(np.prod(self.shape, dtype=np.int64))
         self.page_bytes = self.page_elems * self.dtype.itemsize
         self.capacity = 0
@@ -122,7 +138,7 @@ class PagePool:
             return
         padded = np.full(bucket(slots.size), np.iinfo(np.int32).max, np.int32)
         padded[: slots.size] = slots
-        self.array = _zero_slots(self.array, jnp.asarray(padded))
+        self.array = self.ops.zero_slots(self.array, jnp.asarray(padded))
         for s in slots.tolist():
             heapq.heappush(self._free, s)
         self.live -= int(slots.size)
@@ -130,7 +146,11 @@ class PagePool:
     def _reserve(self, needed: int) -> None:
         if needed > self.capacity:
             floor = max(1, min(_MIN_CAPACITY, _MIN_RESERVE_BYTES // max(self.page_bytes, 1)))
-            self.capacity = max(needed, 2 * self.capacity, floor)
+            self.capacity = self._round(max(needed, 2 * self.capacity, floor))
+
+    def _round(self, capacity: int) -> int:
+        """``capacity`` rounded up to a whole number of slots per shard."""
+        return -(-capacity // self.shards) * self.shards
 
     # ------------------------------------------------------------------ the arena
     @property
@@ -138,16 +158,25 @@ class PagePool:
         """The arena ``(capacity, *shape)``, grown on the device to the reserved capacity."""
         arr = self._array
         if arr is None:
-            with jax.default_device(self.device):
-                arr = jnp.zeros((self.capacity,) + self.shape, self.dtype)
+            if self.sharding is not None:
+                arr = _zeros_sharded(self.sharding, (self.capacity,) + self.shape, self.dtype)()
+            else:
+                with jax.default_device(self.device):
+                    arr = jnp.zeros((self.capacity,) + self.shape, self.dtype)
             self._array = arr
         elif arr.shape[0] < self.capacity:
-            arr = self._array = _grow(arr, self.capacity)
+            grow = _grow if self.sharding is None else _grow_sharded(self.sharding)
+            arr = self._array = grow(arr, self.capacity)
         return arr
 
     @array.setter
     def array(self, value: jax.Array) -> None:
         self._array = value
+
+    @property
+    def placement(self):
+        """Where the arena lives: its ``jax.Device``, or its sharding when it is split."""
+        return self.device if self.sharding is None else self.sharding
 
     @property
     def materialized_bytes(self) -> int:
@@ -157,7 +186,7 @@ class PagePool:
         return {
             "shape": self.shape,
             "dtype": str(self.dtype),
-            "device": str(self.device),
+            "device": str(self.placement),
             "location": self.location,
             "pages": self.live,
             "bytes": self.live * self.page_bytes,
@@ -170,8 +199,13 @@ class PagePool:
 
     def restore(self, array: jax.Array, high_water: int, used_slots: np.ndarray) -> None:
         """Install a restored arena (checkpoint) and rebuild the free list from the used slots."""
-        self.capacity = max(int(array.shape[0]), _MIN_CAPACITY)
-        self._array = jax.device_put(array, self.device)
+        self.capacity = self._round(max(int(array.shape[0]), _MIN_CAPACITY))
+        if self.sharding is not None:
+            full = np.zeros((self.capacity, *self.shape), self.dtype)  # whole shards
+            full[: array.shape[0]] = np.asarray(array)
+            self._array = jax.device_put(full, self.sharding)
+        else:
+            self._array = jax.device_put(array, self.device)
         self.high_water = int(high_water)
         used = np.zeros(self.high_water, bool)
         used[np.asarray(used_slots, np.int64)] = True

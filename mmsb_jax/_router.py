@@ -204,3 +204,10 @@ def apply_rows(pool, slots, deltas):
 def write_rows(pool, slots, rows):
     """``pool[slots[i]] = rows[i]`` for distinct slots; slots past the end are padding."""
     return pool.at[slots].set(rows.astype(pool.dtype), mode="drop", unique_indices=True)
+
+
+@pool_jit
+def zero_slots(pool, slots):
+    """Zero ``pool[slots]``; slots past the end are padding (they may repeat)."""
+    zeros = jnp.zeros((slots.shape[0],) + pool.shape[1:], pool.dtype)
+    return pool.at[slots].set(zeros, mode="drop")

@@ -37,10 +37,8 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
-from ._pages import MAX_PAGE_ELEMS, PagePool
-from ._router import apply_at as _apply_at
-from ._router import read_slot as _read_slot
-from ._router import write_diff as _write_diff
+from ._pages import MAX_PAGE_ELEMS, PagePool, page_sharding
+from ._pool_ops import SINGLE_DEVICE, sharded_ops
 from ._state_batch import BatchRouting
 from ._state_ckpt import Checkpointing
 from ._state_deps import Dependencies
@@ -58,7 +56,8 @@ class Page:
       id: the page id (an int, never reused within a state).
       shape, dtype: the page's shape and numpy dtype.
       location: ``"cpu"`` or ``"gpu"``, where the page really lives.
-      device: the ``jax.Device`` holding it.
+      device: the ``jax.Device`` holding it; for a pool sharded over a mesh (``mesh=`` of
+        :func:`mmsb_start`), the pool's ``NamedSharding``.
     """
 
     __slots__ = ("id", "shape", "dtype", "location", "device")
@@ -121,9 +120,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     """
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
-                 segment_bytes: int = 64 << 20, _snapshot: bool = False):
+                 segment_bytes: int = 64 << 20, mesh=None, _snapshot: bool = False):
         if fsync not in _FSYNC:
             raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {_FSYNC}")
+        if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+            raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
+        self.mesh = mesh
         self.semiring = get_semiring(semiring)
         self.fsync = fsync
         self.segment_bytes = segment_bytes
@@ -274,12 +276,21 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         if pool is None and not register:
             return None, shape
         if pool is None:
-            pool = PagePool(len(self._pools), shape, np_dtype, device, real_location)
+            sharding = self._pool_sharding(real_location)
+            ops = SINGLE_DEVICE if sharding is None else sharded_ops(sharding)
+            pool = PagePool(len(self._pools), shape, np_dtype, device, real_location, sharding, ops)
             self._pools.append(pool)
             self._pool_by_key[pool_key] = pool
         if key is not None:
             self._spec_cache[key] = (pool, shape, dtype)
         return pool, shape
+
+    def _pool_sharding(self, location: str):
+        """Pools whose location is the mesh's platform are split over the mesh by slot."""
+        if self.mesh is None:
+            return None
+        platform = next(iter(self.mesh.devices.flat)).platform
+        return page_sharding(self.mesh) if (platform == "cpu") == (location == "cpu") else None
 
     @staticmethod
     def _normalize_shape(size, shape) -> tuple:
@@ -336,7 +347,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._tbl_epoch[pid] = self._epoch
             self._counters["pages_created"] += 1
             self._journal_create(pid, 1, pool)
-            return Page(pid, shape, pool.dtype, pool.location, pool.device)
+            return Page(pid, shape, pool.dtype, pool.location, pool.placement)
 
     def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> np.ndarray:
         """Create ``n`` zero-filled pages in one epoch; returns their ids (consecutive ints)."""
@@ -382,7 +393,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         """The :class:`Page` handle of a live page id."""
         with self._lock:
             pid, pool, _ = self._locate(page_id)
-            return Page(pid, pool.shape, pool.dtype, pool.location, pool.device)
+            return Page(pid, pool.shape, pool.dtype, pool.location, pool.placement)
 
     def page_ids(self) -> np.ndarray:
         """The ids of every live page, ascending."""
@@ -444,7 +455,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._check_open()
             pid, pool, slot = self._locate(page_id)
             arr = self._coerce_page_data(data, pool, pid)
-            new_pool, packed = _write_diff(pool.array, np.int32(slot), arr)
+            new_pool, packed = pool.ops.write_diff(pool.array, np.int32(slot), arr)
             pool.array = new_pool
             packed = np.asarray(packed)
             if not packed.any():
@@ -470,7 +481,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if touches_nothing(delta):
                 self._counters["noop_updates"] += 1
                 return None
-            pool.array = _apply_at(pool.array, np.int32(slot), delta)
+            pool.array = pool.ops.apply_at(pool.array, np.int32(slot), delta)
             self._epoch += 1
             self._tbl_epoch[pid] = self._epoch
             self._counters["deltas_routed"] += 1
@@ -494,7 +505,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if self._closed:
                 raise StateClosedError(f"the state at {self.path!r} is stopped")
             pid, pool, slot = self._locate(page_id)
-            return _read_slot(self._visible_array(pool), np.int32(slot))
+            return pool.ops.read_slot(self._visible_array(pool), np.int32(slot))
 
     def _visible_array(self, pool: PagePool) -> jax.Array:
         pg = self._pool_graphs.get(pool.index)

@@ -9,7 +9,7 @@ from pallas_kernels import backend
 from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
 from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
-from ._router import apply_rows, pad_rows, scatter_unique, sparse_rows_keep, write_rows
+from ._router import pad_rows, sparse_rows_keep
 
 
 class BatchRouting:
@@ -80,7 +80,7 @@ class BatchRouting:
             rows = slice(None) if one_pool else pool_idx == pi
             slots = self._tbl_slot[pids[rows]]
             sub_ind = ind[rows]
-            if backend.use_pallas("scatter_merge.sparse"):  # only where measured faster, or forced
+            if pool.sharding is None and backend.use_pallas("scatter_merge.sparse"):  # measured faster, or forced
                 from pallas_kernels.scatter_merge import scatter_merge
 
                 pool.array = scatter_merge(
@@ -100,7 +100,7 @@ class BatchRouting:
                 targets[: win.size] = slots[win]
                 new_rows = np.zeros((m, *pool.shape), pool.dtype)
                 new_rows[: win.size] = vals[rows][win].reshape(-1, *pool.shape)
-                pool.array = write_rows(pool.array, targets, new_rows)
+                pool.array = pool.ops.write_rows(pool.array, targets, new_rows)
                 self._tbl_epoch[pids[rows]] = self._epoch
                 self._after_write(pool, slots)
                 continue
@@ -120,7 +120,7 @@ class BatchRouting:
             else:  # pad to a power of two (few compiled shapes) with distinct, dropped targets
                 t = np.concatenate([targets, np.arange(size, size + m - targets.shape[0], dtype=np.int32)])
                 vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
-            pool.array = scatter_unique(pool.array, t, vv)
+            pool.array = pool.ops.scatter_unique(pool.array, t, vv)
             self._tbl_epoch[pids[rows]] = self._epoch
             self._after_write(pool, slots)
 
@@ -251,7 +251,7 @@ def _apply_group(pool, group):
         stacked = DenseDelta(np.stack([np.asarray(d.mask) for d in deltas]), np.stack([np.asarray(d.payload) for d in deltas]))
     else:
         stacked = AccumulateDelta(np.stack([np.asarray(d.payload) for d in deltas]), first.semiring)
-    return apply_rows(pool.array, slots, stacked)
+    return pool.ops.apply_rows(pool.array, slots, stacked)
 
 
 def _whole_pages(indices: np.ndarray) -> bool:

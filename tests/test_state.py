@@ -151,9 +151,11 @@ def test_update_page_accepts_flat_data_for_2d_page(state):
 class StateMachine(RuleBasedStateMachine):
     """Random operations on a state vs a dict of numpy arrays (page id -> content)."""
 
+    mesh = None  # the sharded variant below splits every pool over 8 devices
+
     def __init__(self):
         super().__init__()
-        self.state = mmsb.mmsb_start()
+        self.state = mmsb.mmsb_start(mesh=self.mesh)
         self.model: dict[int, np.ndarray] = {}
         self.next_id = 0
         self.epoch = 0
@@ -303,6 +305,24 @@ class StateMachine(RuleBasedStateMachine):
 def test_random_operations_match_numpy_model():
     run_state_machine_as_test(
         StateMachine, settings=settings(settings.get_profile("mmsb"), stateful_step_count=15)
+    )
+
+
+class ShardedStateMachine(StateMachine):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("pages",))
+
+    def teardown(self):
+        for pool in self.state._pools:  # every arena stayed split over the 8 devices
+            assert pool.array.sharding == pool.sharding and len(pool.array.sharding.device_set) == 8
+            assert pool.capacity % 8 == 0
+        super().teardown()
+
+
+def test_random_operations_on_sharded_pools_match_numpy_model():
+    """The same model test with every pool split over 8 devices by slot."""
+    assert len(jax.devices()) == 8
+    run_state_machine_as_test(
+        ShardedStateMachine, settings=settings(settings.get_profile("mmsb"), max_examples=15, stateful_step_count=15)
     )
 
 

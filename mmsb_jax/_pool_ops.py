@@ -1,0 +1,134 @@
+"""The jitted arena operations of a pool, for its placement: one device, or sharded.
+
+A pool's arena is ``(capacity, *page)``. On one device the operations are those of
+:mod:`mmsb_jax._router` (in place, donated). A pool sharded over a mesh along the slot axis
+(``NamedSharding(mesh, P(axes))``) gets the same operations written per shard with
+``jax.shard_map``: each shard updates only the slots it owns, in place, and values read from
+one slot travel as a bitwise max over the shards (all others contribute zeros), so reads and
+change masks are bit-exact. (Left to XLA's partitioner, a write of one slot into a sharded
+arena copied the whole arena: 222 ms instead of 40 us for a 64 MiB pool on 8 CPU devices.)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from ._deltas import apply_delta, bit_equal
+from ._pages import pool_jit
+from ._router import apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_rows, zero_slots
+
+
+class PoolOps(NamedTuple):
+    """What the shell does to an arena (each jitted; ``pool`` is donated where updated)."""
+
+    write_diff: Any  # (pool, slot, new) -> (pool, packed change mask)
+    apply_at: Any  # (pool, slot, delta) -> pool
+    read_slot: Any  # (pool, slot) -> page
+    apply_rows: Any  # (pool, slots, stacked deltas) -> pool; distinct slots, padding past the end
+    write_rows: Any  # (pool, slots, rows) -> pool; distinct slots, padding past the end
+    scatter_unique: Any  # (pool, flat targets, values) -> pool; unique targets, padding past the end
+    zero_slots: Any  # (pool, slots) -> pool; padding past the end
+
+
+SINGLE_DEVICE = PoolOps(write_diff, apply_at, read_slot, apply_rows, write_rows, scatter_unique, zero_slots)
+
+
+def _as_bits(x):
+    """``x`` as unsigned integers of its width (bool as uint8): max-able, bit-preserving."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
+        return x
+    return lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+
+
+def _from_bits(u, dtype):
+    if dtype == jnp.bool_:
+        return u.astype(jnp.bool_)
+    return u if u.dtype == dtype else lax.bitcast_convert_type(u, dtype)
+
+
+@functools.cache
+def sharded_ops(sharding) -> PoolOps:
+    """The arena operations for pools placed with ``sharding`` (a ``NamedSharding`` that splits
+    axis 0 over every device of its mesh)."""
+    mesh = sharding.mesh
+    axes = tuple(mesh.axis_names)
+    pool_spec = P(axes)
+
+    def owned(p, slot):
+        """This shard's row for global ``slot`` (clipped) and whether the shard owns it."""
+        rows = p.shape[0]
+        local = slot - lax.axis_index(axes) * rows
+        mine = (local >= 0) & (local < rows)
+        return jnp.clip(local, 0, rows - 1), mine
+
+    def from_owner(value, mine):
+        """The owner shard's ``value`` on every shard, bit for bit."""
+        return _from_bits(lax.pmax(jnp.where(mine, _as_bits(value), 0), axes), value.dtype)
+
+    def local_rows(p, slots):
+        """``slots`` as this shard's rows; slots it does not own become distinct rows past
+        its end (dropped by the scatters, which keep their unique-index promise)."""
+        rows = p.shape[0]
+        local = slots - lax.axis_index(axes) * rows
+        mine = (local >= 0) & (local < rows)
+        return jnp.where(mine, local, rows + jnp.arange(slots.shape[0], dtype=slots.dtype))
+
+    def _write_diff(p, slot, new):
+        row, mine = owned(p, slot)
+        old = lax.dynamic_index_in_dim(p, row, keepdims=False)
+        packed = jnp.packbits((~bit_equal(old, new)).reshape(-1))
+        p = lax.dynamic_update_index_in_dim(p, jnp.where(mine, new, old), row, 0)
+        return p, from_owner(packed, mine)
+
+    def _apply_at(p, slot, delta):
+        row, mine = owned(p, slot)
+        page = lax.dynamic_index_in_dim(p, row, keepdims=False)
+        new = jnp.where(mine, apply_delta(page, delta), page)
+        return lax.dynamic_update_index_in_dim(p, new, row, 0)
+
+    def _read_slot(p, slot):
+        row, mine = owned(p, slot)
+        return from_owner(lax.dynamic_index_in_dim(p, row, keepdims=False), mine)
+
+    def _apply_rows(p, slots, deltas):
+        rows = local_rows(p, slots)
+        pages = jnp.take(p, rows, axis=0, mode="clip")
+        new = jax.vmap(apply_delta)(pages, deltas)
+        return p.at[rows].set(new, mode="drop", unique_indices=True)
+
+    def _write_rows(p, slots, new_rows):
+        return p.at[local_rows(p, slots)].set(new_rows.astype(p.dtype), mode="drop", unique_indices=True)
+
+    def _zero_slots(p, slots):
+        zeros = jnp.zeros((slots.shape[0],) + p.shape[1:], p.dtype)
+        return p.at[local_rows(p, slots)].set(zeros, mode="drop", unique_indices=True)
+
+    def _scatter_unique(p, targets, values):
+        size = p.size  # this shard's elements
+        local = targets - lax.axis_index(axes) * size
+        mine = (local >= 0) & (local < size)
+        local = jnp.where(mine, local, size + jnp.arange(targets.shape[0], dtype=targets.dtype))
+        flat = p.reshape(-1).at[local].set(values.astype(p.dtype), mode="drop", unique_indices=True)
+        return flat.reshape(p.shape)
+
+    def on_shards(fn, n_rest: int, out_specs, *, update: bool = True):
+        mapped = jax.shard_map(fn, mesh=mesh, in_specs=(pool_spec,) + (P(),) * n_rest, out_specs=out_specs)
+        return pool_jit(mapped) if update else jax.jit(mapped)
+
+    return PoolOps(
+        write_diff=on_shards(_write_diff, 2, (pool_spec, P())),
+        apply_at=on_shards(_apply_at, 2, pool_spec),
+        read_slot=on_shards(_read_slot, 1, P(), update=False),
+        apply_rows=on_shards(_apply_rows, 2, pool_spec),
+        write_rows=on_shards(_write_rows, 2, pool_spec),
+        scatter_unique=on_shards(_scatter_unique, 2, pool_spec),
+        zero_slots=on_shards(_zero_slots, 1, pool_spec),
+    )

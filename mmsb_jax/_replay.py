@@ -87,7 +87,7 @@ class _SparseRun:
         epochs = np.concatenate([np.full(r[0].shape[0], r[3], np.int64) for r in self.rows])
         state._epoch = int(epochs[-1])
         state._check_sparse_batch(pids, ind, vals)
-        state._apply_sparse_rows(pids, ind, vals)
+        state._apply_sparse_rows(pids, ind, vals, state._sparse_kernel())
         state._tbl_epoch[pids] = 0
         np.maximum.at(state._tbl_epoch, pids, epochs)
         self.rows, self.entries, self.dtype = [], 0, None

@@ -7,7 +7,7 @@ import numpy as np
 from pallas_kernels import backend
 
 from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
-from ._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from ._errors import InvalidDeltaError, PageNotFoundError
 from ._pages import bucket
 from ._router import pad_rows, sparse_rows_keep
 
@@ -22,12 +22,20 @@ class BatchRouting:
             pids, ind, vals = self._check_sparse_batch(page_ids, indices, values)
             if ind.size == 0:  # no rows, or rows without entries: nothing changes, no epoch
                 return None
+            kernel = self._sparse_kernel()  # may refuse (a bad MMSB_KERNELS): before any change
             self._epoch += 1
-            self._apply_sparse_rows(pids, ind, vals)
+            # logged first: observers (called while applying) may raise, the write stays durable
+            self._journal_sparse_batch(pids, ind, vals)
+            self._apply_sparse_rows(pids, ind, vals, kernel)
             self._counters["deltas_routed"] += int(pids.size)
             self._counters["batches"] += 1
-            self._journal_sparse_batch(pids, ind, vals)
             return self._epoch
+
+    @staticmethod
+    def _sparse_kernel() -> bool:
+        """Whether the Pallas kernel applies a sparse batch. Asked before the batch takes an
+        epoch: the choice reads ``MMSB_KERNELS``, and a bad value raises here."""
+        return backend.use_pallas("scatter_merge.sparse")
 
     def _check_sparse_batch(self, page_ids, indices, values):
         pids = np.asarray(page_ids)
@@ -71,8 +79,10 @@ class BatchRouting:
                 )
         return pids, ind, vals
 
-    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray) -> None:
-        """Scatter validated sparse rows, each target written once (last writer wins)."""
+    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray, kernel: bool = False) -> None:
+        """Scatter validated sparse rows (``kernel``: see :meth:`_sparse_kernel`), each target written
+        once (last writer wins)."""
+        written = []  # observers run once every pool is written (one may raise)
         pool_idx = self._tbl_pool[pids]
         one_pool = bool((pool_idx == pool_idx[0]).all())
         for pi in [int(pool_idx[0])] if one_pool else np.unique(pool_idx).tolist():
@@ -80,7 +90,7 @@ class BatchRouting:
             rows = slice(None) if one_pool else pool_idx == pi
             slots = self._tbl_slot[pids[rows]]
             sub_ind = ind[rows]
-            if pool.sharding is None and backend.use_pallas("scatter_merge.sparse"):  # measured faster, or forced
+            if pool.sharding is None and kernel:  # measured faster, or forced
                 from pallas_kernels.scatter_merge import scatter_merge
 
                 pool.array = scatter_merge(
@@ -88,7 +98,7 @@ class BatchRouting:
                     interpret=backend.interpret(),
                 )
                 self._tbl_epoch[pids[rows]] = self._epoch
-                self._after_write(pool, slots)
+                written.append((pool, slots))
                 continue
             if sub_ind.shape[1] == pool.page_elems and _whole_pages(sub_ind):
                 # Every row rewrites its whole page (e.g. replayed page rewrites): keep the last
@@ -102,13 +112,20 @@ class BatchRouting:
                 new_rows[: win.size] = vals[rows][win].reshape(-1, *pool.shape)
                 pool.array = pool.ops.write_rows(pool.array, targets, new_rows)
                 self._tbl_epoch[pids[rows]] = self._epoch
-                self._after_write(pool, slots)
+                written.append((pool, slots))
                 continue
             size = pool.capacity * pool.page_elems
             if size + bucket(sub_ind.size) >= 2**31:
-                raise InvalidArgumentError(
-                    f"pool of {pool.shape} pages holds {size} elements; batched routing needs fewer than 2**31"
-                )
+                # flat int32 targets cannot address this pool: apply row by row, in rounds
+                # (each slot's r-th row in round r), exactly as batch_route_deltas does
+                sub_vals = vals[rows]
+                items = [(int(slots[i]), SparseDelta(sub_ind[i].astype(np.int32), sub_vals[i], pool.shape))
+                         for i in range(slots.shape[0])]
+                for group in _rounds(items):
+                    pool.array = _apply_group(pool, group)
+                self._tbl_epoch[pids[rows]] = self._epoch
+                written.append((pool, slots))
+                continue
             targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
             v = vals[rows].reshape(-1)
             keep = sparse_rows_keep(slots, sub_ind, pool.page_elems, pool.capacity)
@@ -122,6 +139,8 @@ class BatchRouting:
                 vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
             pool.array = pool.ops.scatter_unique(pool.array, t, vv)
             self._tbl_epoch[pids[rows]] = self._epoch
+            written.append((pool, slots))
+        for pool, slots in written:
             self._after_write(pool, slots)
 
     def drain_ring(self, ring):
@@ -172,23 +191,30 @@ class BatchRouting:
                     return None
             elif not checked:
                 return None
+            kernel = self._sparse_kernel() if all_sparse else False  # may refuse
             self._epoch += 1
+            # the whole batch is logged and committed first: observers (called while
+            # applying) may raise, the write stays durable
             self._begin_txn()
             if all_sparse:
-                self._apply_sparse_rows(pids, ind, vals)
                 self._journal_sparse_batch(pids, ind, vals)
+            else:
+                for pid, _, _, delta in checked:
+                    self._journal_delta(pid, delta)
+            self._journal_commit()
+            if all_sparse:
+                self._apply_sparse_rows(pids, ind, vals, kernel)
             else:
                 by_pool: dict[int, list] = {}
                 for pid, pool, slot, delta in checked:
                     by_pool.setdefault(pool.index, []).append((slot, delta))
                     self._tbl_epoch[pid] = self._epoch
-                    self._journal_delta(pid, delta)
                 for pi, items in by_pool.items():
                     pool = self._pools[pi]
                     for group in _rounds(items):
                         pool.array = _apply_group(pool, group)
-                    self._after_write(pool, sorted({slot for slot, _ in items}))
-            self._journal_commit()
+                for pi, items in by_pool.items():
+                    self._after_write(self._pools[pi], sorted({slot for slot, _ in items}))
             self._counters["deltas_routed"] += len(checked)
             self._counters["batches"] += 1
             return self._epoch

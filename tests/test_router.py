@@ -458,3 +458,80 @@ def test_whole_page_rows_last_writer_wins(permute):
     snap = mmsb.replay_to_epoch(st, epoch)
     np.testing.assert_array_equal(np.stack([np.asarray(mmsb.query_page(snap, int(i))) for i in ids]), model)
     mmsb.mmsb_stop(st)
+
+
+def test_sparse_batch_into_a_pool_past_int32_flat_targets(tmp_path):
+    """A pool of >= 2**31 elements cannot take flat int32 targets: its rows go in rounds
+    instead, with the same last-writer result, one epoch, and an exact replay."""
+    path = tmp_path / "big"
+    s = mmsb.mmsb_start(path, fsync="never")
+    big = mmsb.create_pages(s, 2, size=2**30, dtype=jnp.uint8).tolist()  # the arena: 2**31 elements
+    small = mmsb.create_page(s, size=4, dtype=jnp.uint8).id
+    e = mmsb.route_sparse_batch(s, [big[1], small, big[1], big[0]],
+                                np.array([[5, 2**30 - 1], [0, 1], [5, 7], [0, 0]]),
+                                np.array([[1, 2], [3, 4], [9, 8], [6, 7]], np.uint8))
+    assert e == 3 and s.epoch == 3
+    want = {big[0]: {0: 7}, big[1]: {5: 9, 7: 8, 2**30 - 1: 2}}  # later rows win
+    for pid, vals in want.items():
+        page = np.asarray(mmsb.query_page(s, pid))
+        assert {int(i): int(page[i]) for i in np.flatnonzero(page)} == vals
+    assert np.asarray(mmsb.query_page(s, small)).tolist() == [3, 4, 0, 0]
+    digest = mmsb.state_digest(s)
+    mmsb.mmsb_stop(s)
+    s = mmsb.mmsb_open(path)
+    try:
+        assert (s.epoch, mmsb.state_digest(s)) == (3, digest)
+    finally:
+        s.close()
+
+
+def test_bad_kernel_switch_takes_no_epoch(monkeypatch):
+    s = mmsb.mmsb_start(fsync="never")
+    try:
+        p = mmsb.create_page(s, size=4, dtype=jnp.uint8).id
+        monkeypatch.setenv("MMSB_KERNELS", "bogus")
+        for call in (lambda: mmsb.route_sparse_batch(s, [p], [[0]], np.ones((1, 1), np.uint8)),
+                     lambda: mmsb.batch_route_deltas(s, [(p, mmsb.sparse_delta([0], jnp.ones(1, jnp.uint8), 4))])):
+            with pytest.raises(ValueError, match="MMSB_KERNELS"):
+                call()
+            assert s.epoch == 1 and np.asarray(mmsb.query_page(s, p)).tolist() == [0, 0, 0, 0]
+        monkeypatch.delenv("MMSB_KERNELS")
+        assert [r.epoch for r in mmsb.query_log(s)] == [1]
+        assert mmsb.route_sparse_batch(s, [p], [[0]], np.ones((1, 1), np.uint8)) == 2
+    finally:
+        mmsb.mmsb_stop(s)
+
+
+@pytest.mark.parametrize("how", ["route_sparse_batch", "batch_route_deltas-sparse", "batch_route_deltas-mixed"])
+def test_a_raising_observer_cannot_unlog_a_batch(tmp_path, how):
+    """Observers run after the batch is logged and applied: one that raises leaves the
+    write applied, logged and replayable."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
+    a, b = (mmsb.create_page(s, size=2, dtype=jnp.float32).id for _ in range(2))
+
+    def boom(pid, epoch):
+        raise RuntimeError("observer failed")
+
+    s.observe(a, boom)
+    s.observe(b, boom)
+    call = {
+        "route_sparse_batch": lambda: mmsb.route_sparse_batch(s, [a, b], [[0], [1]], np.array([[5.0], [7.0]], np.float32)),
+        "batch_route_deltas-sparse": lambda: mmsb.batch_route_deltas(
+            s, [(a, mmsb.sparse_delta([0], jnp.array([5.0]), 2)), (b, mmsb.sparse_delta([1], jnp.array([7.0]), 2))]),
+        "batch_route_deltas-mixed": lambda: mmsb.batch_route_deltas(
+            s, [(a, mmsb.sparse_delta([0], jnp.array([5.0]), 2)),
+                (b, mmsb.dense_delta(jnp.array([False, True]), jnp.array([0.0, 7.0])))]),
+    }[how]
+    with pytest.raises(RuntimeError, match="observer failed"):
+        call()
+    want = (s.epoch, mmsb.state_digest(s))
+    assert s.epoch == 3
+    assert np.asarray(mmsb.query_page(s, a)).tolist() == [5.0, 0.0]
+    assert np.asarray(mmsb.query_page(s, b)).tolist() == [0.0, 7.0]
+    s.close()
+    s = mmsb.mmsb_open(path)
+    try:
+        assert (s.epoch, mmsb.state_digest(s)) == want
+    finally:
+        s.close()

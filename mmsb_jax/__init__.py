@@ -50,6 +50,7 @@ from ._api import (
     update_page as update_page,
 )
 from ._history import compact_log as compact_log, diff as diff, page_history as page_history
+from ._tools import inspect_state as inspect_state, verify_state as verify_state
 from ._ring import (
     DeltaRing as DeltaRing,
     RingOverflowError as RingOverflowError,

@@ -127,6 +127,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
         self.mesh = mesh
         self.semiring = get_semiring(semiring)
+        self._check_semiring_name(self.semiring)
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self._owns_dir = path is None
@@ -284,6 +285,20 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         if key is not None:
             self._spec_cache[key] = (pool, shape, dtype)
         return pool, shape
+
+    @staticmethod
+    def _check_semiring_name(semiring) -> None:
+        """The log names the semiring, and replay resolves standard names to the standard
+        records: a user record may not take one of those names."""
+        try:
+            standard = get_semiring(semiring.name)
+        except InvalidArgumentError:
+            return  # a name of its own: mmsb_open(semirings=[...]) resolves it
+        if standard != semiring:
+            raise InvalidArgumentError(
+                f"semiring name {semiring.name!r} belongs to a standard semiring, and the log would "
+                "replay it as that one; give this semiring a name of its own"
+            )
 
     def _pool_sharding(self, location: str):
         """Pools whose location is the mesh's platform are split over the mesh by slot."""

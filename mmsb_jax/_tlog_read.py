@@ -501,6 +501,11 @@ def _epoch_range(epochs) -> tuple[int | None, int | None]:
         a, b = epochs
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"epochs={epochs!r} must be a pair (first, last), inclusive") from None
+    for e in (a, b):
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0):
+            raise InvalidArgumentError(f"epochs={epochs!r}: {e!r} is not a non-negative int (or None)")
+    if a is not None and b is not None and a > b:
+        raise InvalidArgumentError(f"epochs={epochs!r} is reversed: first {a} > last {b}")
     return a, b
 
 

@@ -245,3 +245,15 @@ def test_bulk_build_and_compile_100k_is_fast():
     assert g.num_edges > 490_000
     assert cg.ell_src.shape[0] >= g.num_edges
     assert elapsed < 15.0, elapsed  # a few seconds on a 2-core machine
+
+
+def test_refused_remove_node_changes_nothing():
+    g = ShadowPageGraph()
+    g.derive(1, lambda a: a * 2, parents=[0])
+    g.derive(2, lambda a: a + 1, parents=[1])
+    b = jnp.array([5.0, 0.0, 0.0])
+    before = graph.propagate(g.compile(semirings.REAL, num_nodes=3), b).tolist()
+    with pytest.raises(InvalidArgumentError, match="parent of derived node 2"):
+        g.remove_node(1)
+    assert sorted(g.derived()) == [1, 2] and before == [5.0, 10.0, 11.0]
+    assert graph.propagate(g.compile(semirings.REAL, num_nodes=3), b).tolist() == before

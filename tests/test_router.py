@@ -535,3 +535,11 @@ def test_a_raising_observer_cannot_unlog_a_batch(tmp_path, how):
         assert (s.epoch, mmsb.state_digest(s)) == want
     finally:
         s.close()
+
+
+def test_route_sparse_on_a_pool_past_int32_flat_targets():
+    pool = jnp.zeros((2, 2**30), jnp.uint8)  # 2**31 elements
+    out = mmsb.route_sparse(pool, jnp.array([1, 0, 1]), jnp.array([[0, 2**30 - 1], [3, 3], [0, -1]]),
+                            jnp.array([[1, 2], [3, 4], [5, 6]], jnp.uint8))
+    got = {(int(r), int(i)): int(out[r, i]) for r, i in [(1, 0), (1, 2**30 - 1), (0, 3), (0, 0), (1, 1)]}
+    assert got == {(1, 0): 5, (1, 2**30 - 1): 2, (0, 3): 4, (0, 0): 0, (1, 1): 0}  # later wins; -1 dropped

@@ -556,3 +556,25 @@ def test_record_helpers(sr):
     np.testing.assert_array_equal(np.asarray(sr.add(z[0], z[1])), np.asarray(z[0]))
     assert sr.accepts(z.dtype) and not sr.accepts(jnp.int32)
     np.testing.assert_array_equal(np.asarray(sr.zero_like(o)), np.full((2,), sr.zero, o.dtype))
+
+
+@pytest.mark.parametrize("sr", [semirings.REAL, semirings.TROPICAL, semirings.MAX_PLUS, semirings.LOG,
+                                semirings.soft_tropical(0.5)], ids=lambda s: s.name)
+def test_nan_propagates_like_jnp(sr):
+    """NaN in, NaN out (as jnp.logaddexp does): a NaN parent never turns into the zero."""
+    nan = jnp.float32(jnp.nan)
+    assert bool(jnp.isnan(sr.add(nan, jnp.float32(0.0)))) and bool(jnp.isnan(sr.add(jnp.float32(1.0), nan)))
+    assert bool(jnp.isnan(sr.reduce(jnp.array([nan, 0.0], jnp.float32), 0)))
+    g = mmsb.graph.ShadowPageGraph()
+    g.add_dependency(0, 1)
+    x = mmsb.graph.propagate(g.compile(sr, num_nodes=2), jnp.array([jnp.nan, 0.0], jnp.float32))
+    assert bool(jnp.isnan(x[1]))
+    # the empty / all-zero cases still give the zero
+    assert float(sr.reduce(jnp.full((3,), sr.zero, jnp.float32), 0)) == sr.zero
+
+
+def test_a_user_semiring_may_not_take_a_standard_name():
+    fake = semirings.TROPICAL._replace(add=jnp.maximum)
+    with pytest.raises(mmsb.InvalidArgumentError, match="'tropical' belongs to a standard semiring"):
+        mmsb.mmsb_start(semiring=fake)
+    mmsb.mmsb_stop(mmsb.mmsb_start(semiring=fake._replace(name="my_tropical")))  # its own name: fine

@@ -828,3 +828,15 @@ def test_bfloat16_pages_propagate_and_accumulate():
         assert mmsb.semirings.REAL.accepts(bf) and not mmsb.semirings.BOOLEAN.accepts(bf)
     finally:
         mmsb.mmsb_stop(state)
+
+
+def test_query_log_refuses_bad_epoch_ranges():
+    state = mmsb.mmsb_start(fsync="never")
+    try:
+        mmsb.create_page(state, size=2)
+        for bad, needle in (((6, 4), "reversed"), ((-1, 3), "-1"), ((1.5, None), "1.5"), (5, "pair")):
+            with pytest.raises(InvalidArgumentError, match=re.escape(needle)):
+                mmsb.query_log(state, epochs=bad)
+        assert [r.epoch for r in mmsb.query_log(state, epochs=(1, None))] == [1]
+    finally:
+        mmsb.mmsb_stop(state)

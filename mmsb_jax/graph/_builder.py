@@ -260,10 +260,10 @@ class ShadowPageGraph:
         u = int(u)
         if u not in self._ord:
             raise InvalidArgumentError(f"node u={u} is not in the graph")
-        self._derived.pop(u, None)
         for v in self.children(u):
             if v in self._derived:
                 raise InvalidArgumentError(f"node u={u} is a parent of derived node {v}; underive({v}) first")
+        self._derived.pop(u, None)  # only once nothing can refuse: a refused call changes nothing
         ch, pa = self._adj()
         for v, s in list(ch.get(u, {}).items()):
             self._remove_slot(u, v, s)

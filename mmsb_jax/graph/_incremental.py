@@ -195,7 +195,12 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
     """Update a propagated ``x_old`` after the bases of the ``dirty`` nodes changed.
 
     Recomputes only nodes that are dirty or have a parent whose value changed, stopping where
-    values stop changing (cutoff). The result equals ``propagate(cg, b_new)`` exactly.
+    values stop changing (cutoff). The result equals ``propagate(cg, b_new)``, bit for bit under
+    the idempotent semirings (tropical, max-plus, boolean, max-times on its domain x >= 0) for
+    every value but the sign of a zero (a change -0.0 <-> +0.0 compares equal, so it is not
+    propagated). Under real and log the fused arithmetic of the two programs may differ in the
+    last bit (XLA may contract ``b + w * x`` into an FMA in one and not the other); the state
+    store therefore propagates those semirings with full passes.
     Works under ``jit`` and ``vmap`` (it is a forward computation: use :func:`propagate`
     for gradients). Called eagerly, it reads one overflow flag back to the host and runs
     :func:`propagate` when the capacities were exceeded; under ``jit`` that fallback is a

@@ -45,7 +45,7 @@ def _segment_logsumexp(data, segment_ids, num_segments):
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), data.dtype))
     shift = m[jnp.clip(segment_ids, 0, num_segments - 1)]
     s = jax.ops.segment_sum(jnp.exp(data - shift), segment_ids, num_segments=num_segments)
-    ok = s > 0
+    ok = ~(s <= 0)  # a NaN sum stays NaN (NaN in, NaN out), as in jnp.logaddexp
     s_safe = jnp.where(ok, s, jnp.ones((), s.dtype))
     return jnp.where(ok, jnp.log(s_safe) + m, jnp.full((), -_INF, data.dtype))
 
@@ -55,7 +55,7 @@ def _logsumexp(x, axis):
     m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True, initial=-_INF))
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype))
     s = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
-    ok = s > 0
+    ok = ~(s <= 0)  # a NaN sum stays NaN (NaN in, NaN out), as in jnp.logaddexp
     s_safe = jnp.where(ok, s, jnp.ones((), s.dtype))
     out = jnp.where(ok, jnp.log(s_safe) + m, jnp.full((), -_INF, x.dtype))
     return jnp.squeeze(out, axis=axis)
@@ -66,7 +66,7 @@ def _logaddexp(a, b):
     m = jax.lax.stop_gradient(jnp.maximum(a, b))
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
     s = jnp.exp(a - m) + jnp.exp(b - m)
-    ok = s > 0
+    ok = ~(s <= 0)  # a NaN sum stays NaN (NaN in, NaN out), as in jnp.logaddexp
     s_safe = jnp.where(ok, s, jnp.ones_like(s))
     return jnp.where(ok, jnp.log(s_safe) + m, jnp.full_like(s, -_INF))
 

@@ -257,3 +257,16 @@ def test_refused_remove_node_changes_nothing():
         g.remove_node(1)
     assert sorted(g.derived()) == [1, 2] and before == [5.0, 10.0, 11.0]
     assert graph.propagate(g.compile(semirings.REAL, num_nodes=3), b).tolist() == before
+
+
+def test_incremental_refuses_dirty_ids_outside_the_graph():
+    g = ShadowPageGraph()
+    g.add_dependencies([0, 1], [1, 2])
+    cg = g.compile(semirings.REAL, num_nodes=3)
+    b = jnp.array([1.0, 0.0, 0.0])
+    x = graph.propagate(cg, b)
+    for bad, needle in ((jnp.array([0, 3]), "node id 3"), (jnp.array([-1]), "node id -1")):
+        with pytest.raises(InvalidArgumentError, match=needle):
+            graph.propagate_incremental(cg, x, b, bad)
+    x2, changed = graph.propagate_incremental(cg, x, b.at[1].set(2.0), jnp.array([1]))
+    assert x2.tolist() == [1.0, 3.0, 3.0] and changed.tolist() == [False, True, True]

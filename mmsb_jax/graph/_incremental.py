@@ -211,7 +211,8 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
       x_old: ``propagate(cg, b_old)``.
       b_new: new bases; equal to ``b_old`` outside ``dirty``.
       dirty: bool ``(num_nodes,)`` mask of the nodes whose base changed (an int array of
-        node ids is accepted too and skips the mask scan).
+        node ids is accepted too and skips the mask scan; ids outside ``[0, num_nodes)`` raise,
+        or under ``jit`` are ignored).
       capacity: most nodes recomputed per round (static; default grows with the graph,
         64..256). A round that needs more falls back to full propagation, exactly.
       edge_capacity: most child edges followed per round (static; default ``4 * capacity``).
@@ -242,6 +243,12 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
             raise InvalidArgumentError(f"dirty must be a bool mask of shape ({cg.num_nodes},), got {dirty.shape=}")
     elif not (jnp.issubdtype(dirty.dtype, jnp.integer) and dirty.ndim == 1):
         raise InvalidArgumentError(f"dirty must be a bool mask or a 1-D int array of node ids, got {dirty.dtype=} {dirty.shape=}")
+    elif dirty.size and not is_tracer(dirty):  # concrete ids are checked (traced ones outside [0, n) are ignored)
+        lo, hi = int(jnp.min(dirty)), int(jnp.max(dirty))
+        if lo < 0 or hi >= cg.num_nodes:
+            raise InvalidArgumentError(
+                f"dirty holds node id {lo if lo < 0 else hi}, outside [0, {cg.num_nodes})"
+            )
     s = int(capacity) if capacity else default_capacity(cg.num_nodes)
     eb = int(edge_capacity) if edge_capacity else 4 * s
     if s < 1 or eb < 1:

@@ -21,6 +21,7 @@ from ._errors import (
     InvalidDeltaError as InvalidDeltaError,
     MMSBError as MMSBError,
     PageNotFoundError as PageNotFoundError,
+    RingOverflowError as RingOverflowError,
     ReadOnlyError as ReadOnlyError,
     SemiringLawError as SemiringLawError,
     SerializationError as SerializationError,
@@ -53,7 +54,6 @@ from ._history import compact_log as compact_log, diff as diff, page_history as 
 from ._tools import inspect_state as inspect_state, verify_state as verify_state
 from ._ring import (
     DeltaRing as DeltaRing,
-    RingOverflowError as RingOverflowError,
     delta_ring as delta_ring,
     ring_append as ring_append,
 )

@@ -252,7 +252,7 @@ def update_page(state: MMSBState, page_id, data) -> int | None:
       >>> mmsb.update_page(state, page.id, [1, 2, 256])
       Traceback (most recent call last):
       ...
-      mmsb_jax._errors.InvalidDeltaError: data for page 0 holds 256, which dtype uint8 cannot represent
+      mmsb_jax.InvalidDeltaError: data for page 0 holds 256, which dtype uint8 cannot represent
       >>> mmsb.mmsb_stop(state)
     """
     return state.update_page(page_id, data)

@@ -74,6 +74,10 @@ class ReadOnlyError(MMSBError, RuntimeError):
     """A write to a read-only snapshot (e.g. from :func:`replay_to_epoch`)."""
 
 
+class RingOverflowError(MMSBError, RuntimeError):
+    """More deltas were appended to a :class:`~mmsb_jax.DeltaRing` than it holds; nothing was applied."""
+
+
 class GPUFallbackWarning(UserWarning):
     """A GPU was asked for but none is usable; pages live on the CPU instead."""
 
@@ -89,3 +93,11 @@ class SemiringLawError(MMSBError, ValueError):
     def __init__(self, message, report=None):
         self.report = report
         super().__init__(message)
+
+
+# Public classes print as ``mmsb_jax.InvalidDeltaError`` (tracebacks, reprs, doctests), not by
+# the private module that defines them.
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, (MMSBError, Warning)) and _cls.__module__ == __name__:
+        _cls.__module__ = "mmsb_jax"
+del _cls

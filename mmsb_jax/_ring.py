@@ -16,13 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InvalidArgumentError, MMSBError
+from ._errors import InvalidArgumentError, RingOverflowError
 
 Array = Any
-
-
-class RingOverflowError(MMSBError, RuntimeError):
-    """More deltas were appended to a :class:`DeltaRing` than it holds; nothing was applied."""
 
 
 @jax.tree_util.register_dataclass

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._compat import is_tracer
 from ._errors import InvalidDeltaError
-from ._pages import MAX_PAGE_ELEMS
+from .pages import MAX_PAGE_ELEMS
 from .semirings import Semiring, get_semiring
 
 Array = Any

@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ._deltas import apply_delta, bit_equal
-from ._pages import pool_jit
+from .pages import pool_jit
 from ._router import apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_rows, zero_slots
 
 

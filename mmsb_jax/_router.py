@@ -23,7 +23,7 @@ import numpy as np
 
 from ._deltas import DELTA_TYPES, apply_delta, bit_equal
 from ._errors import InvalidDeltaError
-from ._pages import pool_jit
+from .pages import pool_jit
 
 Array = Any
 

@@ -37,7 +37,7 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
-from ._pages import MAX_PAGE_ELEMS, PagePool, page_sharding
+from .pages import MAX_PAGE_ELEMS, PagePool, page_sharding
 from ._pool_ops import SINGLE_DEVICE, sharded_ops
 from ._state_batch import BatchRouting
 from ._state_ckpt import Checkpointing

@@ -8,7 +8,7 @@ from pallas_kernels import backend
 
 from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
 from ._errors import InvalidDeltaError, PageNotFoundError
-from ._pages import bucket
+from .pages import bucket
 from ._router import pad_rows, sparse_rows_keep
 
 

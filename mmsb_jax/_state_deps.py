@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import GraphCycleError, InvalidArgumentError
-from ._pages import PagePool
+from .pages import PagePool
 from ._pool_graph import PoolGraph
 
 

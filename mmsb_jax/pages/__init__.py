@@ -1,0 +1,13 @@
+"""Layer 0 (physical): page pools, the slot allocator, placement and sharding of arenas.
+
+All pages of one ``(shape, dtype, device)`` live in one arena array ``(capacity, *shape)``;
+a page is a slot in it. May import: ``mmsb_jax._errors``, ``mmsb_jax._compat``, jax, numpy.
+"""
+
+from ._pool import (
+    MAX_PAGE_ELEMS as MAX_PAGE_ELEMS,
+    PagePool as PagePool,
+    bucket as bucket,
+    page_sharding as page_sharding,
+    pool_jit as pool_jit,
+)

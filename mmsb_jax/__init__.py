@@ -1,7 +1,7 @@
 """mmsb_jax: a deterministic, delta-driven, replayable state store for JAX."""
 
 from . import semirings as semirings
-from ._deltas import (
+from .deltas import (
     AccumulateDelta as AccumulateDelta,
     Delta as Delta,
     DenseDelta as DenseDelta,
@@ -52,12 +52,12 @@ from ._api import (
 )
 from ._history import compact_log as compact_log, diff as diff, page_history as page_history
 from ._tools import inspect_state as inspect_state, verify_state as verify_state
-from ._ring import (
+from .deltas import (
     DeltaRing as DeltaRing,
     delta_ring as delta_ring,
     ring_append as ring_append,
 )
-from ._router import route_pool as route_pool, route_sparse as route_sparse
+from .deltas import route_pool as route_pool, route_sparse as route_sparse
 from ._state import MMSBState as MMSBState, Page as Page
 
 __version__ = "0.1.0"

@@ -23,9 +23,9 @@ from ._decode import (
     Sparse,
     SparseBatch,
 )
-from ._deltas import AccumulateDelta
+from .deltas._delta import AccumulateDelta
 from ._errors import InvalidArgumentError, SerializationError
-from ._router import pad_rows
+from .deltas._router import pad_rows
 from ._tlog_read import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring
 

@@ -22,7 +22,7 @@ import numpy as np
 from pallas_kernels.backend import backend_report
 
 from ._checkpoint import STATE_FILE, write_json_atomic
-from ._deltas import (
+from .deltas._delta import (
     DenseDelta,
     SparseDelta,
     check_delta_fits,
@@ -38,7 +38,7 @@ from ._errors import (
     UnsupportedLocationError,
 )
 from .pages import MAX_PAGE_ELEMS, PagePool, page_sharding
-from ._pool_ops import SINGLE_DEVICE, sharded_ops
+from .deltas._pool_ops import SINGLE_DEVICE, sharded_ops
 from ._state_batch import BatchRouting
 from ._state_ckpt import Checkpointing
 from ._state_deps import Dependencies

@@ -6,10 +6,10 @@ import numpy as np
 
 from pallas_kernels import backend
 
-from ._deltas import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
+from .deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
 from ._errors import InvalidDeltaError, PageNotFoundError
 from .pages import bucket
-from ._router import pad_rows, sparse_rows_keep
+from .deltas._router import pad_rows, sparse_rows_keep
 
 
 class BatchRouting:
@@ -151,7 +151,7 @@ class BatchRouting:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
-        from ._ring import ring_cleared, ring_contents
+        from .deltas._ring import ring_cleared, ring_contents
 
         pids, ind, vals = ring_contents(ring)
         with self._lock:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import mmsb_jax as mmsb
 from mmsb_jax import InvalidDeltaError
-from mmsb_jax._deltas import bit_equal, last_writer_mask
+from mmsb_jax.deltas._delta import bit_equal, last_writer_mask
 from mmsb_jax.semirings import BOOLEAN, TROPICAL
 
 DTYPES = (np.uint8, np.int32, np.float32, np.bool_)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import mmsb_jax as mmsb
 from mmsb_jax import InvalidDeltaError, PageNotFoundError
-from mmsb_jax._router import last_writer_keep, sparse_rows_keep
+from mmsb_jax.deltas._router import last_writer_keep, sparse_rows_keep
 
 # --------------------------------------------------------------------------- helpers
 

@@ -79,7 +79,7 @@ class PagePool:
       device: the ``jax.Device`` the arena lives on (unsharded pools).
       sharding: ``None``, or the ``NamedSharding`` that splits the arena's slots over devices
         (capacity is then a multiple of the device count).
-      ops: the jitted arena operations for this placement (see :mod:`mmsb_jax._pool_ops`).
+      ops: the jitted arena operations for this placement (see :mod:`mmsb_jax.deltas._pool_ops`).
       capacity: slots reserved (the device array grows to it on next access).
       high_water: one past the highest slot ever handed out.
       live: slots in use.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InvalidArgumentError, RingOverflowError
+from .._errors import InvalidArgumentError, RingOverflowError
 
 Array = Any
 

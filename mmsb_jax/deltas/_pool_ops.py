@@ -1,7 +1,7 @@
 """The jitted arena operations of a pool, for its placement: one device, or sharded.
 
 A pool's arena is ``(capacity, *page)``. On one device the operations are those of
-:mod:`mmsb_jax._router` (in place, donated). A pool sharded over a mesh along the slot axis
+:mod:`mmsb_jax.deltas._router` (in place, donated). A pool sharded over a mesh along the slot axis
 (``NamedSharding(mesh, P(axes))``) gets the same operations written per shard with
 ``jax.shard_map``: each shard updates only the slots it owns, in place, and values read from
 one slot travel as a bitwise max over the shards (all others contribute zeros), so reads and
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from ._deltas import apply_delta, bit_equal
-from .pages import pool_jit
+from ._delta import apply_delta, bit_equal
+from ..pages import pool_jit
 from ._router import apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_rows, zero_slots
 
 

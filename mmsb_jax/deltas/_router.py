@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._deltas import DELTA_TYPES, apply_delta, bit_equal
-from ._errors import InvalidDeltaError
-from .pages import pool_jit
+from ._delta import DELTA_TYPES, apply_delta, bit_equal
+from .._errors import InvalidDeltaError
+from ..pages import pool_jit
 
 Array = Any
 

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._compat import is_tracer
-from ._errors import InvalidDeltaError
-from .pages import MAX_PAGE_ELEMS
-from .semirings import Semiring, get_semiring
+from .._compat import is_tracer
+from .._errors import InvalidDeltaError
+from ..pages import MAX_PAGE_ELEMS
+from ..semirings import Semiring, get_semiring
 
 Array = Any
 

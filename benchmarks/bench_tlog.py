@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from mmsb_jax._tlog import TLog, list_segments, read_records
+from mmsb_jax.log import TLog, list_segments, read_records
 
 from ._harness import result, timeit
 

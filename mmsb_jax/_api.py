@@ -11,11 +11,12 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from ._checkpoint import is_checkpoint, state_semiring
+from .log._checkpoint import is_checkpoint, state_semiring
 from ._errors import InvalidArgumentError, SerializationError
-from ._replay import newest_checkpoint, rebuild, require_state, resolve_semiring
+from ._replay import rebuild, resolve_semiring
+from .log._directory import newest_checkpoint, require_state
 from ._state import MMSBState, Page, _page_id
-from ._tlog_read import query_records
+from .log._reader import query_records
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,

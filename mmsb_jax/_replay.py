@@ -12,8 +12,9 @@ import os
 
 import numpy as np
 
-from ._checkpoint import is_checkpoint, read_manifest
-from ._decode import (
+from .log._checkpoint import read_manifest
+from .log._directory import newest_checkpoint
+from .log._decode import (
     Accumulate,
     AddDep,
     CreatePages,
@@ -26,7 +27,7 @@ from ._decode import (
 from .deltas._delta import AccumulateDelta
 from ._errors import InvalidArgumentError, SerializationError
 from .deltas._router import pad_rows
-from ._tlog_read import first_logged_epoch, read_records
+from .log._reader import first_logged_epoch, read_records
 from .semirings import Semiring, get_semiring
 
 
@@ -130,37 +131,6 @@ def apply_records(state, records, *, semirings=()) -> None:
             state.remove_dependency(rec.parent, rec.child)
         state._epoch = rec.epoch
     run.flush()
-
-
-def list_checkpoints(path: str) -> list[tuple[str, int]]:
-    """Every checkpoint under ``path`` (itself, then ``checkpoints/*``) as ``(directory, epoch)``;
-    epoch ``-1`` marks one whose manifest cannot be read."""
-    dirs = [path] if is_checkpoint(path) else []
-    ck = os.path.join(path, "checkpoints")
-    if os.path.isdir(ck):
-        dirs += [os.path.join(ck, n) for n in sorted(os.listdir(ck)) if is_checkpoint(os.path.join(ck, n))]
-    out = []
-    for d in dirs:
-        try:
-            out.append((d, int(read_manifest(d)["epoch"])))
-        except (SerializationError, KeyError, TypeError, ValueError):
-            out.append((d, -1))
-    return out
-
-
-def newest_checkpoint(path: str, max_epoch: int | None = None) -> tuple[str | None, int]:
-    """The newest readable checkpoint under ``path`` with ``epoch <= max_epoch``; returns
-    ``(directory or None, epoch or 0)``. Unreadable ones are skipped: an older one or the log serves."""
-    usable = [(d, e) for d, e in list_checkpoints(path) if e >= 0 and (max_epoch is None or e <= max_epoch)]
-    if not usable:
-        return None, 0
-    return max(usable, key=lambda t: t[1])
-
-
-def require_state(path: str) -> None:
-    """Raise SerializationError unless ``path`` holds an mmsb checkpoint or log."""
-    if newest_checkpoint(path)[0] is None and not os.path.isdir(os.path.join(path, "log")):
-        raise SerializationError(f"no mmsb checkpoint or log at {path!r}")
 
 
 def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),

@@ -21,7 +21,7 @@ import numpy as np
 
 from pallas_kernels.backend import backend_report
 
-from ._checkpoint import STATE_FILE, write_json_atomic
+from .log._checkpoint import STATE_FILE, write_json_atomic
 from .deltas._delta import (
     DenseDelta,
     SparseDelta,
@@ -619,7 +619,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     # ------------------------------------------------------------------ lifecycle
     def open_log(self, recovery: str = "torn_tail") -> None:
         """Start journaling into ``<path>/log`` (after any replay)."""
-        from ._tlog import TLog
+        from .log._writer import TLog
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
                          segment_bytes=self.segment_bytes)

@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from ._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
+from .log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ._errors import InvalidArgumentError, SerializationError, StateClosedError
 
 

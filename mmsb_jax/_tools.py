@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from ._errors import MMSBError
-from ._records import Kind
-from ._replay import list_checkpoints, rebuild, require_state
-from ._tlog_read import first_logged_epoch, list_segments, read_records
+from .log._encode import Kind
+from ._replay import rebuild
+from .log._directory import list_checkpoints, require_state
+from .log._reader import first_logged_epoch, list_segments, read_records
 
 
 def _dir_bytes(path: str) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 import mmsb_jax as mmsb
 from mmsb_jax import SerializationError, _state_ckpt
-from mmsb_jax._checkpoint import read_manifest
+from mmsb_jax.log._checkpoint import read_manifest
 
 
 def test_background_checkpoint_equals_blocking(tmp_path):

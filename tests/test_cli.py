@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mmsb
-from mmsb_jax._checkpoint import load_arrays, read_manifest, save_checkpoint
+from mmsb_jax.log._checkpoint import load_arrays, read_manifest, save_checkpoint
 from mmsb_jax.cli import main
 
 F32 = np.float32
@@ -181,7 +181,7 @@ def test_verify_a_path_without_a_state_fails(tmp_path, capsys):
 def test_verify_after_compaction(tmp_path, capsys):
     path = tmp_path / "s"
     s = mmsb.mmsb_start(path, fsync="never")
-    from mmsb_jax._tlog import TLog  # MMSBState has no segment-size option
+    from mmsb_jax.log import TLog  # MMSBState has no segment-size option
 
     s._log.close()
     s._log = TLog(os.path.join(s.path, "log"), fsync="never", segment_bytes=4096)

@@ -462,7 +462,7 @@ def test_checkpoint_with_missing_arrays(copy_of):
 # --------------------------------------------------------------------------- compaction
 def _small_segments(state, nbytes=4096):
     """MMSBState has no segment-size option: swap in a TLog with small segments."""
-    from mmsb_jax._tlog import TLog
+    from mmsb_jax.log import TLog
 
     state._log.close()
     state._log = TLog(os.path.join(state.path, "log"), fsync=state.fsync, segment_bytes=nbytes)

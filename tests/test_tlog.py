@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmsb_jax import _records as R
+from mmsb_jax.log import _encode as R
 from mmsb_jax._errors import CorruptLogError, InvalidArgumentError, SerializationError
-from mmsb_jax._tlog import (
+from mmsb_jax.log import (
     Accumulate,
     AddDep,
     CreatePages,
@@ -374,7 +374,7 @@ _CHILD = textwrap.dedent(
     import sys, types
     pkg = types.ModuleType("mmsb_jax"); pkg.__path__ = [sys.argv[1]]; sys.modules["mmsb_jax"] = pkg
     import numpy as np
-    from mmsb_jax._tlog import TLog
+    from mmsb_jax.log import TLog
     log = TLog(sys.argv[2], fsync="always", segment_bytes=4096)
     e = (log.last_epoch or 0) + 1
     vals = np.arange(40, dtype=np.float32)
@@ -583,8 +583,8 @@ def test_concurrent_appends_from_threads(tmp_path):
 
 
 def test_never_unpickles():
-    for name in ("_tlog.py", "_tlog_read.py", "_records.py", "_decode.py"):
-        tree = ast.parse((REPO / "mmsb_jax" / name).read_text())
+    for name in ("_writer.py", "_reader.py", "_encode.py", "_decode.py"):
+        tree = ast.parse((REPO / "mmsb_jax" / "log" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] + [getattr(node, "module", None) or ""]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mmsb
-from mmsb_jax._checkpoint import load_arrays, read_manifest, save_checkpoint
-from mmsb_jax._tlog_read import first_logged_epoch
+from mmsb_jax.log._checkpoint import load_arrays, read_manifest, save_checkpoint
+from mmsb_jax.log import first_logged_epoch
 from mmsb_jax._tools import verify_state
 from mmsb_jax.cli import main
 

@@ -3,7 +3,7 @@
 Writer: :class:`TLog` (one per directory, thread-safe, ``fsync="always" | "batch" | "never"``).
 Reader: :func:`read_records` (modes ``"torn_tail"`` (default), ``"absolute"``,
 ``"point_in_time"``, ``"skip_corrupt"``) and :func:`query_records`. Record types live in
-:mod:`mmsb_jax._records`; the byte format is specified in ``docs/tlog-format.md``.
+:mod:`mmsb_jax.log._encode`; the byte format is specified in ``docs/tlog-format.md``.
 
 Pure Python + numpy + ``crc32c``: no jax, never pickles, never trusts a length field beyond
 the bytes actually present in the file.
@@ -21,23 +21,15 @@ from pathlib import Path
 from typing import Any, Self
 
 from ._decode import (
-    Accumulate,
-    AddDep,
     Commit,
-    CreatePages,
-    DeletePages,
-    Dense,
     LogRecord,
-    RemoveDep,
-    Sparse,
-    SparseBatch,
 )
-from ._errors import (
+from .._errors import (
     InvalidArgumentError,
     SerializationError,
     StateClosedError,
 )
-from ._records import (
+from ._encode import (
     FLAG_BATCH,
     HEADER_SIZE,
     KINDS,
@@ -60,47 +52,20 @@ from ._records import (
     segment_header,
     source_bytes,
 )
-from ._tlog_read import (
-    MODES,
+from ._reader import (
     SEGMENT_RE,
     LogPosition,
     ReadResult,
     RecoveryReport,
-    SkippedRange,
     _check_segment_header,
     _epoch_range,
     _filter,
     _Reader,
     list_segments,
-    query_records,
     read_records,
     segment_path,
 )
 
-__all__ = [
-    "MODES",
-    "Accumulate",
-    "AddDep",
-    "Commit",
-    "CreatePages",
-    "DeletePages",
-    "Dense",
-    "Kind",
-    "LogPosition",
-    "LogRecord",
-    "ReadResult",
-    "RecoveryReport",
-    "RemoveDep",
-    "SegmentInfo",
-    "SkippedRange",
-    "Sparse",
-    "SparseBatch",
-    "TLog",
-    "TLogBatch",
-    "list_segments",
-    "query_records",
-    "read_records",
-]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import SerializationError
+from .._errors import SerializationError
 
 FORMAT = "mmsb-checkpoint"
 VERSION = 1

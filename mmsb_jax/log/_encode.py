@@ -1,7 +1,7 @@
 """TLog record format, write side: record kinds, dtypes, body encoding and framing.
 
 The byte layout is specified in ``docs/tlog-format.md``; this module and
-:mod:`mmsb_jax._decode` (decoded record types and body decoding) are its only implementation. Pure Python + numpy + ``crc32c``; never pickles. All integers and array
+:mod:`mmsb_jax.log._decode` (decoded record types and body decoding) are its only implementation. Pure Python + numpy + ``crc32c``; never pickles. All integers and array
 data are little-endian; every record and every field block inside a body starts at an
 8-byte aligned offset of its segment file, so decoded arrays are aligned zero-copy views.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
-from ._errors import InvalidArgumentError
+from .._errors import InvalidArgumentError
 
 crc32c = _crc32c.crc32c
 

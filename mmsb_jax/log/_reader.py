@@ -1,7 +1,7 @@
 """Reading the transaction log: record validation, the four recovery modes, queries.
 
 Pure Python + numpy + ``crc32c``; never pickles and never trusts a length field beyond the
-bytes present in the file. The writer is :mod:`mmsb_jax._tlog`; the byte format is specified
+bytes present in the file. The writer is :mod:`mmsb_jax.log._writer`; the byte format is specified
 in ``docs/tlog-format.md``.
 """
 
@@ -21,12 +21,12 @@ from ._decode import (
     LogRecord,
     decode_body,
 )
-from ._errors import (
+from .._errors import (
     CorruptLogError,
     InvalidArgumentError,
     SerializationError,
 )
-from ._records import (
+from ._encode import (
     FLAG_BATCH,
     HEADER_SIZE,
     KINDS,

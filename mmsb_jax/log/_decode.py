@@ -1,7 +1,7 @@
 """TLog record format, read side: the decoded record types and body decoding.
 
 The byte layout is specified in ``docs/tlog-format.md``; encoding and framing live in
-:mod:`mmsb_jax._records`. Never pickles; no length or shape is trusted beyond the bytes present.
+:mod:`mmsb_jax.log._encode`. Never pickles; no length or shape is trusted beyond the bytes present.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._records import (
+from ._encode import (
     _ARR,
     _DEP,
     _Q,

@@ -1,0 +1,39 @@
+"""Layer 1 (durability): the transaction log and checkpoint files.
+
+* the log: :class:`TLog` (append-only, CRC-framed, segmented writer), :func:`read_records` /
+  :func:`query_records` (reader with RocksDB-style recovery modes) and the decoded record
+  types (:class:`LogRecord` and one class per :class:`Kind`); the byte format is specified in
+  ``docs/tlog-format.md``;
+* checkpoints: plain orbax arrays plus a JSON manifest (:mod:`mmsb_jax.log._checkpoint`) and
+  the directory helpers that find them.
+
+Pure Python + numpy + ``crc32c`` (orbax for checkpoint arrays): no jax arrays, never
+pickles, never trusts a length field beyond the bytes present. May import ``mmsb_jax._errors``.
+"""
+
+from ._decode import (
+    Accumulate as Accumulate,
+    AddDep as AddDep,
+    Commit as Commit,
+    CreatePages as CreatePages,
+    DeletePages as DeletePages,
+    Dense as Dense,
+    LogRecord as LogRecord,
+    RemoveDep as RemoveDep,
+    Sparse as Sparse,
+    SparseBatch as SparseBatch,
+)
+from ._encode import Kind as Kind
+from ._reader import (
+    MODES as MODES,
+    LogPosition as LogPosition,
+    ReadResult as ReadResult,
+    RecoveryReport as RecoveryReport,
+    SkippedRange as SkippedRange,
+    first_logged_epoch as first_logged_epoch,
+    list_segments as list_segments,
+    query_records as query_records,
+    read_records as read_records,
+    segment_path as segment_path,
+)
+from ._writer import SegmentInfo as SegmentInfo, TLog as TLog, TLogBatch as TLogBatch

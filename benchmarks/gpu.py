@@ -47,7 +47,7 @@ import numpy as np
 from jax import lax
 
 from mmsb_jax import semirings
-from pallas_kernels import backend
+from mmsb_jax import adaptive as backend
 from pallas_kernels.scatter_merge import scatter_merge, scatter_merge_xla
 from pallas_kernels.segment_reduce import (
     csr_from_segment_ids,
@@ -330,7 +330,7 @@ def print_table(b: Bench, summ: dict):
         else:
             print(f"{case:28s} {v['note']}")
     if summ["suggested_measured_faster"]:
-        print("\nsuggested pallas_kernels.backend.MEASURED_FASTER entries:")
+        print("\nsuggested mmsb_jax/adaptive/_kernels.py MEASURED_FASTER entries:")
         print(json.dumps(summ["suggested_measured_faster"], indent=2))
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.backend import backend_report
+from .adaptive import backend_report
 
 from .log._checkpoint import STATE_FILE, write_json_atomic
 from .deltas._delta import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pallas_kernels import backend
+from . import adaptive
 
 from .deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
 from ._errors import InvalidDeltaError, PageNotFoundError
@@ -35,7 +35,7 @@ class BatchRouting:
     def _sparse_kernel() -> bool:
         """Whether the Pallas kernel applies a sparse batch. Asked before the batch takes an
         epoch: the choice reads ``MMSB_KERNELS``, and a bad value raises here."""
-        return backend.use_pallas("scatter_merge.sparse")
+        return adaptive.use_pallas("scatter_merge.sparse")
 
     def _check_sparse_batch(self, page_ids, indices, values):
         pids = np.asarray(page_ids)
@@ -95,7 +95,7 @@ class BatchRouting:
 
                 pool.array = scatter_merge(
                     pool.array, slots.astype(np.int32), vals[rows], indices=sub_ind.astype(np.int32),
-                    interpret=backend.interpret(),
+                    interpret=adaptive.interpret(),
                 )
                 self._tbl_epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))

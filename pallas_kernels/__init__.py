@@ -4,8 +4,9 @@
   accumulate and overwrite delta rows into pool slots (one pass, in place).
 * :mod:`pallas_kernels.segment_reduce` — segmented semiring reduction, plain and fused with
   propagation's gather and ⊗ (CSR by destination).
-* :mod:`pallas_kernels.backend` — the policy choosing a kernel or the XLA path
-  (``use_pallas``, ``set_backend``, ``MMSB_KERNELS``, ``backend_report``).
+
+The policy choosing a kernel or the XLA path (``use_pallas``, ``set_backend``,
+``MMSB_KERNELS``, ``backend_report``) lives in :mod:`mmsb_jax.adaptive`.
 
 Import the ops from their modules (as with jax's own Pallas ops; the modules share their
 main function's name, so the package does not re-export those)::
@@ -14,14 +15,11 @@ main function's name, so the package does not re-export those)::
     from pallas_kernels.segment_reduce import gather_segment_reduce_csr
 
 Every kernel runs anywhere with ``interpret=True``; compiled, it targets NVIDIA GPUs through
-Pallas' Triton lowering. This package depends on ``mmsb_jax.semirings`` only.
+Pallas' Triton lowering. This package depends on ``mmsb_jax.semirings`` only (the shell
+imports it lazily, when the policy picks a kernel).
 """
 
-from . import backend as backend
 from . import scatter_merge as scatter_merge
 from . import segment_reduce as segment_reduce
-from .backend import backend_report as backend_report
-from .backend import set_backend as set_backend
-from .backend import use_pallas as use_pallas
 
-__all__ = ["backend", "backend_report", "scatter_merge", "segment_reduce", "set_backend", "use_pallas"]
+__all__ = ["scatter_merge", "segment_reduce"]

@@ -9,7 +9,7 @@ through ``ref.at[...]`` views, ``lax.fori_loop`` and elementwise ``jnp``. That s
   ``jax.experimental.pallas.triton.CompilerParams``. (On jax >= 0.10 a bare ``pallas_call``
   on GPU goes to Mosaic GPU, whose TMA/warpgroup model has no masked vector gather/scatter;
   the Triton lowering is deprecated on 0.11 but present. If a later jax removes it,
-  :func:`gpu_lowering` returns ``None`` and :mod:`pallas_kernels.backend` falls back to XLA.)
+  :func:`mmsb_jax.adaptive.gpu_lowering` returns ``None`` and the policy falls back to XLA.)
 
 Masked ``load``/``store`` come from ``jax.experimental.pallas.triton`` (``pl.load``/``pl.store``
 were removed after 0.7); where that module is missing the same primitives are taken from
@@ -18,7 +18,6 @@ were removed after 0.7); where that module is missing the same primitives are ta
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,11 +50,6 @@ def load(ref_view, *, mask=None, other=None):
 def store(ref_view, value, *, mask=None):
     """``ref_view[...] = value`` where ``mask`` (masked-out lanes are not written)."""
     _store(ref_view, value, mask=mask)
-
-
-def gpu_lowering() -> str | None:
-    """The GPU lowering these kernels use: ``"triton"``, or ``None`` where it is unavailable."""
-    return "triton" if TRITON_AVAILABLE else None
 
 
 def compiler_params(*, num_warps: int | None = None, num_stages: int | None = None):
@@ -102,12 +96,6 @@ def concrete_numpy(x):
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
-
-
-@functools.cache
-def default_interpret() -> bool:
-    """``True`` unless the default backend is a GPU with the Triton lowering present."""
-    return not (jax.default_backend() == "gpu" and TRITON_AVAILABLE)
 
 
 def store_index(interpret: bool, ok, index: tuple, bounds: tuple) -> tuple:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mmsb
-from pallas_kernels import backend
+from mmsb_jax import adaptive as backend
 
 
 @pytest.fixture

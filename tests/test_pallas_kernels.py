@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmsb_jax import semirings
-from pallas_kernels import _pallas, backend
+from mmsb_jax import adaptive as backend
 from pallas_kernels.scatter_merge import scatter_merge, scatter_merge_reference, scatter_merge_xla
 from pallas_kernels.segment_reduce import (
     csr_from_segment_ids,
@@ -331,7 +331,7 @@ def _lower_for_cuda(fn, *args):
     return text, seen
 
 
-@pytest.mark.skipif(_pallas.gpu_lowering() is None, reason="this jax has no Triton lowering")
+@pytest.mark.skipif(backend.gpu_lowering() is None, reason="this jax has no Triton lowering")
 @pytest.mark.parametrize("case", ["dense", "sparse", "sparse-long", "accumulate-log", "grouped-dense",
                                   "segment-log", "segment-bool-features"])
 def test_kernels_lower_to_valid_triton_ir(case):
@@ -394,7 +394,7 @@ def test_backend_policy(clean_backend):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not backend.use_pallas("scatter_merge.dense")
     monkeypatch.setitem(backend.MEASURED_FASTER, "scatter_merge.dense", {"speedup": 2.0})
-    assert backend.use_pallas("scatter_merge.dense") == (_pallas.gpu_lowering() is not None)
+    assert backend.use_pallas("scatter_merge.dense") == (backend.gpu_lowering() is not None)
     assert not backend.use_pallas("scatter_merge.sparse")
 
 

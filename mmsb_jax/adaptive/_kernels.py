@@ -1,7 +1,7 @@
 """Which implementation runs: a Pallas kernel or the XLA path.
 
 Policy (``auto``, the default): a kernel is used only on a GPU backend, only when the GPU
-lowering these kernels need is present (see :mod:`pallas_kernels._pallas`), and only for
+lowering these kernels need is present (:func:`gpu_lowering`), and only for
 kernels recorded in :data:`MEASURED_FASTER`. Overrides, strongest first:
 
 1. :func:`set_backend` (``"pallas"``, ``"xla"`` or ``"auto"``; ``None`` clears it);
@@ -13,27 +13,29 @@ kernels recorded in :data:`MEASURED_FASTER`. Overrides, strongest first:
 them.
 
 Example:
-  >>> from pallas_kernels import backend
-  >>> previous = backend.set_backend("xla")
-  >>> backend.use_pallas("segment_reduce")
+  >>> from mmsb_jax import adaptive
+  >>> previous = adaptive.set_backend("xla")
+  >>> adaptive.use_pallas("segment_reduce")
   False
-  >>> backend.set_backend(previous)
+  >>> adaptive.set_backend(previous)
   'xla'
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
 import jax
 
-from . import _pallas
+from .._errors import InvalidArgumentError
 
-__all__ = ["KERNELS", "MEASURED_FASTER", "MODES", "backend_report", "get_backend", "interpret", "set_backend",
-           "use_pallas"]
-
-#: The kernels the policy decides on (one entry per fused operation and delta kind).
+#: The kernels the policy decides on (one entry per fused operation and delta kind). The shell
+#: consults only ``"scatter_merge.sparse"`` today (sparse batches); the other five name kernels
+#: that are built and tested (``pallas_kernels``) but have no caller in the shell until a GPU
+#: measurement shows them faster than XLA: ``benchmarks/gpu.py`` times every entry and prints
+#: the :data:`MEASURED_FASTER` lines to add, and wiring a kernel in starts from that entry.
 KERNELS = (
     "scatter_merge.dense",
     "scatter_merge.sparse",
@@ -61,7 +63,7 @@ _override: str | None = None
 def _check_mode(mode: str, where: str) -> str:
     m = str(mode).strip().lower()
     if m not in MODES:
-        raise ValueError(f"{where} must be one of {MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"{where} must be one of {MODES}, got {mode!r}")
     return m
 
 
@@ -70,7 +72,7 @@ def set_backend(mode: str | None) -> str | None:
     override (then ``MMSB_KERNELS`` or ``auto`` decides). Returns the previous override.
 
     Raises:
-      ValueError: an unknown mode.
+      InvalidArgumentError: an unknown mode.
     """
     global _override
     new = None if mode is None else _check_mode(mode, "set_backend(mode)")
@@ -84,7 +86,7 @@ def get_backend() -> tuple[str, str]:
     (``"set_backend"``, ``"env"`` or ``"default"``).
 
     Raises:
-      ValueError: ``MMSB_KERNELS`` holds an unknown mode.
+      InvalidArgumentError: ``MMSB_KERNELS`` holds an unknown mode.
     """
     with _lock:
         override = _override
@@ -98,7 +100,7 @@ def get_backend() -> tuple[str, str]:
 
 def _check_kind(kind: str) -> None:
     if kind not in KERNELS:
-        raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KERNELS}")
+        raise InvalidArgumentError(f"unknown kernel kind {kind!r}; expected one of {KERNELS}")
 
 
 def _decide(kind: str) -> tuple[bool, str]:
@@ -111,7 +113,7 @@ def _decide(kind: str) -> tuple[bool, str]:
     platform = jax.default_backend()
     if platform != "gpu":
         return False, f"auto: backend is {platform!r}, kernels are only considered on 'gpu'"
-    if _pallas.gpu_lowering() is None:
+    if gpu_lowering() is None:
         return False, "auto: this jax has no Triton lowering for Pallas"
     if kind not in MEASURED_FASTER:
         return False, "auto: not measured faster than XLA on a GPU (MEASURED_FASTER has no entry)"
@@ -122,15 +124,26 @@ def use_pallas(kind: str) -> bool:
     """Whether the Pallas kernel ``kind`` (one of :data:`KERNELS`) should run here.
 
     Raises:
-      ValueError: an unknown ``kind``, or an unknown mode in ``MMSB_KERNELS``.
+      InvalidArgumentError: an unknown ``kind``, or an unknown mode in ``MMSB_KERNELS``.
     """
     _check_kind(kind)
     return _decide(kind)[0]
 
 
+@functools.cache
+def gpu_lowering() -> str | None:
+    """The GPU lowering the kernels in ``pallas_kernels`` use: ``"triton"``, or ``None`` where
+    this jax has none (then ``auto`` keeps XLA everywhere)."""
+    try:
+        import jax.experimental.pallas.triton  # noqa: F401 - deprecated on jax 0.11, still there
+    except ImportError:  # pragma: no cover - a jax without the Triton backend
+        return None
+    return "triton"
+
+
 def interpret() -> bool:
     """The ``interpret=`` to pass a kernel: ``True`` off a GPU (or without its lowering)."""
-    return _pallas.default_interpret()
+    return not (jax.default_backend() == "gpu" and gpu_lowering() is not None)
 
 
 def backend_report() -> dict:
@@ -145,7 +158,7 @@ def backend_report() -> dict:
         "source": source,
         "platform": jax.default_backend(),
         "jax_version": jax.__version__,
-        "gpu_lowering": _pallas.gpu_lowering(),
+        "gpu_lowering": gpu_lowering(),
         "interpret": interpret(),
         "kernels": kernels,
     }

@@ -29,28 +29,34 @@ from ._errors import (
     UnsupportedLocationError as UnsupportedLocationError,
 )
 
+from . import adaptive as adaptive
 from . import graph as graph
-from ._api import (
+from . import log as log
+from .shell import (
+    MMSBState as MMSBState,
+    Page as Page,
     add_dependency as add_dependency,
-    remove_dependency as remove_dependency,
     batch_route_deltas as batch_route_deltas,
-    route_sparse_batch as route_sparse_batch,
     checkpoint as checkpoint,
+    compact_log as compact_log,
     create_page as create_page,
     create_pages as create_pages,
     delete_page as delete_page,
+    diff as diff,
     get_stats as get_stats,
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,
     mmsb_stop as mmsb_stop,
+    page_history as page_history,
     query_log as query_log,
     query_page as query_page,
+    remove_dependency as remove_dependency,
     replay_to_epoch as replay_to_epoch,
     route_delta as route_delta,
+    route_sparse_batch as route_sparse_batch,
     state_digest as state_digest,
     update_page as update_page,
 )
-from ._history import compact_log as compact_log, diff as diff, page_history as page_history
 from ._tools import inspect_state as inspect_state, verify_state as verify_state
 from .deltas import (
     DeltaRing as DeltaRing,
@@ -58,6 +64,5 @@ from .deltas import (
     ring_append as ring_append,
 )
 from .deltas import route_pool as route_pool, route_sparse as route_sparse
-from ._state import MMSBState as MMSBState, Page as Page
 
 __version__ = "0.1.0"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from ._errors import MMSBError
-from .log._encode import Kind
-from ._replay import rebuild
+from .log import Kind
+from .shell._replay import rebuild
 from .log._directory import list_checkpoints, require_state
-from .log._reader import first_logged_epoch, list_segments, read_records
+from .log import first_logged_epoch, list_segments, read_records
 
 
 def _dir_bytes(path: str) -> int:
@@ -62,7 +62,7 @@ def verify_state(path, progress=None) -> dict:
     ``"note"`` when it was skipped. ``progress(i, total, what)`` is called as checkpoints are
     verified.
     """
-    from ._state import MMSBState
+    from .shell._state import MMSBState
 
     path = os.path.abspath(os.fspath(path))
     require_state(path)

@@ -729,7 +729,7 @@ def test_digest_covers_propagated_values():
         digest = mmsb.state_digest(state)
         assert mmsb.state_digest(state) == digest
         pg = state._pool_graphs[state._pools[0].index]
-        pg.x = pg.x.at[state._tbl_slot[b], 0].set(7.0)  # corrupt one derived value only
+        pg.x = pg.x.at[state._table.slot[b], 0].set(7.0)  # corrupt one derived value only
         assert mmsb.state_digest(state) != digest
     finally:
         mmsb.mmsb_stop(state)

@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from .log._checkpoint import read_manifest
-from .log._directory import newest_checkpoint
-from .log._decode import (
+from ..log._checkpoint import read_manifest
+from ..log._directory import newest_checkpoint
+from ..log._decode import (
     Accumulate,
     AddDep,
     CreatePages,
@@ -24,11 +24,11 @@ from .log._decode import (
     Sparse,
     SparseBatch,
 )
-from .deltas._delta import AccumulateDelta
-from ._errors import InvalidArgumentError, SerializationError
-from .deltas._router import pad_rows
-from .log._reader import first_logged_epoch, read_records
-from .semirings import Semiring, get_semiring
+from ..deltas._delta import AccumulateDelta
+from .._errors import InvalidArgumentError, SerializationError
+from ..deltas._router import pad_rows
+from ..log import first_logged_epoch, read_records
+from ..semirings import Semiring, get_semiring
 
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
@@ -66,7 +66,7 @@ class _SparseRun:
             return
         if ind.shape[1] == 0:  # an empty delta writes nothing but still stamps its pages
             self.flush()
-            self.state._tbl_epoch[pids] = epoch
+            self.state._table.epoch[pids] = epoch
             self.state._epoch = epoch
             return
         if self.dtype is not None and vals.dtype != self.dtype:
@@ -89,8 +89,8 @@ class _SparseRun:
         state._epoch = int(epochs[-1])
         state._check_sparse_batch(pids, ind, vals)
         state._apply_sparse_rows(pids, ind, vals, state._sparse_kernel())
-        state._tbl_epoch[pids] = 0
-        np.maximum.at(state._tbl_epoch, pids, epochs)
+        state._table.epoch[pids] = 0
+        np.maximum.at(state._table.epoch, pids, epochs)
         self.rows, self.entries, self.dtype = [], 0, None
 
 
@@ -112,10 +112,10 @@ def apply_records(state, records, *, semirings=()) -> None:
         run.flush()
         state._epoch = rec.epoch - 1  # each public operation takes the next epoch
         if isinstance(rec, CreatePages):
-            if rec.first_page_id != state._next_id:
+            if rec.first_page_id != state._table.next_id:
                 raise SerializationError(
                     f"log record at epoch {rec.epoch} creates page {rec.first_page_id}, but the next "
-                    f"page id is {state._next_id}: the log does not continue this state"
+                    f"page id is {state._table.next_id}: the log does not continue this state"
                 )
             state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape))
         elif isinstance(rec, DeletePages):

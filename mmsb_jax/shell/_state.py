@@ -19,16 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .adaptive import backend_report
+from ..adaptive import backend_report
 
-from .log._checkpoint import STATE_FILE, write_json_atomic
-from .deltas._delta import (
+from ..log._checkpoint import STATE_FILE, write_json_atomic
+from ..deltas._delta import (
     DenseDelta,
     SparseDelta,
     check_delta_fits,
     touches_nothing,
 )
-from ._errors import (
+from .._errors import (
     GPUFallbackWarning,
     InvalidArgumentError,
     InvalidDeltaError,
@@ -37,12 +37,13 @@ from ._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
-from .pages import MAX_PAGE_ELEMS, PagePool, page_sharding
-from .deltas._pool_ops import SINGLE_DEVICE, sharded_ops
-from ._state_batch import BatchRouting
-from ._state_ckpt import Checkpointing
-from ._state_deps import Dependencies
-from .semirings import get_semiring
+from ..pages import MAX_PAGE_ELEMS, PagePool, page_sharding
+from ..deltas._pool_ops import SINGLE_DEVICE, sharded_ops
+from ._batch import BatchRouting
+from ._checkpointing import Checkpointing
+from ._deps import Dependencies
+from ._page_table import PageTable
+from ..semirings import get_semiring
 
 _LOCATIONS = ("cpu", "gpu")
 _FSYNC = ("always", "batch", "never")
@@ -152,11 +153,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self._pools: list[PagePool] = []
         self._pool_by_key: dict[tuple, PagePool] = {}
         self._spec_cache: dict[tuple, tuple[PagePool, tuple, Any]] = {}
-        # Page table, columnar and indexed by page id (ids are never reused).
-        self._next_id = 0
-        self._tbl_pool = np.full(1024, -1, np.int32)
-        self._tbl_slot = np.zeros(1024, np.int64)
-        self._tbl_epoch = np.zeros(1024, np.int64)
+        self._table = PageTable()  # page id -> pool, slot, epoch (ids are never reused)
         self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
         self._observers: dict[int, list] = {}  # page id -> callbacks
         self._observed: dict[int, bytes] = {}  # page id -> its visible bytes at the last notification
@@ -229,20 +226,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
 
     def _locate(self, page_id) -> tuple[int, PagePool, int]:
         pid = _page_id(page_id)
-        if pid < 0 or pid >= self._next_id or self._tbl_pool[pid] < 0:
+        if pid < 0 or pid >= self._table.next_id or self._table.pool[pid] < 0:
             raise PageNotFoundError(pid)
-        return pid, self._pools[self._tbl_pool[pid]], int(self._tbl_slot[pid])
-
-    def _ensure_table(self, n_ids: int) -> None:
-        cap = self._tbl_pool.shape[0]
-        if n_ids <= cap:
-            return
-        new_cap = max(n_ids, 2 * cap)
-        for name, fill in (("_tbl_pool", -1), ("_tbl_slot", 0), ("_tbl_epoch", 0)):
-            old = getattr(self, name)
-            new = np.full(new_cap, fill, old.dtype)
-            new[:cap] = old
-            setattr(self, name, new)
+        return pid, self._pools[self._table.pool[pid]], int(self._table.slot[pid])
 
     def _resolve_spec(self, size, shape, dtype, location, *, register: bool = True) -> tuple[PagePool | None, tuple]:
         # Cache only exact ints: True == 1 and 2.0 == 2 as dict keys, but they are not sizes.
@@ -352,14 +338,15 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             self._check_open()
             pool, shape = self._resolve_spec(size, shape, dtype, location)
             slot = pool.alloc_one()
-            pid = self._next_id
-            if pid >= self._tbl_pool.shape[0]:
-                self._ensure_table(pid + 1)
-            self._next_id = pid + 1
+            t = self._table
+            pid = t.next_id
+            if pid >= t.pool.shape[0]:
+                t.ensure(pid + 1)
+            t.next_id = pid + 1
             self._epoch += 1
-            self._tbl_pool[pid] = pool.index
-            self._tbl_slot[pid] = slot
-            self._tbl_epoch[pid] = self._epoch
+            t.pool[pid] = pool.index
+            t.slot[pid] = slot
+            t.epoch[pid] = self._epoch
             self._counters["pages_created"] += 1
             self._journal_create(pid, 1, pool)
             return Page(pid, shape, pool.dtype, pool.location, pool.placement)
@@ -375,13 +362,13 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if n == 0:  # validated, but nothing created: no pool, no epoch
                 return np.zeros(0, np.int64)
             slots = pool.alloc(n)
-            first = self._next_id
-            self._ensure_table(first + n)
-            self._next_id = first + n
+            first = self._table.next_id
+            self._table.ensure(first + n)
+            self._table.next_id = first + n
             self._epoch += 1
-            self._tbl_pool[first : first + n] = pool.index
-            self._tbl_slot[first : first + n] = slots
-            self._tbl_epoch[first : first + n] = self._epoch
+            self._table.pool[first : first + n] = pool.index
+            self._table.slot[first : first + n] = slots
+            self._table.epoch[first : first + n] = self._epoch
             self._counters["pages_created"] += n
             self._journal_create(first, n, pool)
             return np.arange(first, first + n, dtype=np.int64)
@@ -395,7 +382,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if pg is not None and pg.graph.has_node(slot):
                 pg.graph.remove_node(slot)
             pool.free([slot])
-            self._tbl_pool[pid] = -1
+            self._table.pool[pid] = -1
             self._observers.pop(pid, None)
             self._observed.pop(pid, None)
             self._epoch += 1
@@ -413,13 +400,13 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     def page_ids(self) -> np.ndarray:
         """The ids of every live page, ascending."""
         with self._lock:
-            return np.flatnonzero(self._tbl_pool[: self._next_id] >= 0).astype(np.int64)
+            return self._table.live_ids()
 
     def page_epoch(self, page_id) -> int:
         """The epoch that last changed ``page_id``."""
         with self._lock:
             pid, _, _ = self._locate(page_id)
-            return int(self._tbl_epoch[pid])
+            return int(self._table.epoch[pid])
 
     # ------------------------------------------------------------------ writes
     def _coerce_page_data(self, data, pool: PagePool, pid: int):
@@ -477,7 +464,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 self._counters["noop_updates"] += 1
                 return None
             self._epoch += 1
-            self._tbl_epoch[pid] = self._epoch
+            self._table.epoch[pid] = self._epoch
             self._counters["updates"] += 1
             if self._log is not None:
                 mask = np.unpackbits(packed, count=pool.page_elems).view(np.bool_)
@@ -498,7 +485,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 return None
             pool.array = pool.ops.apply_at(pool.array, np.int32(slot), delta)
             self._epoch += 1
-            self._tbl_epoch[pid] = self._epoch
+            self._table.epoch[pid] = self._epoch
             self._counters["deltas_routed"] += 1
             self._journal_delta(pid, delta)
             self._after_write(pool, [slot])
@@ -581,13 +568,13 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             h.update(np.int64(self._epoch).tobytes())
             ids = self.page_ids()
             h.update(ids.tobytes())
-            h.update(self._tbl_epoch[ids].tobytes())
+            h.update(self._table.epoch[ids].tobytes())
             h.update(repr(self.dependencies()).encode())
             for pool in self._pools:
-                sel = ids[self._tbl_pool[ids] == pool.index]
+                sel = ids[self._table.pool[ids] == pool.index]
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
                 if sel.size:
-                    slots = self._tbl_slot[sel]
+                    slots = self._table.slot[sel]
                     h.update(np.ascontiguousarray(np.asarray(pool.array)[slots]).view(np.uint8).tobytes())
                     pg = self._pool_graphs.get(pool.index)
                     if pg is not None and pg.has_edges:  # the derived values, which replay recomputes
@@ -619,7 +606,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     # ------------------------------------------------------------------ lifecycle
     def open_log(self, recovery: str = "torn_tail") -> None:
         """Start journaling into ``<path>/log`` (after any replay)."""
-        from .log._writer import TLog
+        from ..log import TLog
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
                          segment_bytes=self.segment_bytes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import InvalidArgumentError
+from .._errors import InvalidArgumentError
 
 
 def compact_log(state) -> dict:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import GraphCycleError, InvalidArgumentError
-from .pages import PagePool
+from .._errors import GraphCycleError, InvalidArgumentError
+from ..pages import PagePool
 from ._pool_graph import PoolGraph
 
 
@@ -72,8 +72,8 @@ class Dependencies:
             return out if insertion_order else sorted(out, key=lambda e: (e[0], e[1]))
 
     def _slot_owners(self, pool: PagePool) -> dict[int, int]:
-        ids = np.flatnonzero(self._tbl_pool[: self._next_id] == pool.index)
-        return dict(zip(self._tbl_slot[ids].tolist(), ids.tolist()))
+        ids = self._table.ids_in_pool(pool.index)
+        return dict(zip(self._table.slot[ids].tolist(), ids.tolist()))
 
     def _refresh_all(self, pool: PagePool, pg: PoolGraph) -> None:
         pg.refresh_full(pool.array)
@@ -109,9 +109,9 @@ class Dependencies:
         if not self._observers or self._log is None:  # none, or a replay in progress
             return
         for pid in sorted(self._observers):
-            if self._tbl_pool[pid] != pool.index:
+            if self._table.pool[pid] != pool.index:
                 continue
-            now = self._visible_bytes(pool, int(self._tbl_slot[pid]))
+            now = self._visible_bytes(pool, int(self._table.slot[pid]))
             if now != self._observed.get(pid):
                 self._observed[pid] = now
                 for cb in list(self._observers[pid]):

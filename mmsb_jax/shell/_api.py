@@ -11,12 +11,12 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from .log._checkpoint import is_checkpoint, state_semiring
-from ._errors import InvalidArgumentError, SerializationError
+from ..log._checkpoint import is_checkpoint, state_semiring
+from .._errors import InvalidArgumentError, SerializationError
 from ._replay import rebuild, resolve_semiring
-from .log._directory import newest_checkpoint, require_state
+from ..log._directory import newest_checkpoint, require_state
 from ._state import MMSBState, Page, _page_id
-from .log._reader import query_records
+from ..log import query_records
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,

@@ -7,8 +7,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
-from ._errors import InvalidArgumentError, SerializationError, StateClosedError
+from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
+from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 
 
 def _done(value) -> Future:
@@ -81,15 +81,15 @@ class Checkpointing:
         if ids.size:
             tree["page_table"] = {
                 "id": ids,
-                "pool": self._tbl_pool[ids],
-                "slot": self._tbl_slot[ids],
-                "epoch": self._tbl_epoch[ids],
+                "pool": self._table.pool[ids],
+                "slot": self._table.slot[ids],
+                "epoch": self._table.epoch[ids],
             }
         deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
         tree.update(self._edge_arrays(deps))
         manifest = {
             "epoch": self._epoch,
-            "next_page_id": self._next_id,
+            "next_page_id": self._table.next_id,
             "semiring": self.semiring.name,
             "pools": [
                 {
@@ -148,11 +148,11 @@ class Checkpointing:
             empty = np.zeros(0, np.int64)
             table = tree.get("page_table") or {"id": empty, "pool": empty, "slot": empty, "epoch": empty}
             ids = np.asarray(table["id"], np.int64)
-            self._next_id = int(manifest["next_page_id"])
-            self._ensure_table(self._next_id)
-            self._tbl_pool[ids] = table["pool"]
-            self._tbl_slot[ids] = table["slot"]
-            self._tbl_epoch[ids] = table["epoch"]
+            self._table.next_id = int(manifest["next_page_id"])
+            self._table.ensure(self._table.next_id)
+            self._table.pool[ids] = table["pool"]
+            self._table.slot[ids] = table["slot"]
+            self._table.epoch[ids] = table["epoch"]
             for desc, pool in zip(manifest["pools"], self._pools):
                 arr = tree["pools"][f"pool_{pool.index}"]
                 if tuple(arr.shape[1:]) != pool.shape or np.dtype(arr.dtype) != pool.dtype:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .graph import ShadowPageGraph, propagate, propagate_incremental
+from ..graph import ShadowPageGraph, propagate, propagate_incremental
 
 
 class PoolGraph:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import adaptive
+from .. import adaptive
 
-from .deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
-from ._errors import InvalidDeltaError, PageNotFoundError
-from .pages import bucket
-from .deltas._router import pad_rows, sparse_rows_keep
+from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
+from .._errors import InvalidDeltaError, PageNotFoundError
+from ..pages import bucket
+from ..deltas._router import pad_rows, sparse_rows_keep
 
 
 class BatchRouting:
@@ -52,13 +52,13 @@ class BatchRouting:
             raise InvalidDeltaError(f"values must have the shape of indices {ind.shape}, got {vals.shape}")
         if pids.size == 0:
             return pids, ind, vals
-        bad = (pids < 0) | (pids >= self._next_id)
+        bad = (pids < 0) | (pids >= self._table.next_id)
         if not bad.any():
-            bad = self._tbl_pool[pids] < 0
+            bad = self._table.pool[pids] < 0
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise PageNotFoundError(int(pids[i]), f"batch entry {i}: page_id={int(pids[i])} does not name a live page")
-        pool_idx = self._tbl_pool[pids]
+        pool_idx = self._table.pool[pids]
         lo, hi = int(pool_idx.min()), int(pool_idx.max())
         for pi in [lo] if lo == hi else np.unique(pool_idx).tolist():
             pool = self._pools[pi]
@@ -83,12 +83,12 @@ class BatchRouting:
         """Scatter validated sparse rows (``kernel``: see :meth:`_sparse_kernel`), each target written
         once (last writer wins)."""
         written = []  # observers run once every pool is written (one may raise)
-        pool_idx = self._tbl_pool[pids]
+        pool_idx = self._table.pool[pids]
         one_pool = bool((pool_idx == pool_idx[0]).all())
         for pi in [int(pool_idx[0])] if one_pool else np.unique(pool_idx).tolist():
             pool = self._pools[pi]
             rows = slice(None) if one_pool else pool_idx == pi
-            slots = self._tbl_slot[pids[rows]]
+            slots = self._table.slot[pids[rows]]
             sub_ind = ind[rows]
             if pool.sharding is None and kernel:  # measured faster, or forced
                 from pallas_kernels.scatter_merge import scatter_merge
@@ -97,7 +97,7 @@ class BatchRouting:
                     pool.array, slots.astype(np.int32), vals[rows], indices=sub_ind.astype(np.int32),
                     interpret=adaptive.interpret(),
                 )
-                self._tbl_epoch[pids[rows]] = self._epoch
+                self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
             if sub_ind.shape[1] == pool.page_elems and _whole_pages(sub_ind):
@@ -111,7 +111,7 @@ class BatchRouting:
                 new_rows = np.zeros((m, *pool.shape), pool.dtype)
                 new_rows[: win.size] = vals[rows][win].reshape(-1, *pool.shape)
                 pool.array = pool.ops.write_rows(pool.array, targets, new_rows)
-                self._tbl_epoch[pids[rows]] = self._epoch
+                self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
             size = pool.capacity * pool.page_elems
@@ -123,7 +123,7 @@ class BatchRouting:
                          for i in range(slots.shape[0])]
                 for group in _rounds(items):
                     pool.array = _apply_group(pool, group)
-                self._tbl_epoch[pids[rows]] = self._epoch
+                self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
             targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
@@ -138,7 +138,7 @@ class BatchRouting:
                 t = np.concatenate([targets, np.arange(size, size + m - targets.shape[0], dtype=np.int32)])
                 vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
             pool.array = pool.ops.scatter_unique(pool.array, t, vv)
-            self._tbl_epoch[pids[rows]] = self._epoch
+            self._table.epoch[pids[rows]] = self._epoch
             written.append((pool, slots))
         for pool, slots in written:
             self._after_write(pool, slots)
@@ -151,7 +151,7 @@ class BatchRouting:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
-        from .deltas._ring import ring_cleared, ring_contents
+        from ..deltas._ring import ring_cleared, ring_contents
 
         pids, ind, vals = ring_contents(ring)
         with self._lock:
@@ -208,7 +208,7 @@ class BatchRouting:
                 by_pool: dict[int, list] = {}
                 for pid, pool, slot, delta in checked:
                     by_pool.setdefault(pool.index, []).append((slot, delta))
-                    self._tbl_epoch[pid] = self._epoch
+                    self._table.epoch[pid] = self._epoch
                 for pi, items in by_pool.items():
                     pool = self._pools[pi]
                     for group in _rounds(items):

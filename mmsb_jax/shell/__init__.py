@@ -1,0 +1,30 @@
+"""The imperative shell: :class:`MMSBState` and the seed-compatible functions.
+
+The one place with side effects: it owns the page table, epochs, the transaction log,
+checkpoints, the dependency graph of each pool, observers and locks, and replays a state
+from its files. May import every layer below it (``pages``, ``deltas``, ``log``,
+``semirings``, ``graph``, ``adaptive``, ``telemetry``); only ``cli`` and ``_tools`` sit above.
+"""
+
+from ._api import (
+    add_dependency as add_dependency,
+    batch_route_deltas as batch_route_deltas,
+    checkpoint as checkpoint,
+    create_page as create_page,
+    create_pages as create_pages,
+    delete_page as delete_page,
+    get_stats as get_stats,
+    mmsb_open as mmsb_open,
+    mmsb_start as mmsb_start,
+    mmsb_stop as mmsb_stop,
+    query_log as query_log,
+    query_page as query_page,
+    remove_dependency as remove_dependency,
+    replay_to_epoch as replay_to_epoch,
+    route_delta as route_delta,
+    route_sparse_batch as route_sparse_batch,
+    state_digest as state_digest,
+    update_page as update_page,
+)
+from ._history import compact_log as compact_log, diff as diff, page_history as page_history
+from ._state import MMSBState as MMSBState, Page as Page

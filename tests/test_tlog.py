@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import signal
 import struct
@@ -124,11 +125,11 @@ def test_round_trip_every_kind(dtype, shape, seed, k):
         Dense(epoch=4, source="user", page_id=8, mask=mask, values=page[mask]),
         Accumulate(epoch=5, source="user", page_id=9, semiring="log", payload=page),
         AddDep(epoch=6, source="user", parent=7, child=8, weight=None, edge_type=""),
-        AddDep(epoch=6, source="user", parent=8, child=9, weight=-0.25, edge_type="copy"),
-        RemoveDep(epoch=7, source="user", parent=7, child=8),
-        DeletePages(epoch=8, source="user", page_ids=np.array([7, 9], np.uint64)),
-        Sparse(epoch=9, source="ü", batched=True, page_id=2**64 - 1, indices=idx, values=vals),
-        AddDep(epoch=9, source="user", batched=True, parent=1, child=2, weight=1.0, edge_type="e"),
+        AddDep(epoch=7, source="user", parent=8, child=9, weight=-0.25, edge_type="copy"),
+        RemoveDep(epoch=8, source="user", parent=7, child=8),
+        DeletePages(epoch=9, source="user", page_ids=np.array([7, 9], np.uint64)),
+        Sparse(epoch=10, source="ü", batched=True, page_id=2**64 - 1, indices=idx, values=vals),
+        AddDep(epoch=10, source="user", batched=True, parent=1, child=2, weight=1.0, edge_type="e"),
     ]
     with tempfile.TemporaryDirectory() as d:
         with TLog(d, fsync="never") as log:
@@ -138,20 +139,25 @@ def test_round_trip_every_kind(dtype, shape, seed, k):
             log.log_dense(4, 8, mask, page)  # full page form: only masked values are stored
             log.log_accumulate(5, 9, "log", page)
             log.log_add_dep(6, 7, 8)
-            log.log_add_dep(6, 8, 9, weight=-0.25, edge_type="copy")
-            log.log_remove_dep(7, 7, 8)
-            log.log_delete_pages(8, [7, 9])
-            with log.batch(9) as b:
+            log.log_add_dep(7, 8, 9, weight=-0.25, edge_type="copy")
+            log.log_remove_dep(8, 7, 8)
+            log.log_delete_pages(9, [7, 9])
+            with log.batch(10) as b:
                 b.log_sparse(2**64 - 1, idx, vals, source="ü")
                 b.log_add_dep(1, 2, 1, "e")
         got = read_records(d, "absolute")
         assert [_body(r) for r in got] == [_body(r) for r in expected]
-        assert got.report.clean and got.report.last_epoch == 9
+        assert got.report.clean and got.report.last_epoch == 10
         assert got[3].payload().shape == shape and np.array_equal(got[3].payload()[mask], page[mask])
         # re-logging decoded records reproduces them exactly (timestamps included)
         with TLog(os.path.join(d, "copy"), fsync="never") as log2:
             for r in got:
-                log2.append_record(r)
+                if not r.batched:
+                    log2.append_record(r)
+            with log2.batch(10) as b:  # the batched records of epoch 10 go back into one batch
+                for r in got:
+                    if r.batched:
+                        b.append_record(r)
         again = read_records(os.path.join(d, "copy"), "absolute")
         assert [(_body(a)[:1] + _body(a)[4:], a.timestamp) for a in again] == [
             (_body(a)[:1] + _body(a)[4:], a.timestamp) for a in got
@@ -463,12 +469,16 @@ def test_segment_rotation_and_drop(tmp_path):
     assert read_records(tmp_path, "absolute")[-1].epoch == 302
 
 
-def test_epochs_must_not_decrease_and_reopen_continues(tmp_path):
+def test_epochs_must_increase_and_reopen_continues(tmp_path):
     with TLog(tmp_path, fsync="batch") as log:
-        log.log_sparse(5, 1, [0], np.ones(1, np.float32))
-        log.log_sparse(5, 1, [1], np.ones(1, np.float32))  # same epoch is fine
-        with pytest.raises(InvalidArgumentError, match="older"):
-            log.log_sparse(4, 1, [0], np.ones(1, np.float32))
+        log.log_sparse(4, 1, [0], np.ones(1, np.float32))
+        log.log_sparse(5, 1, [1], np.ones(1, np.float32))
+        for stale in (5, 4):  # one epoch per append: records sharing one go in a batch
+            with pytest.raises(InvalidArgumentError, match="not after the last logged epoch 5"):
+                log.log_sparse(stale, 1, [0], np.ones(1, np.float32))
+        with pytest.raises(InvalidArgumentError, match="not after"):
+            with log.batch(5) as b:
+                b.log_sparse(1, [0], np.ones(1, np.float32))
         pos = log.position
     with TLog(tmp_path) as log:
         assert log.last_epoch == 5 and log.position == pos
@@ -477,7 +487,7 @@ def test_epochs_must_not_decrease_and_reopen_continues(tmp_path):
         log.log_remove_dep(6, 1, 2)
         with pytest.raises(SerializationError, match="already"):
             TLog(tmp_path)
-    assert [r.epoch for r in read_records(tmp_path, "absolute")] == [5, 5, 6]
+    assert [r.epoch for r in read_records(tmp_path, "absolute")] == [4, 5, 6]
 
 
 def test_dropped_writer_flushes_and_releases_the_directory(tmp_path):
@@ -560,14 +570,19 @@ def test_concurrent_appends_from_threads(tmp_path):
     n_threads, n = 4, 300
     with TLog(tmp_path, fsync="batch", buffer_bytes=4096, segment_bytes=16384) as log:
 
+        epochs = itertools.count(1)
+        assign = threading.Lock()  # epochs are assigned and logged under one lock, as the shell does
+
         def work(t):
             for i in range(n):
-                if t == 0 and i % 3 == 0:
-                    with log.batch(1, source=f"t{t}") as b:
-                        b.log_sparse(t * 10000 + i, [i], np.full(1, i, np.int64))
-                        b.log_add_dep(t, i)
-                else:
-                    log.log_sparse(1, t * 10000 + i, [i], np.full(1, i, np.int64), source=f"t{t}")
+                with assign:
+                    e = next(epochs)
+                    if t == 0 and i % 3 == 0:
+                        with log.batch(e, source=f"t{t}") as b:
+                            b.log_sparse(t * 10000 + i, [i], np.full(1, i, np.int64))
+                            b.log_add_dep(t, i)
+                    else:
+                        log.log_sparse(e, t * 10000 + i, [i], np.full(1, i, np.int64), source=f"t{t}")
 
         threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
         for th in threads:
@@ -593,3 +608,77 @@ def test_never_unpickles():
                 assert node.arg != "allow_pickle"
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("load", "loads") or name == "", ast.dump(node)
+
+
+# --------------------------------------------------------------------------------------------
+# epoch order: swapped, duplicated and misplaced intact records are damage
+# --------------------------------------------------------------------------------------------
+
+
+def _rewrite(path, layout, order):
+    """Rewrite the segment with its records (by index into ``layout``) in ``order``."""
+    data = path.read_bytes()
+    head = data[: layout[0][0]]
+    path.write_bytes(head + b"".join(data[layout[i][0] : layout[i][1]] for i in order))
+
+
+@pytest.mark.parametrize("case", ["swap_last_two", "duplicate_last", "swap_first_two"])
+def test_reordered_intact_records_are_damage(tmp_path, case):
+    path = _write_sample(tmp_path)
+    lay = _layout(tmp_path)
+    n = len(lay)
+    order = {
+        "swap_last_two": list(range(n - 2)) + [n - 1, n - 2],
+        "duplicate_last": list(range(n)) + [n - 1],
+        "swap_first_two": [1, 0] + list(range(2, n)),
+    }[case]
+    _rewrite(path, lay, order)
+    for mode in ("torn_tail", "absolute"):
+        with pytest.raises(CorruptLogError, match="out of order|segment header names") as e:
+            read_records(tmp_path, mode)
+        assert e.value.path == str(path) and e.value.offset >= lay[0][0]
+    with pytest.raises(CorruptLogError):  # the writer refuses to continue such a log
+        TLog(tmp_path)
+    pit = read_records(tmp_path, "point_in_time")
+    epochs = [r.epoch for r in pit]
+    assert epochs == sorted(set(epochs)) or all(a <= b for a, b in zip(epochs, epochs[1:]))
+    assert pit.report.stopped_at is not None
+    skip = read_records(tmp_path, "skip_corrupt")
+    units = [r.epoch for r in skip if not r.batched] + sorted({r.epoch for r in skip if r.batched})
+    assert sorted(units) == sorted(set(units)) and skip.report.skipped
+
+
+def test_read_to_an_epoch_stops_after_it(tmp_path):
+    """Damage after the last requested record is not read; damage before it is."""
+    path = _write_sample(tmp_path)
+    lay = _layout(tmp_path)
+    with open(path, "ab") as f:
+        f.write(b"\xff" * 32)  # garbage after epoch 5, the last record
+    assert [r.epoch for r in read_records(tmp_path, "torn_tail", end_epoch=4)][-1] == 4
+    assert read_records(tmp_path, "absolute", end_epoch=5)[-1].epoch == 5  # stops right after 5
+    with pytest.raises(CorruptLogError):
+        read_records(tmp_path, "absolute")
+    # a flipped byte inside epoch 2's record fails any read that needs epoch >= 2
+    data = bytearray(path.read_bytes())
+    off = next(o for o, _, _, e, _ in lay if e == 2)
+    data[off + 40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert [r.epoch for r in read_records(tmp_path, "absolute", end_epoch=1)] == [1]
+    with pytest.raises(CorruptLogError):
+        read_records(tmp_path, "torn_tail", end_epoch=4)
+
+
+def test_garbage_after_a_middle_segment_is_not_a_stop(tmp_path):
+    """32 bytes of 0xFF after segment 1 of 3: reading to an epoch in segment 2 raises (torn_tail)
+    instead of silently stopping at the end of segment 1."""
+    with TLog(tmp_path, fsync="never", segment_bytes=4096) as log:
+        for e in range(1, 120):
+            log.log_sparse(e, 1, np.arange(16), np.ones(16, np.float32))
+    segs = list_segments(tmp_path)
+    assert len(segs) >= 3
+    with open(segs[0][1], "ab") as f:
+        f.write(b"\xff" * 32)
+    last_in_second = read_records(tmp_path, "skip_corrupt").records
+    target = max(r.epoch for r in last_in_second if r.segment == segs[1][0])
+    with pytest.raises(CorruptLogError, match=str(segs[0][1].name)):
+        read_records(tmp_path, "torn_tail", end_epoch=target)

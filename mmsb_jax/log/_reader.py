@@ -257,6 +257,7 @@ class _Reader:
         self.records: list[LogRecord] = []
         self.report = RecoveryReport(mode=mode)
         self.done = False
+        self.last_unit: int | None = None  # epoch of the last committed unit (record or batch) read
         self._sources: dict[bytes, str] = {}
 
     # -- problems ------------------------------------------------------------------------
@@ -304,8 +305,9 @@ class _Reader:
         rep.segments.append(spath)
         size = len(buf)
         mv = memoryview(buf)
+        header_epoch = None
         try:
-            _check_segment_header(buf, index, spath)
+            header_epoch = _check_segment_header(buf, index, spath)
             off = SEGMENT_HEADER_SIZE
         except BadRecord as e:
             off = self._bad(spath, buf, mv, 0, 0, f"bad segment header: {e}", is_last, SEGMENT_HEADER_SIZE)
@@ -318,12 +320,12 @@ class _Reader:
         pending: list = []
         pkinds: list = []
         pstart = pepoch = -1
-        hit_hi = False
+        first_unit = True  # the segment header names the epoch of its first record
         while off < size:
             try:
                 length, epoch, ts, kind, flags, sl, bl = _check(buf, mv, off, size)
                 if hi is not None and epoch > hi and not pkinds:
-                    hit_hi = self.done = True
+                    self.done = True  # every record up to end_epoch has been read
                     break
                 p = off + HEADER_SIZE + sl + pad8(sl)
                 rec = None
@@ -338,13 +340,6 @@ class _Reader:
                     }
                     rec = decode_body(kind, buf, p, p + bl, copy, common)
             except BadRecord as e:
-                if hi is not None and not pkinds and size - off >= HEADER_SIZE:
-                    # A damaged record whose epoch field reads past end_epoch, after intact
-                    # records up to it: the reader was asked to stop before it.
-                    (claimed_epoch,) = _Q.unpack_from(buf, off + 8)
-                    if claimed_epoch > hi and (rep.last_epoch is None or claimed_epoch >= rep.last_epoch):
-                        hit_hi = self.done = True
-                        break
                 start = pstart if pkinds else off
                 pending, pkinds = [], []
                 hint = None
@@ -370,16 +365,7 @@ class _Reader:
                         break
                     off += length
                     continue
-                if epoch >= lo:
-                    out.extend(r for r in pending if r is not None)
-                    if include_commit:
-                        out.append(rec)
-                for k in pkinds:
-                    counts[k] = counts.get(k, 0) + 1
-                counts[kind] = counts.get(kind, 0) + 1
-                pending, pkinds = [], []
-                good = off + length
-                rep.last_epoch = epoch
+                unit = (pstart, off + length)
             else:
                 if pkinds and (not flags & FLAG_BATCH or pepoch != epoch):
                     n = len(pkinds)
@@ -393,14 +379,41 @@ class _Reader:
                         pstart, pepoch = off, epoch
                     pkinds.append(kind)
                     pending.append(rec)
-                else:
-                    if rec is not None:
+                    off += length
+                    continue
+                unit = (off, off + length)
+            # a committed unit (one record, or a batch and its COMMIT): its epoch must follow
+            # the previous unit's and, first in a segment, be the one the segment header names
+            reason = None
+            if self.last_unit is not None and epoch <= self.last_unit:
+                reason = f"records out of order: epoch {epoch} follows epoch {self.last_unit}"
+            elif first_unit and unit[0] == SEGMENT_HEADER_SIZE and header_epoch is not None and epoch != header_epoch:
+                reason = f"first record has epoch {epoch}, but the segment header names epoch {header_epoch}"
+            first_unit = False
+            if reason is not None:
+                pending, pkinds = [], []
+                if not self._logical(spath, unit[0], unit[1], size, reason):
+                    break
+                off = unit[1]
+                continue
+            if kind == Kind.COMMIT:
+                if epoch >= lo:
+                    out.extend(r for r in pending if r is not None)
+                    if include_commit:
                         out.append(rec)
-                    counts[kind] = counts.get(kind, 0) + 1
-                    good = off + length
-                    rep.last_epoch = epoch
+                for k in pkinds:
+                    counts[k] = counts.get(k, 0) + 1
+                pending, pkinds = [], []
+            elif rec is not None:
+                out.append(rec)
+            counts[kind] = counts.get(kind, 0) + 1
+            good = off + length
+            rep.last_epoch = self.last_unit = epoch
             off += length
-        if pkinds and not hit_hi and not self.done:
+            if hi is not None and epoch >= hi:
+                self.done = True  # epochs only increase: nothing after this is <= end_epoch
+                break
+        if pkinds and not self.done:
             reason = f"batch of {len(pkinds)} records at epoch {pepoch} has no COMMIT"
             if is_last and self.mode == "torn_tail":
                 rep.torn_tail = SkippedRange(spath, pstart, size, reason + " at the end of the log")
@@ -460,9 +473,13 @@ def read_records(
     * ``"skip_corrupt"``: skips damaged bytes (resyncing on the next intact record) and
       incomplete batches, listing them in ``report.skipped``; no error.
 
-    Records past ``end_epoch`` are not validated (a damaged record whose epoch field reads past
-    ``end_epoch`` ends the read like an intact one would). Arrays are read-only views into the segment
-    bytes unless ``copy=True``. COMMIT records are returned only if ``include_commit``.
+    Epochs strictly increase from one committed unit (a record, or a batch with its COMMIT) to
+    the next, and the first unit of a segment has the epoch its header names; a unit that breaks
+    either rule is damage (records swapped or duplicated), treated like a bad record by the mode
+    (``torn_tail`` and ``absolute`` raise). The read stops right after the unit of epoch
+    ``end_epoch``, or before the first one past it, so bytes after that are not looked at.
+    Arrays are read-only views into the segment bytes unless ``copy=True``. COMMIT records are
+    returned only if ``include_commit``.
     A missing directory reads as an empty log.
     """
     r = _Reader(_mode(mode), start_epoch, end_epoch, include_commit, copy)

@@ -211,8 +211,9 @@ class TLog:
         records); ``"point_in_time"`` truncates at the first damage anywhere and renames later
         segments to ``*.corrupt-<ns>``. See :attr:`recovery_report`.
 
-    Epochs must be non-decreasing across appends (InvalidArgumentError otherwise): assign and
-    log under the same lock. Records sharing an epoch without a batch are allowed.
+    Epochs must strictly increase from one append (a record, or a whole batch) to the next
+    (InvalidArgumentError otherwise): assign and log under the same lock; records that share
+    an epoch go in one :meth:`batch`. The reader refuses logs that break this rule.
     """
 
     def __init__(
@@ -377,8 +378,11 @@ class TLog:
             if self._failed is not None:
                 raise SerializationError(f"TLog {self.directory} failed earlier: {self._failed}") from self._failed
             last = self._last_epoch
-            if last is not None and epoch < last:
-                raise InvalidArgumentError(f"epoch {epoch} is older than the last logged epoch {last}")
+            if last is not None and epoch <= last:
+                raise InvalidArgumentError(
+                    f"epoch {epoch} is not after the last logged epoch {last}: each record or batch "
+                    "takes a new, larger epoch"
+                )
             buf = self._buf
             was_empty = not buf
             if self._active is None or (
@@ -734,10 +738,11 @@ class TLogBatch:
         self._nbytes = 0
         self._done = False
 
-    def _add(self, kind, parts, source) -> None:
+    def _add(self, kind, parts, source, timestamp: int | None = None) -> None:
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
-        rec = frame(self.epoch, kind, FLAG_BATCH, time.time_ns(), self.source if source is None else source, parts)
+        ts = timestamp or time.time_ns()
+        rec = frame(self.epoch, kind, FLAG_BATCH, ts, self.source if source is None else source, parts)
         self._recs.append(rec)
         self._kinds.append(kind)
         self._nbytes += len(rec)
@@ -772,7 +777,7 @@ class TLogBatch:
     def append_record(self, record: LogRecord) -> None:
         if isinstance(record, Commit) or not isinstance(record, LogRecord):
             raise InvalidArgumentError(f"cannot append {type(record).__name__} to a batch")
-        self._add(*record._body(), record.source or None)
+        self._add(*record._body(), record.source or None, record.timestamp)
 
     def __len__(self) -> int:
         return len(self._recs)

@@ -23,6 +23,7 @@ from ._errors import (
     PageNotFoundError as PageNotFoundError,
     RingOverflowError as RingOverflowError,
     ReadOnlyError as ReadOnlyError,
+    ResourceLimitError as ResourceLimitError,
     SemiringLawError as SemiringLawError,
     SerializationError as SerializationError,
     StateClosedError as StateClosedError,

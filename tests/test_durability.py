@@ -387,15 +387,22 @@ def test_crashed_checkpoint_is_ignored(copy_of):
     manifest = (partial / "manifest.json").read_text()
     (partial / "manifest.json").unlink()
     (partial / "manifest.json.tmp").write_text(manifest[: len(manifest) // 2])
-    # 3. a truncated manifest (e.g. a damaged disk) claiming a newer epoch
+    # 3. a truncated manifest (e.g. a damaged disk) in a directory named for a newer epoch than
+    # the log reaches: what it held cannot be rebuilt, so opening says so instead of quietly
+    # going back to the log's last epoch
     torn = ck / f"epoch-{last + 5:012d}"
     shutil.copytree(ck / good[0], torn)
     (torn / "manifest.json").write_text(manifest.replace('"epoch": 7', f'"epoch": {last}')[:40])
+    with pytest.raises(SerializationError, match=f"epoch-{last + 5:012d}.*manifest cannot be read.*only to epoch {last}"):
+        mmsb.mmsb_open(path)
+    shutil.rmtree(torn)
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == last
         assert mmsb.state_digest(s) == digests[last]
-        # the crashed directory's name is free to be checkpointed into again
+        # the crashed directories were removed when the state reopened its log, and their
+        # names are free to be checkpointed into again
+        assert sorted(os.listdir(ck)) == good
         out = mmsb.checkpoint(s)
         assert os.path.samefile(out, crashed)
         assert json.loads((crashed / "manifest.json").read_text())["epoch"] == last
@@ -530,17 +537,32 @@ def test_compact_log(tmp_path):
         s.close()
 
 
-def test_compact_log_with_default_segments_keeps_replay_working(tmp_path):
-    """One (active) segment: nothing can be dropped, and every epoch still replays."""
-    s = mmsb.mmsb_start(tmp_path / "s", fsync="never")
+def test_compact_log_with_default_segments_frees_the_active_segment(tmp_path):
+    """One (active) segment holding everything: compaction closes it and drops it; the epochs
+    before the checkpoint are gone (and say so), the rest replays, writes go on."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
     try:
         p = mmsb.create_page(s, size=4, dtype=jnp.float32).id
         for i in range(1, 4):
             mmsb.update_page(s, p, np.full(4, i, F32))
         res = mmsb.compact_log(s)
-        assert res["dropped_segments"] == [] and res["epoch"] == 4
-        for e in range(1, 5):
-            np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, e), p)),
-                                          np.full(4, e - 1, F32))
+        assert len(res["dropped_segments"]) == 1 and res["epoch"] == 4 and res["bytes_freed"] > 0
+        assert not os.listdir(path / "log") or all(not n.endswith(".mmsblog") for n in os.listdir(path / "log"))
+        for e in range(1, 4):  # (epoch 0, the empty state, needs no log)
+            with pytest.raises(SerializationError, match="compacted away"):
+                mmsb.replay_to_epoch(s, e)
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, 4), p)), np.full(4, 3, F32))
+        mmsb.update_page(s, p, np.full(4, 9, F32))
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, 5), p)), np.full(4, 9, F32))
+        digest = mmsb.state_digest(s)
     finally:
         s.close()
+    s = mmsb.mmsb_open(path)
+    try:
+        assert s.epoch == 5 and mmsb.state_digest(s) == digest
+    finally:
+        s.close()
+    shutil.rmtree(path / "checkpoints")  # without the checkpoint the compacted log cannot stand alone
+    with pytest.raises(SerializationError, match="compacted away"):
+        mmsb.mmsb_open(path)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import is_int
 from .._compat import is_tracer
 from .._errors import InvalidDeltaError
 from ..pages import MAX_PAGE_ELEMS
@@ -195,14 +196,10 @@ def accumulate_delta(payload, semiring="real") -> AccumulateDelta:
     return AccumulateDelta(payload, sr)
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def _normalize_shape(shape) -> tuple:
-    if _is_int(shape):
+    if is_int(shape):
         dims = (shape,)
-    elif isinstance(shape, (tuple, list)) and all(_is_int(s) for s in shape):
+    elif isinstance(shape, (tuple, list)) and all(is_int(s) for s in shape):
         dims = shape
     else:
         raise InvalidDeltaError(f"shape must be an int or a tuple of ints, got shape={shape!r}")

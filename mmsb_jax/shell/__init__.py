@@ -27,4 +27,5 @@ from ._api import (
     update_page as update_page,
 )
 from ._history import compact_log as compact_log, diff as diff, page_history as page_history
-from ._state import MMSBState as MMSBState, Page as Page
+from ._page import Page as Page
+from ._state import MMSBState as MMSBState

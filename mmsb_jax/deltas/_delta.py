@@ -93,6 +93,14 @@ def _is_concrete(x) -> bool:
     return not is_tracer(x)
 
 
+def _as_array(x, what: str):
+    """``jnp.asarray(x)`` (tracers pass through), with a clear error for what is no array."""
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidDeltaError(f"{what}={x!r} is not an array of numbers: {e}") from None
+
+
 def dense_delta(mask, payload) -> DenseDelta:
     """A dense delta: ``apply_delta(page, d) == where(mask, payload, page)``.
 
@@ -109,8 +117,8 @@ def dense_delta(mask, payload) -> DenseDelta:
       >>> mmsb.apply_delta(jnp.array([1, 2], jnp.int32), d).tolist()
       [7, 2]
     """
-    mask = jnp.asarray(mask)
-    payload = jnp.asarray(payload)
+    mask = _as_array(mask, "dense_delta mask")
+    payload = _as_array(payload, "dense_delta payload")
     if mask.dtype != jnp.bool_:
         raise InvalidDeltaError(f"dense_delta mask must be bool, got mask.dtype={mask.dtype}")
     if mask.shape != payload.shape:
@@ -166,7 +174,7 @@ def sparse_delta(indices, values, shape) -> SparseDelta:
                 f"sparse_delta indices must be a 1-D integer array, got {indices.dtype}{indices.shape}"
             )
         indices = indices.astype(jnp.int32)
-    values = jnp.asarray(values)
+    values = _as_array(values, "sparse_delta values")
     if values.shape != indices.shape:
         raise InvalidDeltaError(
             f"sparse_delta needs one value per index, got indices.shape={indices.shape} "
@@ -187,7 +195,7 @@ def accumulate_delta(payload, semiring="real") -> AccumulateDelta:
       [1.0, 3.0]
     """
     sr = get_semiring(semiring)
-    payload = jnp.asarray(payload)
+    payload = _as_array(payload, "accumulate_delta payload")
     if not sr.accepts(payload.dtype):
         raise InvalidDeltaError(
             f"accumulate_delta under semiring {sr.name!r} needs a {sr.dtype_kind} payload, "

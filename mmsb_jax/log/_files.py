@@ -35,6 +35,7 @@ def fsync_dir(path) -> None:
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically: a temporary file, fsync, rename, dir fsync."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)

@@ -167,8 +167,13 @@ class BatchRouting:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
-        from ..deltas._ring import ring_cleared, ring_contents
+        from ..deltas._ring import DeltaRing, ring_cleared, ring_contents
 
+        if not isinstance(ring, DeltaRing):
+            raise InvalidArgumentError(f"ring={ring!r} is not a DeltaRing (see mmsb_jax.delta_ring)")
+        _inputs.refuse_tracers("the ring", ring)
+        with self._lock:
+            self._check_open()
         pids, ind, vals = ring_contents(ring)
         with self._lock:
             self._source = "jit-ring"

@@ -20,6 +20,7 @@ import pytest
 
 import mmsb_jax as mmsb
 from mmsb_jax import CorruptLogError, InvalidArgumentError, SerializationError
+from mmsb_jax.log._directory import update_state_file
 
 F32 = np.float32
 N = 16  # elements per page in the crash child
@@ -166,6 +167,12 @@ def build(path, semiring="real"):
     return ids, digests, values
 
 
+def as_if_crashed(path):
+    """Make a cleanly stopped state look as if it had crashed at its last epoch (the settings
+    file then still holds the epoch of an earlier clean stop: none here)."""
+    update_state_file(str(path), closed_at=0)
+
+
 def segments(path):
     return sorted(glob.glob(os.path.join(path, "log", "log-*.mmsblog")))
 
@@ -210,6 +217,10 @@ def test_torn_tail_drops_only_the_last_record(copy_of, cut):
     os.truncate(seg, size - cut)
     with pytest.raises(CorruptLogError):
         mmsb.mmsb_open(path, recovery="absolute")
+    # the state was stopped cleanly at `last`: a log that now ends before it lost durable records
+    with pytest.raises(SerializationError, match=f"stopped at epoch {last}.*reach only epoch {last - 1}"):
+        mmsb.mmsb_open(path)
+    as_if_crashed(path)  # a crash tears the tail of a log that was not stopped: dropped, reported
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == last - 1
@@ -242,6 +253,7 @@ def test_torn_batch_at_the_tail_is_dropped_whole(tmp_path):
     assert [r.kind.name for r in recs] == ["DENSE", "SPARSE", "COMMIT"]
     seg = segments(path)[-1]
     os.truncate(seg, os.path.getsize(seg) - 4)  # tear the COMMIT
+    as_if_crashed(path)
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == 2 and mmsb.state_digest(s) == before
@@ -295,8 +307,10 @@ def test_skip_corrupt_salvages_the_records_after_the_damage(copy_of, keep_checkp
     s = mmsb.mmsb_open(path, recovery="skip_corrupt")
     try:
         assert s.epoch == last
-        (skipped,) = s.recovery_report.skipped
+        (skipped,) = [r for r in s.recovery_report.skipped if r.end > r.start]  # the damaged bytes
         assert skipped.start <= bad.offset < skipped.end
+        (gap,) = [r for r in s.recovery_report.skipped if r.end == r.start]  # and the epoch they held
+        assert "epochs 8..8" in gap.reason
         # every page but ids[1] is as before; ids[1] misses only the damaged write (epoch 8)
         for p in (ids[0], ids[2]):
             np.testing.assert_array_equal(np.asarray(mmsb.query_page(s, p)), values[last][p])

@@ -467,3 +467,23 @@ def test_exist_ok_opens_the_state_that_is_there(tmp_path):
     s.close()
     with pytest.raises(SerializationError, match="tropical"):
         mmsb.mmsb_start(tmp_path / "s", semiring="real", exist_ok=True)
+
+
+# --------------------------------------------------------------------------- lost tails
+def test_a_cleanly_stopped_state_whose_log_lost_its_last_record_is_refused(tmp_path):
+    """A cut exactly at a record boundary leaves a log that reads as whole; the settings file
+    remembers the epoch of the clean stop, so the loss is found (found by the fault campaign)."""
+    s, _ = _small_state(tmp_path / "s")
+    s.close()
+    last = read_records(tmp_path / "s" / "log", "absolute").records[-1]
+    seg = list_segments(tmp_path / "s" / "log")[-1][1]
+    os.truncate(seg, last.offset)
+    with pytest.raises(SerializationError, match="stopped at epoch 6.*reach only epoch 5"):
+        mmsb.mmsb_open(tmp_path / "s")
+    assert not mmsb.verify_state(tmp_path / "s")["ok"]
+    with pytest.raises(SerializationError, match="cannot be rebuilt"):
+        mmsb.replay_to_epoch(tmp_path / "s", 6)
+    got = mmsb.mmsb_open(tmp_path / "s", recovery="point_in_time")  # accept what is left
+    assert got.epoch == 5
+    got.close()
+    assert _reopen_digest(tmp_path / "s")[1] == 5  # and that is the state of record now

@@ -25,15 +25,36 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
 
 # --------------------------------------------------------------------------- the settings file
-def write_state_file(path: str, semiring: str, *, compacted_through: int = 0) -> None:
+_COUNTS = ("compacted_through", "closed_at")
+
+
+def write_state_file(path: str, semiring: str, *, compacted_through: int = 0, closed_at: int = 0) -> None:
     """Write ``<path>/mmsb-state.json`` (atomically, with its checksum).
 
     ``compacted_through``: the last epoch whose records compaction removed from the log (0:
-    none), so a replay knows the log alone cannot rebuild the epochs up to it."""
+    none), so a replay knows the log alone cannot rebuild the epochs up to it.
+    ``closed_at``: the epoch the state had when it was last stopped cleanly (0: never), so an
+    open that finds fewer epochs knows records were lost after they were made durable."""
     write_checked_json(os.path.join(path, STATE_FILE), {
         "format": STATE_FORMAT, "version": STATE_VERSION, "semiring": semiring,
-        "compacted_through": int(compacted_through),
+        "compacted_through": int(compacted_through), "closed_at": int(closed_at),
     })
+
+
+def update_state_file(path: str, **changes) -> None:
+    """Rewrite the settings file with some fields changed (``compacted_through``, ``closed_at``)."""
+    info = read_state_file(path)
+    if info is None:
+        raise SerializationError(f"{os.path.join(path, STATE_FILE)!r} is missing")
+    kept = {k: int(info.get(k, 0)) for k in _COUNTS}
+    kept.update(changes)
+    write_state_file(path, info["semiring"], **kept)
+
+
+def last_closed_epoch(path: str) -> int:
+    """The epoch the state at ``path`` had when it was last stopped cleanly (0 if never or unknown)."""
+    info = read_state_file(path)
+    return int(info.get("closed_at", 0)) if info is not None else 0
 
 
 def log_floor(path: str) -> int:
@@ -62,9 +83,10 @@ def read_state_file(path: str) -> dict | None:
         )
     if not isinstance(info.get("semiring"), str):
         raise SerializationError(f"{file!r} names no semiring")
-    through = info.get("compacted_through", 0)
-    if not (type(through) is int and through >= 0):
-        raise SerializationError(f"{file!r} has compacted_through={through!r}")
+    for k in _COUNTS:
+        v = info.get(k, 0)
+        if not (type(v) is int and v >= 0):
+            raise SerializationError(f"{file!r} has {k}={v!r}")
     return info
 
 

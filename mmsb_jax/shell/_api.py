@@ -16,7 +16,14 @@ import numpy as np
 from .._checks import is_int
 from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ..log import query_records
-from ..log._directory import has_state, newest_checkpoint, require_state, state_semiring
+from ..log._directory import (
+    has_state,
+    last_closed_epoch,
+    newest_checkpoint,
+    require_state,
+    state_semiring,
+    update_state_file,
+)
 from ..semirings import Semiring, get_semiring
 from . import _inputs
 from ._replay import rebuild, resolve_semiring
@@ -154,8 +161,10 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     state.open_log(recovery="point_in_time" if salvaged else "torn_tail")
     if salvaged:
         # The writer cuts the log at the first damage; a checkpoint keeps what replay
-        # salvaged past it, so the next reopen sees the same state.
+        # salvaged past it, so the next reopen sees the same state, which is now the
+        # state of record (what it lost is in the report).
         state.checkpoint()
+        update_state_file(path, closed_at=state.epoch)
     return state
 
 
@@ -206,7 +215,7 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
     if epoch is not None and snap.epoch != epoch:
         log_dir = os.path.join(path, "log")
         later = os.path.isdir(log_dir) and query_records(log_dir, epochs=(int(epoch), None))
-        if not later and newest_checkpoint(path)[1] < epoch:
+        if not later and max(newest_checkpoint(path)[1], last_closed_epoch(path)) < epoch:
             raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {snap.epoch}")
         raise SerializationError(
             f"epoch {epoch} of {path!r} cannot be rebuilt: its log and checkpoints reach epoch {snap.epoch} "

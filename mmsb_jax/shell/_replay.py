@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ..log._checkpoint import read_manifest
-from ..log._directory import epoch_of_name, list_checkpoints, log_floor
+from ..log._directory import epoch_of_name, last_closed_epoch, list_checkpoints, log_floor
 from ..log._decode import (
     Accumulate,
     AddDep,
@@ -340,6 +340,13 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
     res.report.skipped_checkpoints = skipped
     apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict, semirings=semirings,
                   report=res.report)
+    closed = last_closed_epoch(path)
+    if end_epoch is None and strict and state.epoch < closed:
+        raise SerializationError(
+            f"the state at {path!r} was stopped at epoch {closed}, but its log and checkpoints now reach only "
+            f"epoch {state.epoch}: records made durable were lost (a truncated or missing log file?); "
+            "mmsb_open(..., recovery='point_in_time') opens what is left"
+        )
     for d, claim in claims:  # what stands in for a damaged checkpoint must reach as far as it did
         if claim is None or state.epoch < claim:
             reason = dict(skipped)[d]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..adaptive import backend_report
 
-from ..log._directory import read_state_file, remove_incomplete_checkpoints, write_state_file
+from ..log._directory import read_state_file, remove_incomplete_checkpoints, update_state_file, write_state_file
 from ..log._writer import FSYNC_MODES, MIN_SEGMENT_BYTES
 from ..deltas._delta import (
     DenseDelta,
@@ -594,6 +594,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             if self._log is not None:
                 self._log.close()
                 self._log = None
+                if not self._owns_dir:  # every epoch is durable now: an open that finds fewer lost some
+                    update_state_file(self.path, closed_at=self._epoch)
             if self._owns_dir and not self._snapshot:
                 shutil.rmtree(self.path, ignore_errors=True)
 

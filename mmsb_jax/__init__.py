@@ -48,7 +48,6 @@ from .shell import (
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,
     mmsb_stop as mmsb_stop,
-    page_history as page_history,
     query_log as query_log,
     query_page as query_page,
     remove_dependency as remove_dependency,

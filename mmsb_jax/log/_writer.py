@@ -563,10 +563,6 @@ class TLog:
         """Write buffered records to the OS, and fsync them unless ``fsync="never"``."""
         self._flush(self.fsync != "never")
 
-    def commit(self) -> None:
-        """Group-commit point: same as :meth:`flush`."""
-        self._flush(self.fsync != "never")
-
     def sync(self) -> None:
         """Write and fsync everything appended so far, whatever the fsync policy."""
         self._flush(True)

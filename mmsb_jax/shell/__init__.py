@@ -26,6 +26,6 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
-from ._history import compact_log as compact_log, diff as diff, page_history as page_history
+from ._history import compact_log as compact_log, diff as diff
 from ._page import Page as Page
 from ._state import MMSBState as MMSBState

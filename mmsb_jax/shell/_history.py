@@ -57,13 +57,6 @@ def compact_log(state) -> dict:
         }
 
 
-def page_history(state, page_id) -> list:
-    """Every log record that touched ``page_id`` (create, deltas, batches, edges, delete), in order."""
-    from ._api import query_log
-
-    return query_log(state, page_id=page_id)
-
-
 def diff(state, epoch_a: int, epoch_b: int) -> dict:
     """What changed between two epochs: pages created, deleted, and changed (with counts).
 

@@ -259,17 +259,34 @@ def test_damage_sample(built, tmp_path):
     assert sum(counts.values()) == len(case_list) and counts.get("refused", 0) > 0
 
 
-@pytest.mark.slow
-def test_damage_campaign(built, tmp_path):
-    """Every byte of the last record, ten flips per file, every swap/duplicate/drop sampled;
-    run in a child so its peak memory can be checked too."""
-    src, digests = built
+def campaign(root: Path) -> dict:
+    """Every byte of the last record, ten flips per file, a dozen swaps/duplicates/drops."""
+    src = root / "state"
+    digests = build(src)
     rng = random.Random(1)
     case_list = cases(src, rng, per_file=10, every_tail_byte=True) + reorder_cases(src, rng, 12)
-    t0 = time.perf_counter()
-    counts = run_campaign(src, digests, tmp_path / "work", case_list)
-    print(f"\nfault campaign: {len(case_list)} cases in {time.perf_counter() - t0:.0f} s: {counts}")
+    counts = run_campaign(src, digests, root / "work", case_list)
     assert sum(counts.values()) == len(case_list)
+    return {"cases": len(case_list), **counts}
+
+
+@pytest.mark.slow
+def test_damage_campaign(tmp_path):
+    """The campaign, in a child process: no case may hang (a time limit) or allocate more than
+    the files justify (its peak RSS is checked)."""
+    code = (f"import sys, json, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "from pathlib import Path; import test_faults as t; "
+            f"out = t.campaign(Path({str(tmp_path)!r})); "
+            "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024; print(json.dumps(out))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\nfault campaign: {out} in {time.perf_counter() - t0:.0f} s")
+    assert out["peak_rss_mb"] < 2048
 
 
 # --------------------------------------------------------------------------- SIGKILL anywhere

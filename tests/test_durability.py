@@ -8,15 +8,12 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from helpers import run_and_kill
 
 import mmsb_jax as mmsb
 from mmsb_jax import CorruptLogError, InvalidArgumentError, SerializationError
@@ -82,40 +79,11 @@ def child_model(i: int):
     return a, b
 
 
-def run_and_kill(path, delay: float):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def reader():
-        for line in proc.stdout:
-            if line.endswith("\n"):  # only complete lines are acknowledgements
-                lines.append(line.strip())
-                if line.startswith("ACK"):
-                    ready.set()  # compiled and writing
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        assert ready.wait(90), f"the child did not start writing: {lines}"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        t.join(10)
-    return lines
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_keeps_every_acknowledged_epoch(tmp_path, seed):
     rng = random.Random(seed)
     path = tmp_path / "state"
-    lines = run_and_kill(path, delay=rng.uniform(0.0, 0.8))
+    lines = run_and_kill(CHILD, [path], delay=rng.uniform(0.0, 0.8))
     acks = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("ACK")]
     assert acks, f"no acknowledged write before the kill: {lines[:5]}"
     for i, e in acks:

@@ -15,15 +15,15 @@ import dataclasses
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import run_and_kill
 
 import mmsb_jax as mmsb
 from mmsb_jax import CorruptLogError, MMSBError
@@ -338,31 +338,8 @@ def child_model(i: int):
 
 
 def kill_at(path: Path, seed: int, delay: float) -> list[tuple[int, int]]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(seed)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, text=True)
-    acks: list[tuple[int, int]] = []
-    started = threading.Event()
-
-    def reader():
-        for line in proc.stdout:
-            if line.startswith("ACK") and line.endswith("\n"):
-                acks.append(tuple(map(int, line.split()[1:])))
-                if len(acks) > 1:
-                    started.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        assert started.wait(120), "the child did not start writing"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        t.join(10)
-    return acks
+    lines = run_and_kill(CHILD, [path, seed], delay, started=lambda ls: sum(ln.startswith("ACK") for ln in ls) > 1)
+    return [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("ACK")]
 
 
 def check_kill(path: Path, seed: int, delay: float) -> None:

@@ -31,15 +31,15 @@ from ..semirings import Semiring, get_semiring
 Array = Any
 
 
-def _dataclass_pytree(data_fields, meta_fields):
-    def wrap(cls):
-        cls = dataclasses.dataclass(frozen=True)(cls)
-        return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=meta_fields)
-
-    return wrap
+def _static():
+    """A field that is hashable metadata of the pytree (not a leaf)."""
+    return dataclasses.field(metadata=dict(static=True))
 
 
-@_dataclass_pytree(data_fields=["mask", "payload"], meta_fields=[])
+# Every pytree dataclass of the package is registered the same way: frozen dataclass, arrays
+# as leaves, fields marked ``_static()`` as metadata (``jax.tree_util.register_dataclass``).
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class DenseDelta:
     """Overwrite the positions where ``mask`` is true with ``payload``."""
 
@@ -55,25 +55,27 @@ class DenseDelta:
         return jnp.result_type(self.payload)
 
 
-@_dataclass_pytree(data_fields=["indices", "values"], meta_fields=["shape"])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class SparseDelta:
     """Overwrite ``page.flat[indices[i]]`` with ``values[i]``; the last entry wins on repeats."""
 
     indices: Array
     values: Array
-    shape: tuple
+    shape: tuple = _static()
 
     @property
     def dtype(self):
         return jnp.result_type(self.values)
 
 
-@_dataclass_pytree(data_fields=["payload"], meta_fields=["semiring"])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class AccumulateDelta:
     """Combine ``payload`` into the page with the semiring's ⊕: ``page ⊕ payload``."""
 
     payload: Array
-    semiring: Semiring
+    semiring: Semiring = _static()
 
     @property
     def shape(self):

@@ -147,14 +147,12 @@ def weights_to_carrier(semiring, weights, dtype) -> tuple[np.ndarray, np.ndarray
 
 
 def _equals_zero(semiring, w):
-    """Where ``w`` equals the semiring's (float) zero."""
-    z = float(semiring.zero)
+    """Where ``w`` equals the semiring's zero: its float ``zero`` for float weights, the
+    dtype's zero (:meth:`~mmsb_jax.semirings.Semiring.zero_for`) for bool / integer weights."""
     if jnp.issubdtype(w.dtype, jnp.floating):
-        return w == jnp.asarray(z, w.dtype)
-    if w.dtype != jnp.bool_ and np.isfinite(z) and z == int(z):
-        info = jnp.iinfo(w.dtype)
-        if info.min <= z <= info.max:
-            return w == jnp.asarray(int(z), w.dtype)
+        return w == jnp.asarray(float(semiring.zero), w.dtype)
+    if semiring.accepts(w.dtype):
+        return w == semiring.zero_for(w.dtype)
     return jnp.zeros(w.shape, bool)
 
 
@@ -171,13 +169,11 @@ def cast_weights(semiring, w, dtype):
     if w.dtype == dt:
         return w
     zero, one = semiring.zero_for(dt), semiring.one_for(dt)
-    if w.dtype == jnp.bool_:
-        return jnp.where(w, one, zero)
     kind = dtype_kind(dt)
-    if kind == "float":
+    if kind == "float" and w.dtype != jnp.bool_:
         return w.astype(dt)
     is_zero = _equals_zero(semiring, w)
-    if kind == "bool":
+    if kind == "bool" or w.dtype == jnp.bool_:
         return jnp.where(is_zero, zero, one)
     if jnp.issubdtype(w.dtype, jnp.floating):
         w = jnp.where(jnp.isfinite(w), w, jnp.zeros((), w.dtype))

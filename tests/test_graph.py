@@ -209,7 +209,7 @@ def test_compile_checks_ids_and_layout():
     src = np.asarray(cg.ell_src)
     assert (src == cg.num_nodes + cg.rows).sum() >= src.size - 3  # the zero row follows the slack rows
     # static metadata is hashable and the leaves are arrays
-    hash((cg.semiring, cg.rows, cg.width, cg.max_chunks, cg.derive_fns))
+    hash((cg.semiring, cg.rows, cg.width, cg.in_width, cg.out_width, cg.derive_fns))
     cg2 = g.compile("real", num_nodes=6)
     assert cg2.buckets == cg.buckets
 

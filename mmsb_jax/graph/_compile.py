@@ -28,6 +28,15 @@ def _padded(a: np.ndarray, length: int, fill) -> np.ndarray:
     return out
 
 
+_MAX_HUB_ROWS = 8  # table rows an incremental round reads for one node, at most
+
+
+def _hub_rows(rows: np.ndarray) -> int:
+    """Rows per node an incremental round reads: the most any node has, as a power of two,
+    at most ``_MAX_HUB_ROWS`` (nodes with more take the full-pass fallback)."""
+    return min(_MAX_HUB_ROWS, ceil_pow2(int(rows.max()) if rows.size else 1))
+
+
 def _storage_dtype(sr, dtype):
     if dtype is not None:
         return np.dtype(dtype)
@@ -143,10 +152,13 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
     ell_pos = _padded(np.where(st.ell_pos < 0, one_pos, st.ell_pos), s_cap, one_pos)
     der_par = _padded(st.der_par, ceil_quarter_pow2(st.der_par.size + 1), zero_row)
 
-    c_cap = ceil_quarter_pow2(tables.in_src.shape[0] + 1)
-    in_src = _padded(np.where(tables.in_src < 0, n, tables.in_src), c_cap, n).reshape(-1)
-    in_pos = _padded(np.where(tables.in_pos < 0, one_pos, tables.in_pos), c_cap, one_pos).reshape(-1)
-    out_dst = _padded(tables.out_dst, ceil_quarter_pow2(tables.out_dst.size + 1), n)
+    in_cap = ceil_quarter_pow2(tables.in_src.shape[0] + 1)  # + 1: the last row is padding
+    in_src = _padded(np.where(tables.in_src < 0, n, tables.in_src), in_cap, n).reshape(-1)
+    in_pos = _padded(np.where(tables.in_pos < 0, one_pos, tables.in_pos), in_cap, one_pos).reshape(-1)
+    out_cap = ceil_quarter_pow2(tables.out_dst.shape[0] + 1)
+    out_dst = _padded(np.where(tables.out_dst < 0, n, tables.out_dst), out_cap, n).reshape(-1)
+    in_start = np.append(np.where(tables.in_rows > 0, tables.in_start, 0), in_cap - 1)
+    out_start = np.append(np.where(tables.out_rows > 0, tables.out_start, 0), out_cap - 1)
     der_nodes, der_par_ext = [], []
     for kids, pars in zip(tables.der_nodes, tables.der_parents):
         r = ceil_quarter_pow2(kids.size)
@@ -168,13 +180,13 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
         der_par=_i32(der_par),
         weights=weights_j,
         weight_fit=jnp.asarray(fit, jnp.int32),
-        in_start=_i32(tables.in_start),
-        in_chunks=_i32(tables.in_chunks),
+        in_start=_i32(in_start),
+        in_rows=_i32(np.append(tables.in_rows, 0)),
         in_src=_i32(in_src),
         in_pos=in_pos_j,
         in_weights=weights_j[in_pos_j],
-        out_start=_i32(tables.out_start),
-        out_deg=_i32(tables.out_deg),
+        out_start=_i32(out_start),
+        out_rows=_i32(np.append(tables.out_rows, 0)),
         out_dst=_i32(out_dst),
         der_group=_i32(p.group),
         der_row=_i32(tables.der_row),
@@ -185,7 +197,10 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
         num_nodes=n,
         rows=rows,
         width=width,
-        max_chunks=ceil_pow2(int(p.node_chunks.max()) if n else 1),
+        in_width=tables.in_width,
+        in_hub_rows=_hub_rows(tables.in_rows),
+        out_width=tables.out_width,
+        out_hub_rows=_hub_rows(tables.out_rows),
         derive_fns=tuple(p.groups),
         num_edges=p.edges.num_edges,
     )

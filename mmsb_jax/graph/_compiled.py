@@ -50,14 +50,15 @@ class CompiledGraph:
       weight_fit: ``(10,)`` int32, per dtype of ``semirings._carriers.CHECKED_DTYPES`` (bool,
         the integers, float64): the position of the first weight that does not fit pages of
         that dtype, ``-1`` when all fit, ``-2`` when unchecked (weights given under a trace).
-      in_start, in_chunks: ``(N,)`` int32, each node's first chunk row in ``in_src`` and its
-        number of chunk rows (0 for roots and derived nodes).
-      in_src, in_pos: ``(C * K,)`` int32, chunk rows (node-major, ``K`` slots each, the same
-        edges in the same slots as the steps): source node (padding: ``N``), position in
-        ``weights``.
-      in_weights: ``(C * K, *w)`` the weights in that order.
-      out_start, out_deg: ``(N,)`` int32, CSR by source over data and derive edges.
-      out_dst: ``(E_out,)`` int32 children.
+      in_start, in_rows: ``(N + 1,)`` int32, each node's first row in the in-edge table and
+        its number of rows (0 for roots and derived nodes; entry ``N`` is padding).
+      in_src, in_pos: ``(C * in_width,)`` int32, the in-edge table: rows of ``in_width``
+        slots, node-major, edges in insertion order: source node (padding: ``N``), position
+        in ``weights``.
+      in_weights: ``(C * in_width, *w)`` the weights in that order.
+      out_start, out_rows: ``(N + 1,)`` int32, the same for the child table (data and
+        derive edges).
+      out_dst: ``(C_out * out_width,)`` int32 children (padding: ``N``).
       der_group: ``(N,)`` int32, derive group of each node (-1: not derived).
       der_row: ``(N,)`` int32, row of each derived node in its group's tables.
       der_nodes: per derive group ``(R_g,)`` int32 node ids (padding: ``N``).
@@ -66,9 +67,11 @@ class CompiledGraph:
 
     Static:
       semiring; num_nodes; rows (``R``: rows per step); width (``K``: edge slots per row);
-      max_chunks (``J``: chunk rows of the widest node, bucketed); derive_fns (``((fn,
-      arity), ...)`` per group); num_edges (live edges of the source graph: the length
-      :func:`with_weights` checks, at trace time).
+      in_width / out_width (slots per row of the in-edge / child tables); in_hub_rows /
+      out_hub_rows (rows an incremental round reads for one node, at most 8: nodes with more
+      take the full-pass fallback); derive_fns (``((fn, arity), ...)`` per group);
+      num_edges (live edges of the source graph: the length :func:`with_weights` checks, at
+      trace time).
     """
 
     perm: Array
@@ -84,12 +87,12 @@ class CompiledGraph:
     weights: Array
     weight_fit: Array
     in_start: Array
-    in_chunks: Array
+    in_rows: Array
     in_src: Array
     in_pos: Array
     in_weights: Array
     out_start: Array
-    out_deg: Array
+    out_rows: Array
     out_dst: Array
     der_group: Array
     der_row: Array
@@ -100,7 +103,10 @@ class CompiledGraph:
     num_nodes: int = dataclasses.field(metadata=dict(static=True))
     rows: int = dataclasses.field(metadata=dict(static=True))
     width: int = dataclasses.field(metadata=dict(static=True))
-    max_chunks: int = dataclasses.field(metadata=dict(static=True))
+    in_width: int = dataclasses.field(metadata=dict(static=True))
+    in_hub_rows: int = dataclasses.field(metadata=dict(static=True))
+    out_width: int = dataclasses.field(metadata=dict(static=True))
+    out_hub_rows: int = dataclasses.field(metadata=dict(static=True))
     derive_fns: tuple = dataclasses.field(metadata=dict(static=True))
     num_edges: int = dataclasses.field(metadata=dict(static=True))
 
@@ -115,16 +121,25 @@ class CompiledGraph:
         return self.num_nodes + self.rows + 1
 
     @property
+    def in_pad_row(self) -> int:
+        """A row of the in-edge table that is all padding (the last)."""
+        return int(self.in_src.shape[0]) // self.in_width - 1
+
+    @property
+    def out_pad_row(self) -> int:
+        """A row of the child table that is all padding (the last)."""
+        return int(self.out_dst.shape[0]) // self.out_width - 1
+
+    @property
     def buckets(self) -> dict:
         """The bucketed sizes that key the jitted programs (equal buckets: no recompile)."""
         return {
             "nodes": self.num_nodes,
             "steps": self.num_steps,
             "block": (self.width, self.rows),
-            "chunk_rows": int(self.in_src.shape[0]) // max(self.width, 1),
-            "max_chunks": self.max_chunks,
+            "in_table": (self.in_pad_row + 1, self.in_width, self.in_hub_rows),
+            "out_table": (self.out_pad_row + 1, self.out_width, self.out_hub_rows),
             "weights": int(self.weights.shape[0]),
-            "out_edges": int(self.out_dst.shape[0]),
             "derive": tuple((int(a.shape[0]), int(p.shape[-1])) for a, p in zip(self.der_nodes, self.der_par_ext)),
         }
 

@@ -6,7 +6,10 @@ in the same order as :func:`propagate`, or ``fn(*parents)`` for a derived node);
 whose value changed (bit for bit) push their children into the next frontier, deduplicated.
 The first frontier is the dirty set, so a node is recomputed only when it is dirty or a
 parent changed, and the walk stops where values stop changing. Every array a round touches
-is frontier-sized (``capacity`` nodes, their chunk rows, ``edge_capacity`` child slots): no
+is frontier-sized: in-edges and children come from ELL tables of about twice the mean degree
+(one row per node; hubs, the few nodes with more, take their further rows in a second, smaller
+tier), the new frontier is packed by a prefix over rows and a short one within each row, and
+a round with at most an eighth of the frontier capacity runs at an eighth of the size. No
 round and no call makes a pass over the graph, beyond copying ``x`` and the ``(N,)``
 bookkeeping arrays once. A node may be recomputed in several rounds (when parents on paths
 of different lengths change), always from current parent values, so on a DAG the result is
@@ -27,7 +30,7 @@ from .._errors import InvalidArgumentError
 from ..semirings import cast_weights
 from ._buckets import ceil_pow2
 from ._compiled import CompiledGraph, check_weight_fit
-from ._propagate import call_derive, check_pages, propagate, propagate_impl, weights_for_pages
+from ._propagate import call_derive, check_pages, gather_rows, propagate, propagate_impl, weights_for_pages
 
 
 def _prefix(counts):
@@ -91,82 +94,146 @@ def _first_frontier(dirty, size: int, n: int):
     f0 = jnp.full((size,), n, jnp.int32)
     if ids.shape[0]:
         f0 = f0.at[: min(ids.shape[0], size)].set(ids[:size])
+    f0 = jnp.sort(f0)  # valid ids first (a frontier is packed), duplicates side by side
+    f0 = jnp.sort(jnp.where(jnp.concatenate([jnp.zeros(1, bool), f0[1:] == f0[:-1]]), n, f0))
     return f0, jnp.sum((f0 < n).astype(jnp.int32)), jnp.asarray(ids.shape[0] > size)
 
 
-def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, edge_capacity: int, mode: str = "fallback"):
-    sr = cg.semiring
-    n = cg.num_nodes
-    page = x_old.shape[1:]
-    dt = x_old.dtype
-    size, slots_cap = capacity, edge_capacity
-    width, max_chunks = cg.width, cg.max_chunks
-    zero = sr.zero_for(dt)
-    w_in = weights_for_pages(cast_weights(sr, cg.in_weights, dt), 1, page)
-    pad_slot = cg.in_src.shape[0] - 1  # the last chunk row is always padding
-    chunk_j = jnp.arange(max_chunks, dtype=jnp.int32)
-    slot_k = jnp.arange(width, dtype=jnp.int32)
-    slots = jnp.arange(slots_cap, dtype=jnp.int32)
-    expand = lambda m: m.reshape(m.shape + (1,) * len(page))  # noqa: E731
+def _pack(mask, size: int, fill: int):
+    """Positions of the set entries of ``mask`` packed into ``size`` slots (rest ``fill``),
+    and how many there were."""
+    return _compact(jnp.arange(mask.shape[0], dtype=jnp.int32), mask, size, fill)
 
-    def recompute(x, f, valid):
-        fc = jnp.where(valid, f, 0)
-        nch = jnp.where(valid, cg.in_chunks[fc], 0)
-        rowmask = chunk_j[None, :] < nch[:, None]  # (size, J)
-        flat = (cg.in_start[fc][:, None] + chunk_j[None, :])[..., None] * width + slot_k[None, None, :]
-        flat = jnp.where(rowmask[..., None], flat, pad_slot)  # (size, J, K)
-        src = cg.in_src[flat]
-        xs = x.at[src].get(mode="fill", fill_value=zero)
-        part = sr.reduce(sr.mul(w_in[flat], xs), 2)  # (size, J, *page): one value per chunk
-        new = b_new.at[f].get(mode="fill", fill_value=zero)
-        for j in range(max_chunks):  # ((b ⊕ c0) ⊕ c1) ..., as the steps of propagate
-            new = jnp.where(expand(j < nch), sr.add(new, part[:, j]), new)
+
+class _Round:
+    """One round of the frontier loop at a static frontier size (see the module docstring)."""
+
+    def __init__(self, cg: CompiledGraph, x_old, b_new, size: int, hubs: int):
+        self.cg, self.x_old, self.b_new = cg, x_old, b_new
+        self.sr = cg.semiring
+        self.n = cg.num_nodes
+        self.page = x_old.shape[1:]
+        self.dt = x_old.dtype
+        self.zero = self.sr.zero_for(self.dt)
+        self.size, self.hubs = size, hubs
+        self.w_in = weights_for_pages(cast_weights(self.sr, cg.in_weights, self.dt), 1, self.page)
+        self.in_k = jnp.arange(cg.in_width, dtype=jnp.int32)
+        self.out_k = jnp.arange(cg.out_width, dtype=jnp.int32)
+
+    def expand(self, m):
+        return m.reshape(m.shape + (1,) * len(self.page))
+
+    def reduce_rows(self, x, rows):
+        """⊕ over each in-edge row in ``rows`` (any shape) of ``w ⊗ x[src]``."""
+        flat = rows[..., None] * self.cg.in_width + self.in_k.reshape((1,) * rows.ndim + (-1,))
+        src, w = lax.optimization_barrier((gather_rows(self.cg.in_src, flat), gather_rows(self.w_in, flat)))
+        xs = x.at[src].get(mode="fill", fill_value=self.zero)
+        return self.sr.reduce(self.sr.mul(w, xs), rows.ndim)
+
+    def recompute(self, x, f, valid):
+        cg, sr = self.cg, self.sr
+        start, rows = cg.in_start[f], cg.in_rows[f]  # f == n: the padding entry (no rows)
+        new = self.b_new.at[f].get(mode="fill", fill_value=self.zero)
+        new = jnp.where(self.expand(rows > 0), sr.add(new, self.reduce_rows(x, start)), new)
+        heavy = jnp.any(valid & (rows > cg.in_hub_rows))
+        if cg.in_hub_rows > 1:  # hubs: their further rows, ((b ⊕ c0) ⊕ c1) ... as in propagate
+            at, count = _pack(rows > 1, self.hubs, self.size)
+            heavy = heavy | (count > self.hubs)
+            j = jnp.arange(1, cg.in_hub_rows, dtype=jnp.int32)
+            more = j[None, :] < cg.in_rows[f.at[at].get(mode="fill", fill_value=self.n)][:, None]
+            hub_rows = jnp.where(more, start.at[at].get(mode="fill", fill_value=0)[:, None] + j[None, :], cg.in_pad_row)
+            part = self.reduce_rows(x, hub_rows)
+            acc = new.at[at].get(mode="fill", fill_value=self.zero)
+            for i in range(cg.in_hub_rows - 1):
+                acc = jnp.where(self.expand(more[:, i]), sr.add(acc, part[:, i]), acc)
+            new = new.at[at].set(acc, mode="drop", unique_indices=True)
         for gid, (fn, arity) in enumerate(cg.derive_fns):
+            fc = jnp.where(valid, f, 0)
             isg = valid & (cg.der_group[fc] == gid)
 
-            def run(new, gid=gid, fn=fn, arity=arity, isg=isg):
+            def run(new, gid=gid, fn=fn, arity=arity, isg=isg, fc=fc):
                 par = cg.der_par_ext[gid][cg.der_row[fc]]
                 args = [x[par[:, a]] for a in range(arity)]
-                return jnp.where(expand(isg), call_derive(fn, args, size, page, dt), new)
+                return jnp.where(self.expand(isg), call_derive(fn, args, self.size, self.page, self.dt), new)
 
             new = lax.cond(jnp.any(isg), run, lambda new: new, new)
-        return new
+        return new, heavy
 
-    def cond(state):
-        _, _, _, _, count, ovf, rnd, _ = state
-        return (count > 0) & ~ovf & (rnd < cg.max_rounds)
+    def children(self, f, moved):
+        """Rows of child slots of the moved nodes, and whether any had more than fit."""
+        cg = self.cg
+        start, rows = cg.out_start[f], cg.out_rows[f]
+        kid_rows = jnp.where(moved & (rows > 0), start, cg.out_pad_row)
+        heavy = jnp.any(moved & (rows > cg.out_hub_rows))
+        if cg.out_hub_rows > 1:
+            at, count = _pack(moved & (rows > 1), self.hubs, self.size)
+            heavy = heavy | (count > self.hubs)
+            j = jnp.arange(1, cg.out_hub_rows, dtype=jnp.int32)
+            more = j[None, :] < rows.at[at].get(mode="fill", fill_value=0)[:, None]
+            extra = jnp.where(more, start.at[at].get(mode="fill", fill_value=0)[:, None] + j[None, :], cg.out_pad_row)
+            kid_rows = jnp.concatenate([kid_rows, extra.reshape(-1)])
+        return cg.out_dst[kid_rows[:, None] * cg.out_width + self.out_k[None, :]], heavy
 
-    def body(state):
-        x, stamp, changed, f, count, ovf, rnd, work = state
+    def __call__(self, state):
+        x, changed, f_all, _, ovf, rnd, work = state
+        n, full = self.n, f_all.shape[0]
+        f = f_all[: self.size]
         valid = f < n
-        new = recompute(x, f, valid)
-        cur = x.at[f].get(mode="fill", fill_value=zero)
+        new, heavy_in = self.recompute(x, f, valid)
+        cur = x.at[f].get(mode="fill", fill_value=self.zero)
         moved = differs(new, cur) & valid
         # Writing where(moved, new, cur) (equal values) makes the write depend on every read
-        # of x; otherwise XLA copies x twice per round to keep it alive for the reads.
-        x = x.at[f].set(jnp.where(expand(moved), new, cur), mode="drop", unique_indices=True)
-        was = x_old.at[f].get(mode="fill", fill_value=zero)
+        # of x; otherwise XLA copies x to keep it alive for the reads.
+        x = x.at[f].set(jnp.where(self.expand(moved), new, cur), mode="drop", unique_indices=True)
+        was = self.x_old.at[f].get(mode="fill", fill_value=self.zero)
         changed = changed.at[jnp.where(moved, f, n)].set(differs(new, was), mode="drop")
-        # children of the nodes that moved, expanded from the out-CSR into slots_cap slots
-        fc = jnp.where(valid, f, 0)
-        odeg = jnp.where(moved, cg.out_deg[fc], 0)
-        incl = _prefix(odeg)
-        total = incl[-1]
-        owner = jnp.searchsorted(incl, slots, side="right", method="scan_unrolled").astype(jnp.int32)
-        owner = jnp.minimum(owner, size - 1)
-        at = cg.out_start[fc[owner]] + slots - (incl[owner] - odeg[owner])
-        kids = jnp.where(slots < total, cg.out_dst[jnp.clip(at, 0, cg.out_dst.shape[0] - 1)], n)
-        tag = slots + 1 + rnd * slots_cap
-        stamp = stamp.at[kids].set(tag, mode="drop")
-        keep = (kids < n) & (stamp.at[kids].get(mode="fill", fill_value=-1) == tag)
-        f_next, count = _compact(kids, keep, size, n)
-        ovf = ovf | (total > slots_cap) | (count > size)
+        kids, heavy_out = self.children(f, moved)  # (rows, out_width), padding n
+        # pack the children row by row (a prefix over rows and a short one within each row,
+        # not one over every slot), then sort to drop duplicates: no (N,) scratch array
+        keep = (kids < n).astype(jnp.int32)
+        per_row = jnp.sum(keep, axis=1)
+        row_end = _prefix(per_row)
+        cols = [jnp.zeros_like(keep[:, 0])]
+        for j in range(keep.shape[1] - 1):  # exclusive prefix along the short axis, unrolled
+            cols.append(cols[-1] + keep[:, j])
+        room = min(kids.size, 2 * full)
+        dest = jnp.where(keep > 0, (row_end - per_row)[:, None] + jnp.stack(cols, axis=1), room)
+        packed = jnp.full((room,), n, jnp.int32).at[dest.reshape(-1)].set(kids.reshape(-1), mode="drop", unique_indices=True)
+        packed = jnp.sort(packed)
+        dup = jnp.concatenate([jnp.zeros(1, bool), packed[1:] == packed[:-1]])
+        packed = jnp.sort(jnp.where(dup, n, packed))
+        count = jnp.sum((packed < n).astype(jnp.int32))
+        f_next = packed[:full] if room >= full else jnp.concatenate([packed, jnp.full((full - room,), n, jnp.int32)])
+        ovf = ovf | heavy_in | heavy_out | (row_end[-1] > room) | (count > full)
         work = work + jnp.sum(valid.astype(jnp.int32))
-        return x, stamp, changed, f_next, count, ovf, rnd + 1, work
+        return x, changed, f_next, count, ovf, rnd + 1, work
 
-    f0, count0, ovf0 = _first_frontier(dirty, size, n)
-    state = (x_old, jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool), f0, count0, ovf0, jnp.int32(0), jnp.int32(0))
-    x, _, changed, _, count, ovf, rounds, work = lax.while_loop(cond, body, state)
+
+def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, hub_capacity: int, mode: str = "fallback"):
+    n = cg.num_nodes
+    small = max(1, capacity // 8)
+    hubs = max(1, min(hub_capacity, capacity))
+    big = _Round(cg, x_old, b_new, capacity, hubs)
+    little = _Round(cg, x_old, b_new, small, max(1, min(hubs, small)))
+
+    def going(state):
+        _, _, _, count, ovf, rnd, _ = state
+        return (count > 0) & ~ovf & (rnd < cg.max_rounds)
+
+    if small == capacity:
+        loop = lambda state: lax.while_loop(going, big, state)  # noqa: E731
+    else:
+        # Rounds of at most `small` nodes run at that size. Two inner loops rather than a
+        # lax.cond per round: XLA copies every (N,) array a conditional branch updates.
+        def outer(state):
+            state = lax.while_loop(lambda st: going(st) & (st[3] <= small), little, state)
+            return lax.while_loop(lambda st: going(st) & (st[3] > small), big, state)
+
+        loop = lambda state: lax.while_loop(going, outer, state)  # noqa: E731
+
+    f0, count0, ovf0 = _first_frontier(dirty, capacity, n)
+    state = (x_old, jnp.zeros((n,), bool), f0, count0, ovf0, jnp.int32(0), jnp.int32(0))
+    x, changed, _, count, ovf, rounds, work = loop(state)
     ovf = ovf | (count > 0)
     if mode == "stats":  # for benchmarks and tests: how the loop went
         return {"rounds": rounds, "overflow": ovf, "recomputed": work}
@@ -185,15 +252,14 @@ _differs_jit = jax.jit(differs)
 
 
 def default_capacity(cg: CompiledGraph) -> tuple[int, int]:
-    """``(capacity, edge_capacity)`` sized to the graph: frontier slots grow with the node
-    count (32..256: every round costs O(capacity)), child slots with the mean out-degree."""
-    n = cg.num_nodes
-    size = int(min(256, max(32, ceil_pow2(max(n, 1) // 400))))
-    mean_out = int(cg.out_dst.shape[0]) / max(n, 1)
-    return size, size * int(min(16, max(4, ceil_pow2(int(np.ceil(2 * mean_out))))))
+    """``(capacity, hub_capacity)`` sized to the graph: frontier slots grow with the node
+    count (32..256; a round of at most an eighth of that runs at an eighth of the cost), hub
+    slots are a quarter of them."""
+    size = int(min(256, max(32, ceil_pow2(max(cg.num_nodes, 1) // 400))))
+    return size, max(1, size // 4)
 
 
-def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: int | None = None, edge_capacity: int | None = None):
+def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: int | None = None, hub_capacity: int | None = None):
     """Update a propagated ``x_old`` after the bases of the ``dirty`` nodes changed.
 
     Recomputes only nodes that are dirty or have a parent whose value changed, stopping where
@@ -225,8 +291,10 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
         ignored.
       capacity: most nodes recomputed per round (static; default grows with the graph,
         32..256). A round that needs more falls back to full propagation, exactly.
-      edge_capacity: most child edges followed per round (static; default ``capacity`` times
-        twice the mean out-degree, 4..16).
+      hub_capacity: most hubs per round (static; default ``capacity // 4``): nodes with more
+        in-edges or children than one row of the graph's tables (``cg.in_width`` /
+        ``cg.out_width``, about twice the mean degree). Nodes with more than
+        ``cg.in_hub_rows`` / ``cg.out_hub_rows`` rows always take the full-pass fallback.
 
     Returns:
       ``(x, changed)``: the new values and a bool ``(num_nodes,)`` mask of the nodes whose
@@ -264,16 +332,16 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cg.num_nodes:
             raise InvalidArgumentError(f"dirty holds node id {lo if lo < 0 else hi}, outside [0, {cg.num_nodes})")
-    size0, slots0 = default_capacity(cg)
+    size0, hubs0 = default_capacity(cg)
     size = int(capacity) if capacity else size0
-    slots = int(edge_capacity) if edge_capacity else size * (slots0 // size0)
-    if size < 1 or slots < 1:
-        raise InvalidArgumentError(f"capacities must be positive, got {capacity=} {edge_capacity=}")
+    hubs = int(hub_capacity) if hub_capacity else max(1, size // 4)
+    if size < 1 or hubs < 1:
+        raise InvalidArgumentError(f"capacities must be positive, got {capacity=} {hub_capacity=}")
     key = cg.program_key()
     traced = any(is_tracer(a) for a in (cg.weights, cg.in_src, x_old, b_new, dirty))
     if traced:
-        return _incremental_jit(key, x_old, b_new, dirty, size, slots, "fallback")
-    x, changed, ovf = _incremental_jit(key, x_old, b_new, dirty, size, slots, "flag")
+        return _incremental_jit(key, x_old, b_new, dirty, size, hubs, "fallback")
+    x, changed, ovf = _incremental_jit(key, x_old, b_new, dirty, size, hubs, "flag")
     if bool(ovf):  # a round outgrew the capacities: the full pass is exact (and cheaper now)
         x = propagate(cg, b_new)
         changed = _differs_jit(x, x_old)

@@ -8,7 +8,7 @@
 4. :func:`row_order` — internal rows: level by level, parents before children;
 5. :func:`chunk_rows` — each node's in-edges cut into chunks of ``width`` (most nodes: one);
 6. :func:`ell_steps` / :func:`derive_steps` — the step program over internal rows;
-7. :func:`incremental_tables` — node-id tables for incremental propagation.
+7. :func:`incremental_tables` — node-id ELL tables (in-edges, children) for incremental propagation.
 
 The layout. Nodes are renumbered level by level ("internal rows"). A step updates ``rows``
 consecutive internal rows of one level: ``x[r] = x[r] ⊕ ⨁_k w[k, r] ⊗ x[src[k, r]]``, with
@@ -275,41 +275,82 @@ def plan(g, n: int) -> Plan:
 
 
 class IncrementalTables(NamedTuple):
-    """Stage 7: node-id tables of incremental propagation (unpadded)."""
+    """Stage 7: node-id tables of incremental propagation (unpadded).
 
-    in_start: np.ndarray  # (n,) first chunk row of each node in in_src / in_pos
-    in_chunks: np.ndarray  # (n,) chunk rows of each node (0: root or derived)
-    in_src: np.ndarray  # (C, width) source node ids, chunk rows node-major (padding: -1)
-    in_pos: np.ndarray  # (C, width) edge positions (padding: -1)
-    out_start: np.ndarray  # (n,) CSR by source over data and derive relations
-    out_deg: np.ndarray
-    out_dst: np.ndarray
+    In-edges and children are both kept as ELL chunk rows (node-major, ``width`` slots, the
+    slots past a node's degree are padding ``-1``), so a frontier gathers them with fixed
+    shapes and no prefix sums; a node with more than one chunk row is a hub.
+    """
+
+    in_width: int
+    in_start: np.ndarray  # (n,) first chunk row of each node (0 when it has none)
+    in_rows: np.ndarray  # (n,) chunk rows of each node (0: root or derived)
+    in_src: np.ndarray  # (C, in_width) source node ids (padding: -1)
+    in_pos: np.ndarray  # (C, in_width) edge positions (padding: -1)
+    out_width: int
+    out_start: np.ndarray  # (n,) first child chunk row (data and derive relations)
+    out_rows: np.ndarray  # (n,) child chunk rows of each node
+    out_dst: np.ndarray  # (Co, out_width) children (padding: -1)
     der_row: np.ndarray  # (n,) row of each derived node in its group's tables
     der_nodes: list  # per group: node ids
     der_parents: list  # per group: (rows, arity) parent node ids
 
 
+def ell_table(keys: np.ndarray, cols: list, n: int, width: int):
+    """Rows of ``width`` slots per key ``0..n-1`` (in the order of ``keys``' occurrences).
+
+    Returns ``(start, rows, tables)``: each key's first row and row count, and one
+    ``(R, width)`` table per column of ``cols`` (padding ``-1``).
+    """
+    ptr, order = _topo.csr(keys, n)
+    deg = np.diff(ptr)
+    rows = -(-deg // width)
+    start = np.zeros(n, np.int64)
+    start[1:] = np.cumsum(rows)[:-1]
+    total = int(rows.sum())
+    at = np.arange(keys.size, dtype=np.int64) - np.repeat(ptr[:-1], deg)  # rank within the key
+    flat = np.repeat(start * width, deg) + at
+    tables = []
+    for col in cols:
+        t = np.full(total * width, -1, np.int64)
+        t[flat] = col[order]
+        tables.append(t.reshape(total, width))
+    return start, rows, tables
+
+
+def _width(total: int, keys: int) -> int:
+    """Twice the mean degree, bucketed, as a power of two (1..64)."""
+    if keys == 0:
+        return 1
+    return min(64, ceil_pow2(-(-ceil_quarter_pow2(max(total, 1)) // ceil_quarter_pow2(keys))))
+
+
 def incremental_tables(p: Plan) -> IncrementalTables:
-    """Stage 7: the chunk rows node-major, the out-CSR and the derive tables (node ids)."""
+    """Stage 7: in-edge and child chunk rows (node ids) and the derive tables.
+
+    The widths are the mean in- / out-degree (over nodes that have any), bucketed and
+    rounded up to a power of two, like :func:`block_shape`.
+    """
     n = p.n
-    ch = p.chunks
-    order = np.lexsort((ch.j, ch.node))
-    in_start = np.zeros(n, np.int64)
-    in_start[1:] = np.cumsum(p.node_chunks)[:-1]
-    osrc = np.concatenate([p.edges.src, p.edges.rel_src])
-    odst = np.concatenate([p.edges.dst, p.edges.rel_dst])
-    out_ptr, out_order = _topo.csr(osrc, n)
+    e = p.edges
+    has_in = np.bincount(e.dst, minlength=n) > 0
+    in_width = _width(e.dst.size, int(has_in.sum()))
+    in_start, in_rows, (in_src, in_pos) = ell_table(e.dst, [e.src, e.pos], n, in_width)
+    osrc = np.concatenate([e.src, e.rel_src])
+    odst = np.concatenate([e.dst, e.rel_dst])
+    has_out = np.bincount(osrc, minlength=n) > 0
+    out_width = _width(osrc.size, int(has_out.sum()))
+    out_start, out_rows, (out_dst,) = ell_table(osrc, [odst], n, out_width)
     der_row = np.zeros(n, np.int64)
     der_nodes, der_parents = [], []
     for gid in range(len(p.groups)):
-        m = p.edges.der_group == gid
-        kids = p.edges.der_child[m]
+        m = e.der_group == gid
+        kids = e.der_child[m]
         der_row[kids] = np.arange(kids.size)
         der_nodes.append(kids)
-        der_parents.append(np.asarray([p.edges.der_parents[i] for i in np.flatnonzero(m)], np.int64))
+        der_parents.append(np.asarray([e.der_parents[i] for i in np.flatnonzero(m)], np.int64))
     return IncrementalTables(
-        in_start=in_start, in_chunks=p.node_chunks, in_src=ch.src[order], in_pos=ch.pos[order],
-        out_start=out_ptr[:-1], out_deg=np.diff(out_ptr), out_dst=odst[out_order],
+        in_width=in_width, in_start=in_start, in_rows=in_rows, in_src=in_src, in_pos=in_pos,
+        out_width=out_width, out_start=out_start, out_rows=out_rows, out_dst=out_dst,
         der_row=der_row, der_nodes=der_nodes, der_parents=der_parents,
     )
-

@@ -61,7 +61,7 @@ def _check_args(g, sr, num_nodes, dtype) -> int:
             raise InvalidArgumentError(f"compile(dtype={np.dtype(dtype)}): {why}")
         if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
             raise InvalidArgumentError(
-                f"compile(dtype={np.dtype(dtype)}) needs 64-bit mode (jax.experimental.enable_x64())"
+                f"compile(dtype={np.dtype(dtype)}) needs 64-bit mode (with jax.enable_x64(True): ...)"
             )
     return n
 

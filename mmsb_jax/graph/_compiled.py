@@ -177,7 +177,7 @@ def check_weight_fit(cg: CompiledGraph, dtype) -> None:
     if dt == np.float64:
         why = (
             "the graph was compiled without 64-bit mode, so its weights were stored as float32 "
-            "(compile under jax.experimental.enable_x64(), or with dtype=float64)"
+            "(compile in 64-bit mode, with jax.enable_x64(True), or with dtype=float64)"
         )
     else:
         why = "integer pages need integral weights representable in the page dtype (or the semiring's zero)"

@@ -36,27 +36,33 @@ def np_semiring(name: str, dt):
 
         return mul
 
-    with np.errstate(over="ignore"):
-        if name in ("real", "max_times") and k == "bool":
-            return np.logical_or, np.logical_and, False, True
-        if name == "real":
-            return (lambda a, b: (a + b).astype(dt)), (lambda a, b: (a * b).astype(dt)), dt.type(0), dt.type(1)
-        if name == "max_times":
-            return np.maximum, (lambda a, b: (a * b).astype(dt)), dt.type(0), dt.type(1)
-        if name == "tropical":
-            if k == "bool":
-                return np.logical_and, np.logical_or, True, False
-            return np.minimum, (keep(big) if k != "float" else np.add), dt.type(big), dt.type(0)
-        if name == "max_plus":
-            if k in ("bool", "unsigned"):
-                return None
-            return np.maximum, (keep(small) if k != "float" else np.add), dt.type(small), dt.type(0)
-        if name == "boolean":
-            return (np.logical_or, np.logical_and, False, True) if k == "bool" else None
-        if name == "log":
-            return (np.logaddexp, np.add, dt.type(-np.inf), dt.type(0)) if k == "float" else None
-        if name == "soft_tropical":  # (min, +) smoothed; only the identities are modelled here
-            return (None, np.add, dt.type(np.inf), dt.type(0)) if k == "float" else None
+    def wrapping(op):  # numpy integer arithmetic wraps; only its overflow warning is silenced
+        def run(a, b):
+            with np.errstate(over="ignore"):
+                return op(np.asarray(a, dt), np.asarray(b, dt)).astype(dt)
+
+        return run
+
+    if name in ("real", "max_times") and k == "bool":
+        return np.logical_or, np.logical_and, False, True
+    if name == "real":
+        return wrapping(np.add), wrapping(np.multiply), dt.type(0), dt.type(1)
+    if name == "max_times":
+        return np.maximum, wrapping(np.multiply), dt.type(0), dt.type(1)
+    if name == "tropical":
+        if k == "bool":
+            return np.logical_and, np.logical_or, True, False
+        return np.minimum, (keep(big) if k != "float" else np.add), dt.type(big), dt.type(0)
+    if name == "max_plus":
+        if k in ("bool", "unsigned"):
+            return None
+        return np.maximum, (keep(small) if k != "float" else np.add), dt.type(small), dt.type(0)
+    if name == "boolean":
+        return (np.logical_or, np.logical_and, False, True) if k == "bool" else None
+    if name == "log":
+        return (np.logaddexp, np.add, dt.type(-np.inf), dt.type(0)) if k == "float" else None
+    if name == "soft_tropical":  # (min, +) smoothed; only the identities are modelled here
+        return (None, np.add, dt.type(np.inf), dt.type(0)) if k == "float" else None
     raise ValueError(name)
 
 

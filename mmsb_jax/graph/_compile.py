@@ -29,6 +29,7 @@ def _padded(a: np.ndarray, length: int, fill) -> np.ndarray:
 
 
 _MAX_HUB_ROWS = 8  # table rows an incremental round reads for one node, at most
+_MIN_BUCKET = 16  # smallest step / weight / table bucket: tiny graphs share programs
 
 
 def _hub_rows(rows: np.ndarray) -> int:
@@ -142,20 +143,20 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
     tables = _plan.incremental_tables(p)
     rows, width = p.rows, p.width
     zero_row = n + rows
-    w_cap = ceil_quarter_pow2(p.edges.num_edges + 1, 8)
+    w_cap = ceil_quarter_pow2(p.edges.num_edges + 1, _MIN_BUCKET)
     one_pos = w_cap - 1
     weights, fit = _weights(sr, p, dtype, w_cap)
 
     st = p.steps
-    s_cap = ceil_quarter_pow2(st.row0.size) if st.row0.size else 0
+    s_cap = ceil_quarter_pow2(st.row0.size, _MIN_BUCKET) if st.row0.size else 0
     ell_src = _padded(np.where(st.ell_src < 0, zero_row, st.ell_src), s_cap, zero_row)
     ell_pos = _padded(np.where(st.ell_pos < 0, one_pos, st.ell_pos), s_cap, one_pos)
     der_par = _padded(st.der_par, ceil_quarter_pow2(st.der_par.size + 1), zero_row)
 
-    in_cap = ceil_quarter_pow2(tables.in_src.shape[0] + 1)  # + 1: the last row is padding
+    in_cap = ceil_quarter_pow2(tables.in_src.shape[0] + 1, _MIN_BUCKET)  # + 1: the last row is padding
     in_src = _padded(np.where(tables.in_src < 0, n, tables.in_src), in_cap, n).reshape(-1)
     in_pos = _padded(np.where(tables.in_pos < 0, one_pos, tables.in_pos), in_cap, one_pos).reshape(-1)
-    out_cap = ceil_quarter_pow2(tables.out_dst.shape[0] + 1)
+    out_cap = ceil_quarter_pow2(tables.out_dst.shape[0] + 1, _MIN_BUCKET)
     out_dst = _padded(np.where(tables.out_dst < 0, n, tables.out_dst), out_cap, n).reshape(-1)
     in_start = np.append(np.where(tables.in_rows > 0, tables.in_start, 0), in_cap - 1)
     out_start = np.append(np.where(tables.out_rows > 0, tables.out_start, 0), out_cap - 1)

@@ -211,7 +211,7 @@ class _Round:
 
 def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, hub_capacity: int, mode: str = "fallback"):
     n = cg.num_nodes
-    small = max(1, capacity // 8)
+    small = capacity // 8 if capacity >= 128 else capacity  # small rounds pay off on big frontiers only
     hubs = max(1, min(hub_capacity, capacity))
     big = _Round(cg, x_old, b_new, capacity, hubs)
     little = _Round(cg, x_old, b_new, small, max(1, min(hubs, small)))

@@ -14,12 +14,12 @@ from .._errors import InvalidArgumentError
 from ..semirings import get_semiring
 from ..semirings._carriers import CHECKED_DTYPES, first_misfit, weights_to_carrier
 from . import _plan
-from ._buckets import ceil_pow2, ceil_quarter_pow2
+from ._buckets import ceil_eighth_pow2, ceil_pow2, ceil_quarter_pow2
 from ._compiled import CompiledGraph
 
 
 def _i32(a) -> jax.Array:
-    return jnp.asarray(np.asarray(a, np.int64), jnp.int32)
+    return jnp.asarray(np.asarray(a).astype(np.int32, copy=False))  # converted on the host: no device op
 
 
 def _padded(a: np.ndarray, length: int, fill) -> np.ndarray:
@@ -148,7 +148,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
     weights, fit = _weights(sr, p, dtype, w_cap)
 
     st = p.steps
-    s_cap = ceil_quarter_pow2(st.row0.size, _MIN_BUCKET) if st.row0.size else 0
+    s_cap = ceil_eighth_pow2(st.row0.size, _MIN_BUCKET) if st.row0.size else 0
     ell_src = _padded(np.where(st.ell_src < 0, zero_row, st.ell_src), s_cap, zero_row)
     ell_pos = _padded(np.where(st.ell_pos < 0, one_pos, st.ell_pos), s_cap, one_pos)
     der_par = _padded(st.der_par, ceil_quarter_pow2(st.der_par.size + 1), zero_row)
@@ -167,7 +167,6 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
         der_par_ext.append(_i32(np.concatenate([pars, np.repeat(pars[:1], r - kids.size, 0)])))
 
     weights_j = jnp.asarray(weights)
-    ell_pos_j, in_pos_j = _i32(ell_pos), _i32(in_pos)
     return CompiledGraph(
         perm=_i32(p.perm),
         inv=_i32(p.inv),
@@ -176,16 +175,16 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
         step_kind=_i32(_padded(st.kind, s_cap, 0)),
         step_poff=_i32(_padded(st.poff, s_cap, 0)),
         ell_src=_i32(ell_src),
-        ell_pos=ell_pos_j,
-        ell_weights=weights_j[ell_pos_j],
+        ell_pos=_i32(ell_pos),
+        ell_weights=jnp.asarray(weights[ell_pos]),  # laid out on the host: no device gather to compile
         der_par=_i32(der_par),
         weights=weights_j,
         weight_fit=jnp.asarray(fit, jnp.int32),
         in_start=_i32(in_start),
         in_rows=_i32(np.append(tables.in_rows, 0)),
         in_src=_i32(in_src),
-        in_pos=in_pos_j,
-        in_weights=weights_j[in_pos_j],
+        in_pos=_i32(in_pos),
+        in_weights=jnp.asarray(weights[in_pos]),
         out_start=_i32(out_start),
         out_rows=_i32(np.append(tables.out_rows, 0)),
         out_dst=_i32(out_dst),

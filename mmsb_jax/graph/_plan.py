@@ -89,8 +89,12 @@ def block_shape(num_computed: int, num_data_edges: int, depth: int) -> tuple[int
     """Stage 3: ``(rows, width)`` of a step, from bucketed counts only.
 
     ``width`` is the mean in-degree rounded up to a power of two (most nodes fit one chunk;
-    the rest take more); ``rows`` the mean number of nodes per level rounded up to a power
-    of two, so small or deep graphs get small blocks, capped at ``_SLOTS_PER_STEP / width``.
+    the rest take more steps of their level); ``rows`` the mean number of nodes per level
+    rounded up to a power of two, so small or deep graphs get small blocks, capped at
+    ``_SLOTS_PER_STEP / width``. Measured on CPU (``benchmarks/bench_graph.py``): a step's
+    cost is mostly its slots (under ``jax.grad`` too, where every slot is a residual and a
+    scatter-add), so blocks sized to the mean beat blocks sized to the largest level or
+    in-degree even though they take more steps.
     """
     if num_computed == 0:
         return 1, 1
@@ -170,9 +174,10 @@ def ell_steps(chunks: Chunks, level, perm, inv, kind_of_row, rows: int, width: i
     first[level[perm[reduced]][::-1]] = reduced[::-1]  # the first reduced row of each level
     p = chunks.row - first[lv]  # position among the level's reduced rows
     blk = p // rows
-    key = np.stack([lv, np.zeros_like(lv), chunks.j, blk], axis=1)
-    uniq, step_of = np.unique(key, axis=0, return_inverse=True)
+    n_j, n_blk = int(chunks.j.max()) + 1, int(blk.max()) + 1
+    flat, step_of = np.unique((lv * n_j + chunks.j) * n_blk + blk, return_inverse=True)  # (level, j, block) order
     step_of = step_of.reshape(-1)
+    uniq = np.stack([flat // (n_j * n_blk), np.zeros_like(flat), flat // n_blk % n_j, flat % n_blk], axis=1)
     s = uniq.shape[0]
     row0 = first[uniq[:, 0]] + uniq[:, 3] * rows
     count = np.bincount(step_of, minlength=s)

@@ -42,14 +42,19 @@ def check_pages(cg: CompiledGraph, b, name: str = "b"):
     return b
 
 
-def gather_rows(x, idx):
+def gather_rows(x, idx, *, expanded: bool = False):
     """``x[idx]`` along the leading axis (``idx`` of any shape, every entry in range), as one
-    XLA gather without the bounds handling of ``x[idx]`` (measurably faster on CPU)."""
+    XLA gather without the bounds handling of ``x[idx]`` (measurably faster on CPU).
+
+    ``expanded``: ``idx`` already has a trailing axis of 1 (inside ``lax.scan`` this lets
+    autodiff forward the scanned indices instead of stacking a reshaped copy per step).
+    """
     page = x.shape[1:]
+    idx = idx if expanded else idx[..., None]
     dims = lax.GatherDimensionNumbers(
-        offset_dims=tuple(range(idx.ndim, idx.ndim + len(page))), collapsed_slice_dims=(0,), start_index_map=(0,)
+        offset_dims=tuple(range(idx.ndim - 1, idx.ndim - 1 + len(page))), collapsed_slice_dims=(0,), start_index_map=(0,)
     )
-    return lax.gather(x, idx[..., None], dims, (1,) + page, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return lax.gather(x, idx, dims, (1,) + page, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def weights_for_pages(w, lead: int, page: tuple):
@@ -82,7 +87,7 @@ def _run_steps(cg: CompiledGraph, x):
 
     def reduce_rows(x, src, w, poff, base):
         del poff
-        return sr.add(base, sr.reduce(sr.mul(w, gather_rows(x, src)), 0))
+        return sr.add(base, sr.reduce(sr.mul(w, gather_rows(x, src, expanded=True)), 0))
 
     def derive_rows(fn, arity):
         def run(x, src, w, poff, base):
@@ -95,7 +100,10 @@ def _run_steps(cg: CompiledGraph, x):
     branches = [reduce_rows] + [derive_rows(fn, arity) for fn, arity in cg.derive_fns]
 
     def body(x, step):
-        src, w, row0, count, kind, poff = step
+        if len(branches) == 1:
+            (src, w, row0, count), kind, poff = step, None, None
+        else:
+            src, w, row0, count, kind, poff = step
         base = lax.dynamic_slice_in_dim(x, row0, rows)
         if len(branches) == 1:
             new = reduce_rows(x, src, w, poff, base)
@@ -105,7 +113,9 @@ def _run_steps(cg: CompiledGraph, x):
         # the write stays outside the switch: XLA copies a whole operand updated inside a branch
         return lax.dynamic_update_slice_in_dim(x, new, row0, axis=0), None
 
-    steps = (cg.ell_src, w_all, cg.step_row0, cg.step_count, cg.step_kind, cg.step_poff)
+    steps = (cg.ell_src[..., None], w_all, cg.step_row0, cg.step_count)  # indices with their index axis
+    if len(branches) > 1:
+        steps += (cg.step_kind, cg.step_poff)
     x, _ = lax.scan(body, x, steps)
     return x
 

@@ -122,6 +122,23 @@ def find_cycle(src: np.ndarray, dst: np.ndarray, stuck: np.ndarray) -> list[int]
     return fwd + [fwd[0]]
 
 
+def dense_ids(ids: np.ndarray, *arrays: np.ndarray):
+    """``(nodes, dense...)``: the sorted unique ids of ``ids`` and ``arrays`` together, and
+    each of ``arrays`` as indices into them. A bitmap when the ids are dense enough (no sort)."""
+    every = np.concatenate([np.asarray(ids, np.int64), *arrays])
+    if every.size == 0:
+        return (np.zeros(0, np.int64),) + tuple(np.zeros(0, np.int64) for _ in arrays)
+    top = int(every.max())
+    if top < 4 * every.size + 1024:
+        present = np.zeros(top + 1, bool)
+        present[every] = True
+        nodes = np.flatnonzero(present)
+        index = np.cumsum(present) - 1
+        return (nodes,) + tuple(index[a] for a in arrays)
+    nodes = np.unique(every)
+    return (nodes,) + tuple(np.searchsorted(nodes, a) for a in arrays)
+
+
 def bulk_order(nodes: np.ndarray, src: np.ndarray, dst: np.ndarray) -> dict[int, int]:
     """A topological order index ``{node: position}`` of all ``nodes`` over the edges.
 
@@ -130,9 +147,7 @@ def bulk_order(nodes: np.ndarray, src: np.ndarray, dst: np.ndarray) -> dict[int,
     Raises:
       GraphCycleError: the edges close a cycle (``.cycle`` in node ids).
     """
-    nodes = np.unique(np.concatenate([np.asarray(nodes, np.int64), src, dst]))
-    s = np.searchsorted(nodes, src)
-    d = np.searchsorted(nodes, dst)
+    nodes, s, d = dense_ids(nodes, np.asarray(src, np.int64), np.asarray(dst, np.int64))
     level, ok = kahn_levels(s, d, nodes.size)
     if not ok:
         raise GraphCycleError(nodes[find_cycle(s, d, level < 0)].tolist())

@@ -96,9 +96,22 @@ def test_with_weights_refuses_too_few_weights_under_jit():
     np.testing.assert_allclose(np.asarray(f(cg, jnp.array([1.0, 2.0, 3.0]))), [1.0, 1.0, 5.0])
 
 
+def _equations(jaxpr) -> int:
+    """Equations of a jaxpr, those of its sub-jaxprs (loop bodies, branches) included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += 1
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _equations(inner)
+    return total
+
+
 def _jaxpr_size(cg, b, grad=False):
     fn = (lambda b: jax.grad(lambda b: propagate(cg, b).sum())(b)) if grad else (lambda b: propagate(cg, b))
-    return len(str(jax.make_jaxpr(fn)(b)).splitlines())
+    return _equations(jax.make_jaxpr(fn)(b).jaxpr)
 
 
 def test_compiled_program_does_not_grow_with_depth():

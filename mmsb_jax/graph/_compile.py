@@ -28,7 +28,7 @@ def _padded(a: np.ndarray, length: int, fill) -> np.ndarray:
     return out
 
 
-_MAX_HUB_ROWS = 8  # table rows an incremental round reads for one node, at most
+_MAX_HUB_ROWS = 4  # table rows an incremental round reads for one node, at most
 _MIN_BUCKET = 16  # smallest step / weight / table bucket: tiny graphs share programs
 
 

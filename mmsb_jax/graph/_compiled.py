@@ -68,7 +68,7 @@ class CompiledGraph:
     Static:
       semiring; num_nodes; rows (``R``: rows per step); width (``K``: edge slots per row);
       in_width / out_width (slots per row of the in-edge / child tables); in_hub_rows /
-      out_hub_rows (rows an incremental round reads for one node, at most 8: nodes with more
+      out_hub_rows (rows an incremental round reads for one node, at most 4: nodes with more
       take the full-pass fallback); derive_fns (``((fn, arity), ...)`` per group);
       num_edges (live edges of the source graph: the length :func:`with_weights` checks, at
       trace time).

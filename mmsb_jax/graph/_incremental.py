@@ -214,7 +214,7 @@ def _incremental_impl(cg: CompiledGraph, x_old, b_new, dirty, capacity: int, hub
     small = capacity // 8 if capacity >= 128 else capacity  # small rounds pay off on big frontiers only
     hubs = max(1, min(hub_capacity, capacity))
     big = _Round(cg, x_old, b_new, capacity, hubs)
-    little = _Round(cg, x_old, b_new, small, max(1, min(hubs, small)))
+    little = _Round(cg, x_old, b_new, small, max(1, min(hubs, small // 4)))
 
     def going(state):
         _, _, _, count, ovf, rnd, _ = state
@@ -256,7 +256,7 @@ def default_capacity(cg: CompiledGraph) -> tuple[int, int]:
     count (32..256; a round of at most an eighth of that runs at an eighth of the cost), hub
     slots are a quarter of them."""
     size = int(min(256, max(32, ceil_pow2(max(cg.num_nodes, 1) // 400))))
-    return size, max(1, size // 4)
+    return size, max(1, size // 8)
 
 
 def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: int | None = None, hub_capacity: int | None = None):
@@ -291,7 +291,7 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
         ignored.
       capacity: most nodes recomputed per round (static; default grows with the graph,
         32..256). A round that needs more falls back to full propagation, exactly.
-      hub_capacity: most hubs per round (static; default ``capacity // 4``): nodes with more
+      hub_capacity: most hubs per round (static; default ``capacity // 8``): nodes with more
         in-edges or children than one row of the graph's tables (``cg.in_width`` /
         ``cg.out_width``, about twice the mean degree). Nodes with more than
         ``cg.in_hub_rows`` / ``cg.out_hub_rows`` rows always take the full-pass fallback.
@@ -334,7 +334,7 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
             raise InvalidArgumentError(f"dirty holds node id {lo if lo < 0 else hi}, outside [0, {cg.num_nodes})")
     size0, hubs0 = default_capacity(cg)
     size = int(capacity) if capacity else size0
-    hubs = int(hub_capacity) if hub_capacity else max(1, size // 4)
+    hubs = int(hub_capacity) if hub_capacity else max(1, size // 8)
     if size < 1 or hubs < 1:
         raise InvalidArgumentError(f"capacities must be positive, got {capacity=} {hub_capacity=}")
     key = cg.program_key()

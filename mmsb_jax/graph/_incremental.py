@@ -6,12 +6,13 @@ in the same order as :func:`propagate`, or ``fn(*parents)`` for a derived node);
 whose value changed (bit for bit) push their children into the next frontier, deduplicated.
 The first frontier is the dirty set, so a node is recomputed only when it is dirty or a
 parent changed, and the walk stops where values stop changing. Every array a round touches
-is frontier-sized: in-edges and children come from ELL tables of about twice the mean degree
-(one row per node; hubs, the few nodes with more, take their further rows in a second, smaller
-tier), the new frontier is packed by a prefix over rows and a short one within each row, and
-a round with at most an eighth of the frontier capacity runs at an eighth of the size. No
-round and no call makes a pass over the graph, beyond copying ``x`` and the ``(N,)``
-bookkeeping arrays once. A node may be recomputed in several rounds (when parents on paths
+is frontier-sized: in-edges and children come from ELL tables whose rows are the mean degree
+rounded up to a power of two wide (one row for most nodes; hubs, the nodes with more, take
+their further rows in a second, smaller tier), the new frontier is packed by a prefix over
+rows and a short one within each row and deduplicated by sorting it, and (from a capacity of
+128) a round with at most an eighth of the capacity runs at an eighth of the size. No round
+and no call makes a pass over the graph, beyond copying ``x`` and making the ``(N,)``
+``changed`` mask once. A node may be recomputed in several rounds (when parents on paths
 of different lengths change), always from current parent values, so on a DAG the result is
 the fixpoint :func:`propagate` computes. When a round needs more than the capacities, the
 call falls back to full propagation (in the same program under ``jit``), so the result is
@@ -253,8 +254,8 @@ _differs_jit = jax.jit(differs)
 
 def default_capacity(cg: CompiledGraph) -> tuple[int, int]:
     """``(capacity, hub_capacity)`` sized to the graph: frontier slots grow with the node
-    count (32..256; a round of at most an eighth of that runs at an eighth of the cost), hub
-    slots are a quarter of them."""
+    count (32..256; from 128 on, a round of at most an eighth of that runs at an eighth of the
+    cost), hub slots are an eighth of them."""
     size = int(min(256, max(32, ceil_pow2(max(cg.num_nodes, 1) // 400))))
     return size, max(1, size // 8)
 

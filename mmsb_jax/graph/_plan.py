@@ -324,7 +324,8 @@ def ell_table(keys: np.ndarray, cols: list, n: int, width: int):
 
 
 def _width(total: int, keys: int) -> int:
-    """Twice the mean degree, bucketed, as a power of two (1..64)."""
+    """The mean degree, bucketed and rounded up to a power of two (1..64): the width rule
+    of :func:`block_shape`, so the in-edge table cuts a node's edges into the same chunks."""
     if keys == 0:
         return 1
     return min(64, ceil_pow2(-(-ceil_quarter_pow2(max(total, 1)) // ceil_quarter_pow2(keys))))
@@ -334,7 +335,8 @@ def incremental_tables(p: Plan) -> IncrementalTables:
     """Stage 7: in-edge and child chunk rows (node ids) and the derive tables.
 
     The widths are the mean in- / out-degree (over nodes that have any), bucketed and
-    rounded up to a power of two, like :func:`block_shape`.
+    rounded up to a power of two, as in :func:`block_shape`: the in-edge rows are the steps'
+    chunks, in the same order, so incremental and full propagation associate ⊕ alike.
     """
     n = p.n
     e = p.edges

@@ -167,7 +167,7 @@ def _segment_kernel(*refs, semiring, gather, weights, w_full, num_segments, num_
     w_ref = refs.pop(0) if weights else None
     (out_ref,) = refs
     dt = out_ref.dtype
-    zero = jnp.full((), semiring.zero, dt)
+    zero = jnp.full((), semiring.zero_for(dt), dt)
     segs = pl.program_id(0) * bs + jnp.arange(bs, dtype=jnp.int32)
     feats = pl.program_id(1) * bf + jnp.arange(bf, dtype=jnp.int32)
     sin = segs < num_segments
@@ -194,7 +194,7 @@ def _segment_kernel(*refs, semiring, gather, weights, w_full, num_segments, num_
             v = semiring.mul(w, v).astype(dt)
         return jnp.where(ok, semiring.add(acc, v).astype(dt), acc)
 
-    acc = jnp.full((bs, bf), semiring.zero, dt)
+    acc = jnp.full((bs, bf), semiring.zero_for(dt), dt)
     acc = lax.fori_loop(0, jnp.max(deg), step, acc)
     ok = sin[:, None] & fin[None, :]
     at = _pallas.store_index(interpret, ok, (segs[:, None], feats[None, :]), (num_segments, feat))
@@ -224,7 +224,7 @@ def _run(cfg: _Cfg, x, src, weights, offsets):
         feat *= d
     num_edges = src.shape[0] if src is not None else x.shape[0]
     if n == 0 or feat == 0 or num_edges == 0 or x.shape[0] == 0:
-        return jnp.full((n,) + fshape, cfg.semiring.zero, x.dtype)
+        return jnp.full((n,) + fshape, cfg.semiring.zero_for(x.dtype), x.dtype)
     bs, bf = _blocks(cfg, feat)
     x2 = x.reshape(x.shape[0], feat)
     args = [offsets.astype(jnp.int32)]

@@ -333,8 +333,8 @@ def test_apply_delta_wrong_dtype(kind, page_dtype):
 
 
 def test_accumulate_delta_rejects_wrong_carrier():
-    with pytest.raises(InvalidDeltaError) as ei:
-        mmsb.accumulate_delta(jnp.ones(3, jnp.int32), "tropical")
+    with pytest.raises(InvalidDeltaError) as ei:  # tropical takes int32 pages now (issue #12); log does not
+        mmsb.accumulate_delta(jnp.ones(3, jnp.int32), "log")
     assert "int32" in str(ei.value)
     d = mmsb.accumulate_delta(jnp.ones(3, jnp.bool_), "boolean")
     with pytest.raises(InvalidDeltaError):

@@ -351,7 +351,7 @@ def _assert_same(sr, x, ref, changed, x_old):
     assert changed[far].all()
 
 
-_inc_jit = jax.jit(propagate_incremental, static_argnames=("capacity", "edge_capacity"))
+_inc_jit = jax.jit(propagate_incremental, static_argnames=("capacity", "hub_capacity"))
 
 
 def test_incremental_pages_ids_and_cutoff():

@@ -186,8 +186,8 @@ def test_check_laws_on_no_samples_checks_only_the_empty_cases():
 def test_check_laws_rejects_wrong_arguments():
     with pytest.raises(mmsb.InvalidArgumentError):
         check_laws("tropical", [1.0])
-    with pytest.raises(mmsb.InvalidArgumentError, match="not valid carriers"):
-        check_laws(REAL, np.array([True, False]), dtype=jnp.bool_)
+    with pytest.raises(mmsb.InvalidArgumentError, match="not valid carriers"):  # REAL takes bool now
+        check_laws(LOG, np.array([True, False]), dtype=jnp.bool_)
 
 
 #: (max, min): widest paths, built from the record alone (module level: one jit cache).
@@ -554,7 +554,9 @@ def test_record_helpers(sr):
     assert z.shape == (2, 3) and o.shape == (2,)
     assert z.dtype == (jnp.bool_ if sr.dtype_kind == "bool" else jnp.float32)
     np.testing.assert_array_equal(np.asarray(sr.add(z[0], z[1])), np.asarray(z[0]))
-    assert sr.accepts(z.dtype) and not sr.accepts(jnp.int32)
+    assert sr.accepts(z.dtype)
+    # integers: the GraphBLAS-style records only (behaviour changed: int32 used to be refused)
+    assert sr.accepts(jnp.int32) == (sr.name in ("real", "tropical", "max_plus", "max_times"))
     np.testing.assert_array_equal(np.asarray(sr.zero_like(o)), np.full((2,), sr.zero, o.dtype))
 
 

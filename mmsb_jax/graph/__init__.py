@@ -1,5 +1,13 @@
 """Layers 3-4: the ShadowPageGraph builder, its compiled form, and propagation.
 
+A :class:`ShadowPageGraph` is a mutable DAG of page dependencies; :meth:`~ShadowPageGraph.compile`
+lays it out as a static-shape :class:`CompiledGraph` (sized in buckets, so edits inside a
+bucket reuse every jitted program); :func:`propagate` solves ``x = b ⊕ (Aᵀ ⊗ x)`` in one
+topological pass and :func:`propagate_incremental` recomputes only a dirty cone. Pages may
+have any dtype the semiring accepts.
+
+This layer imports ``mmsb_jax.semirings``, ``mmsb_jax._errors`` and ``mmsb_jax._compat``.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from mmsb_jax import semirings
@@ -11,7 +19,7 @@ Example:
   >>> x = propagate(cg, b)
   >>> x.tolist()
   [0.0, 1.0, 2.0]
-  >>> x2, changed = propagate_incremental(cg, x, b.at[0].set(5.0), jnp.array([True, False, False]))
+  >>> x2, changed = propagate_incremental(cg, x, b.at[0].set(5.0), jnp.array([0]))
   >>> x2.tolist(), changed.tolist()
   ([5.0, 6.0, 7.0], [True, True, True])
 """
@@ -19,6 +27,7 @@ Example:
 from ._builder import EDGE_TYPES as EDGE_TYPES, ShadowPageGraph as ShadowPageGraph
 from ._compile import compile_graph as compile_graph
 from ._compiled import CompiledGraph as CompiledGraph, with_weights as with_weights
+from ._generators import chain as chain, deep_dag as deep_dag, random_dag as random_dag
 from ._incremental import propagate_incremental as propagate_incremental
 from ._propagate import propagate as propagate
 
@@ -30,4 +39,7 @@ __all__ = [
     "propagate",
     "propagate_incremental",
     "with_weights",
+    "chain",
+    "deep_dag",
+    "random_dag",
 ]

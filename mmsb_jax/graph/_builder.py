@@ -23,6 +23,9 @@ EDGE_TYPES = ("data", "control", "gpu_sync", "compiler", "derive")
 _TYPE_CODE = {t: i for i, t in enumerate(EDGE_TYPES)}
 DATA, DERIVE = _TYPE_CODE["data"], _TYPE_CODE["derive"]
 _MAX_ID = 2**31 - 1
+# the per-edge columns (growable numpy arrays, one slot per edge ever added; see _alive)
+_COLUMNS = ("_src", "_dst", "_w", "_wdef", "_type", "_alive")
+_COLUMN_DTYPES = (np.int64, np.int64, np.float64, bool, np.uint8, bool)
 
 
 def _check_id(x, what: str) -> int:
@@ -80,13 +83,8 @@ class ShadowPageGraph:
     """
 
     def __init__(self):
-        cap = 16
-        self._src = np.zeros(cap, np.int64)
-        self._dst = np.zeros(cap, np.int64)
-        self._w = np.zeros(cap, np.float64)
-        self._wdef = np.zeros(cap, bool)
-        self._type = np.zeros(cap, np.uint8)
-        self._alive = np.zeros(cap, bool)
+        for name, dtype in zip(_COLUMNS, _COLUMN_DTYPES):
+            setattr(self, name, np.zeros(16, dtype))
         self._n = 0  # used slots
         self._n_alive = 0
         self._ord: dict[int, int] = {}  # node -> topological order index (Pearce–Kelly)
@@ -116,6 +114,10 @@ class ShadowPageGraph:
     def nodes(self) -> list[int]:
         """All node ids, sorted."""
         return sorted(self._ord)
+
+    def node_ids(self) -> np.ndarray:
+        """All node ids as an int64 array (in no particular order)."""
+        return np.fromiter(self._ord, np.int64, len(self._ord))
 
     def has_node(self, u: int) -> bool:
         return int(u) in self._ord
@@ -403,36 +405,27 @@ class ShadowPageGraph:
                 raise InvalidArgumentError("the batch re-adds a derive edge; use derive()")
         new = ~exists
         order_new = np.argsort(first[new], kind="stable")
-        nf = first[new][order_new]  # first positions of new pairs, in batch order
-        nl = last[new][order_new]
-        nu, nv = us[nf], vs[nf]
-        if nu.size:
-            self._bulk_check(nu, nv)  # raises on a cycle, graph untouched
+        new_first = first[new][order_new]  # first positions of new pairs, in batch order
+        new_last = last[new][order_new]  # ... and of their last occurrence (the weight kept)
+        new_src, new_dst = us[new_first], vs[new_first]
+        if new_src.size:
+            self._bulk_check(new_src, new_dst)  # raises on a cycle, graph untouched
         if exists.any():
             ex_slots = eslots_s[pos_c[exists]]
             li = last[exists]
             self._w[ex_slots], self._wdef[ex_slots], self._type[ex_slots] = w[li], wdef[li], code
-        if nu.size:
-            self._append(nu, nv, w[nl], wdef[nl], np.full(nu.size, code, np.uint8))
+        if new_src.size:
+            self._append(new_src, new_dst, w[new_last], wdef[new_last], np.full(new_src.size, code, np.uint8))
             self._index = None
             self._children = self._parents = None
         self._version += 1
 
-    def _bulk_check(self, nu, nv) -> None:
+    def _bulk_check(self, new_src, new_dst) -> None:
         m = self._alive[: self._n]
-        src = np.concatenate([self._src[: self._n][m], nu])
-        dst = np.concatenate([self._dst[: self._n][m], nv])
-        old_nodes = np.fromiter(self._ord, np.int64, len(self._ord))
-        nodes = np.unique(np.concatenate([old_nodes, src, dst]))
-        s = np.searchsorted(nodes, src)
-        d = np.searchsorted(nodes, dst)
-        level, ok = _topo.kahn_levels(s, d, nodes.size)
-        if not ok:
-            cyc = _topo.find_cycle(s, d, level < 0)
-            raise GraphCycleError(nodes[cyc].tolist())
-        order = np.lexsort((nodes, level))
-        self._ord = dict(zip(nodes[order].tolist(), range(nodes.size)))
-        self._lo, self._hi = 0, nodes.size - 1
+        src = np.concatenate([self._src[: self._n][m], new_src])
+        dst = np.concatenate([self._dst[: self._n][m], new_dst])
+        self._ord = _topo.bulk_order(self.node_ids(), src, dst)  # raises GraphCycleError
+        self._lo, self._hi = 0, len(self._ord) - 1
 
     # ------------------------------------------------------------------ internals
     def _append(self, u, v, w, wdef, code) -> np.ndarray:
@@ -440,7 +433,7 @@ class ShadowPageGraph:
         need = self._n + k
         if need > self._src.size:
             cap = max(need, 2 * self._src.size)
-            for name in ("_src", "_dst", "_w", "_wdef", "_type", "_alive"):
+            for name in _COLUMNS:
                 old = getattr(self, name)
                 arr = np.zeros(cap, old.dtype)
                 arr[: self._n] = old[: self._n]
@@ -458,10 +451,8 @@ class ShadowPageGraph:
         dead = self._n - self._n_alive
         if dead > 1024 and dead > self._n // 2:
             m = self._alive[: self._n]
-            for name in ("_src", "_dst", "_w", "_wdef", "_type"):
-                arr = getattr(self, name)
-                setattr(self, name, arr[: self._n][m].copy())
-            self._alive = np.ones(self._n_alive, bool)
+            for name in _COLUMNS:
+                setattr(self, name, getattr(self, name)[: self._n][m].copy())
             self._n = self._n_alive
             self._index = None
             self._children = self._parents = None
@@ -492,57 +483,21 @@ class ShadowPageGraph:
         return self._children, self._parents
 
     def _check_and_order(self, u: int, v: int) -> None:
-        """Pearce–Kelly: keep ``_ord`` a topological order after adding ``u -> v``."""
-        ordd = self._ord
-        if u not in ordd:
+        """Keep ``_ord`` a topological order after adding ``u -> v`` (Pearce–Kelly)."""
+        if u not in self._ord:
             self._lo -= 1
-            ordd[u] = self._lo
-        if v not in ordd:
+            self._ord[u] = self._lo
+        if v not in self._ord:
             self._hi += 1
-            ordd[v] = self._hi
-        lb, ub = ordd[v], ordd[u]
-        if ub < lb:
-            return
-        ch, pa = self._adj()
-        # forward search from v among nodes with ord <= ub; reaching u closes a cycle
-        came = {v: None}
-        stack = [v]
-        fwd = []
-        while stack:
-            x = stack.pop()
-            fwd.append(x)
-            for y in ch.get(x, ()):
-                if y == u:
-                    path = [y, x]
-                    while came[x] is not None:
-                        x = came[x]
-                        path.append(x)
-                    path = path[::-1]  # v ... x u
-                    raise GraphCycleError([u] + path)
-                if y not in came and ordd[y] <= ub:
-                    came[y] = x
-                    stack.append(y)
-        seen = {u}
-        stack = [u]
-        bwd = []
-        while stack:
-            x = stack.pop()
-            bwd.append(x)
-            for y in pa.get(x, ()):
-                if y not in seen and ordd[y] >= lb:
-                    seen.add(y)
-                    stack.append(y)
-        bwd.sort(key=ordd.__getitem__)
-        fwd.sort(key=ordd.__getitem__)
-        slots = sorted(ordd[x] for x in bwd + fwd)
-        for x, o in zip(bwd + fwd, slots):
-            ordd[x] = o
+            self._ord[v] = self._hi
+        children, parents = self._adj()
+        _topo.pearce_kelly(self._ord, children, parents, u, v)
 
     def copy(self) -> "ShadowPageGraph":
         """An independent copy (derive functions are shared)."""
         g = ShadowPageGraph.__new__(ShadowPageGraph)
         g.__dict__.update(self.__dict__)
-        for name in ("_src", "_dst", "_w", "_wdef", "_type", "_alive"):
+        for name in _COLUMNS:
             setattr(g, name, getattr(self, name).copy())
         g._ord = dict(self._ord)
         g._derived = dict(self._derived)

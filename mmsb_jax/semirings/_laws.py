@@ -8,10 +8,8 @@ before handing it to the graph.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,28 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import InvalidArgumentError, SemiringLawError
+from .._errors import InvalidArgumentError
 from ._base import Semiring
+from ._report import LAWS, LawFailure, LawReport
 
 Array = Any
-
-#: Every law :func:`check_laws` knows, with the identity it checks (read-only).
-LAWS = types.MappingProxyType(
-    {
-        "add_associative": "(a ⊕ b) ⊕ c == a ⊕ (b ⊕ c)",
-        "add_commutative": "a ⊕ b == b ⊕ a",
-        "mul_associative": "(a ⊗ b) ⊗ c == a ⊗ (b ⊗ c)",
-        "mul_commutative": "a ⊗ b == b ⊗ a",
-        "left_distributive": "a ⊗ (b ⊕ c) == (a ⊗ b) ⊕ (a ⊗ c)",
-        "right_distributive": "(a ⊕ b) ⊗ c == (a ⊗ c) ⊕ (b ⊗ c)",
-        "add_identity": "zero ⊕ a == a == a ⊕ zero",
-        "mul_identity": "one ⊗ a == a == a ⊗ one",
-        "zero_annihilates": "zero ⊗ a == zero == a ⊗ zero",
-        "add_idempotent": "a ⊕ a == a",
-        "segment_reduce_fold": "segment_reduce == ((zero ⊕ x0) ⊕ x1) ⊕ ... per segment (zero when empty)",
-        "reduce_fold": "reduce(x, axis) == ((zero ⊕ x0) ⊕ x1) ⊕ ... along axis (zero when empty)",
-    }
-)
 
 # Laws that use only ⊕: exact (no tolerance) for idempotent semirings, whose ⊕ is min/max/or.
 _ADD_ONLY = frozenset(
@@ -55,128 +36,7 @@ _ADD_ONLY = frozenset(
 )
 
 
-class LawFailure(NamedTuple):
-    """One instance of a law that does not hold.
-
-    Attributes:
-      law: the law's name, a key of :data:`LAWS` (e.g. ``"add_associative"``).
-      values: the offending sample values ``(a,)``, ``(a, b)`` or ``(a, b, c)`` as NumPy
-        scalars of the carrier dtype (``()`` for a check on empty input or one that raised).
-      lhs: the law's left side at those values (a NumPy scalar), or ``None``.
-      rhs: the law's right side, or ``None``.
-      detail: which variant failed (e.g. ``"a ⊕ zero"``, ``"empty axis"``,
-        ``"empty segment among others"``) or the error raised while evaluating the law.
-    """
-
-    law: str
-    values: tuple
-    lhs: Any
-    rhs: Any
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.describe()
-
-    def describe(self, with_law: bool = True) -> str:
-        """One line: the law (optional), the variant, the values and both sides."""
-        names = "abc"
-        at = ", ".join(f"{names[i]}={_fmt(v)}" for i, v in enumerate(self.values))
-        parts = [self.law] if with_law else []
-        if self.detail:
-            parts.append(f"[{self.detail}]")
-        if at:
-            parts.append(f"at {at}")
-        text = " ".join(parts) or "at no values"
-        if self.lhs is not None or self.rhs is not None:
-            text += f": {_fmt(self.lhs)} != {_fmt(self.rhs)}"
-        return text
-
-
-@dataclasses.dataclass(frozen=True)
-class LawReport:
-    """The result of :func:`check_laws`.
-
-    Attributes:
-      semiring: the checked record's name.
-      num_samples: how many sample values were used (laws hold on all their triples).
-      dtype: the carrier dtype of the samples, as a string.
-      checked: the names of the laws that were checked.
-      skipped: laws not checked because the record's tags do not claim them
-        (``mul_commutative`` unless ``commutative``, ``add_idempotent`` unless ``idempotent``).
-      failures: up to ``max_failures`` :class:`LawFailure` per failed law (and at least one
-        per failing variant, e.g. ``"empty axis"``).
-      counts: ``{law: number of failing instances}`` for every failed law (not truncated).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from mmsb_jax import semirings
-      >>> minus = semirings.REAL._replace(name="minus", add=jnp.subtract)
-      >>> report = semirings.check_laws(minus, [0.0, 1.0, 2.0])
-      >>> report.ok, report.failed_laws[:2]
-      (False, ('add_associative', 'add_commutative'))
-      >>> print(report.failures_of("add_commutative")[0])
-      add_commutative at a=0.0, b=1.0: -1.0 != 1.0
-      >>> try:
-      ...     report.raise_if_failed()
-      ... except semirings.SemiringLawError as err:
-      ...     print(err.report is report, str(err).splitlines()[0])
-      True semiring 'minus' on 3 samples (float32): 5 of 11 laws FAIL (not claimed by its tags: add_idempotent)
-    """
-
-    semiring: str
-    num_samples: int
-    dtype: str
-    checked: tuple
-    skipped: tuple
-    failures: tuple
-    counts: dict
-
-    @property
-    def ok(self) -> bool:
-        """True when every checked law holds on every sample."""
-        return not self.failures
-
-    @property
-    def failed_laws(self) -> tuple:
-        """The names of the laws that failed, in :data:`LAWS` order."""
-        return tuple(law for law in self.checked if law in self.counts)
-
-    def failures_of(self, law: str) -> tuple:
-        """The recorded :class:`LawFailure` instances of one law."""
-        return tuple(f for f in self.failures if f.law == law)
-
-    def raise_if_failed(self) -> LawReport:
-        """Raise :class:`~mmsb_jax.SemiringLawError` (carrying this report) unless :attr:`ok`.
-
-        Returns:
-          this report, when every law holds (so calls can be chained).
-        """
-        if not self.ok:
-            raise SemiringLawError(str(self), report=self)
-        return self
-
-    def __str__(self) -> str:
-        head = f"semiring {self.semiring!r} on {self.num_samples} samples ({self.dtype})"
-        skipped = f" (not claimed by its tags: {', '.join(self.skipped)})" if self.skipped else ""
-        if self.ok:
-            return f"{head}: all {len(self.checked)} laws hold{skipped}"
-        lines = [f"{head}: {len(self.failed_laws)} of {len(self.checked)} laws FAIL{skipped}"]
-        for law in self.failed_laws:
-            shown = self.failures_of(law)
-            lines.append(f"  {law}: {LAWS.get(law, '')} fails in {self.counts[law]} case(s), e.g.")
-            lines.extend(f"    {f.describe(with_law=False)}" for f in shown)
-        return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- helpers
-def _fmt(v) -> str:
-    if v is None:
-        return "None"
-    if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
-        return str(v.item() if v.dtype == np.bool_ else v)
-    return str(v)
-
-
 def _default_tolerance(dtype) -> float:
     dt = np.dtype(dtype)
     if dt == np.bool_ or not jnp.issubdtype(dt, jnp.floating):
@@ -250,11 +110,11 @@ def check_laws(
         and, where meaningful, infinities.
       rtol: relative tolerance; default ``64 * eps`` of the dtype (0 for bool).
       atol: absolute tolerance; default 0.
-      exact: ``None`` (default): the ⊕-only laws of an idempotent semiring (min, max, or:
-        no rounding) and every law on bool carriers are checked exactly, the rest with the
-        tolerance; ``True``: every law exactly; ``False``: every law with the tolerance.
-      dtype: the carrier dtype to cast ``samples`` to (default: theirs; bool for
-        ``dtype_kind == "bool"``; float32 for integer samples).
+      exact: ``None`` (default): every law on bool and integer carriers and the ⊕-only laws
+        of an idempotent semiring (min, max, or: no rounding) are checked exactly, the rest
+        with the tolerance; ``True``: every law exactly; ``False``: every law with the tolerance.
+      dtype: the carrier dtype to cast ``samples`` to (default: a NumPy / jax array's own
+        dtype; bool for ``dtype_kind == "bool"``; float32 for Python numbers).
       max_failures: how many failing instances to record per law (all are counted).
 
     Returns:
@@ -280,12 +140,13 @@ def check_laws(
     rtol = tol if rtol is None else float(rtol)
     atol = 0.0 if atol is None else float(atol)
 
+    integral = x.dtype.kind in "biu"  # bool and integer carriers: every law exactly
     laws = [law for law in LAWS if _claimed(semiring, law)]
     skipped = tuple(law for law in LAWS if law not in laws)
     failures, counts = [], {}
     ops, abc = _Ops(semiring, x.dtype), _triples(x)
     for law in laws:
-        law_exact = exact if exact is not None else (semiring.idempotent and law in _ADD_ONLY)
+        law_exact = exact if exact is not None else (integral or (semiring.idempotent and law in _ADD_ONLY))
         try:
             found, count = _check_one(ops, law, abc, x.shape[0], rtol, atol, law_exact, max_failures)
         except Exception as err:  # noqa: BLE001 - a law that cannot be evaluated fails
@@ -313,18 +174,17 @@ def _claimed(semiring: Semiring, law: str) -> bool:
 
 
 def _samples(semiring: Semiring, samples, dtype) -> np.ndarray:
+    typed = isinstance(samples, (np.ndarray, np.generic, jax.Array))
     x = jnp.asarray(samples) if dtype is None else jnp.asarray(samples, dtype=dtype)
     if dtype is None:
         if semiring.dtype_kind == "bool":
             x = x.astype(jnp.bool_)
-        elif not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.float32)
+        elif not (typed or jnp.issubdtype(x.dtype, jnp.floating)):
+            x = x.astype(jnp.float32)  # Python numbers: the float carrier
     x = x.reshape(-1)
-    if not semiring.accepts(x.dtype):
-        raise InvalidArgumentError(
-            f"check_laws: samples of dtype {x.dtype} are not valid carriers for semiring "
-            f"{semiring.name!r} (dtype_kind={semiring.dtype_kind!r})"
-        )
+    why = semiring.refusal(x.dtype)
+    if why is not None:
+        raise InvalidArgumentError(f"check_laws: samples of dtype {x.dtype} are not valid carriers: {why}")
     return np.asarray(x)
 
 
@@ -350,22 +210,23 @@ def _jitted(fn: Callable, static_argnums: tuple = ()) -> Callable:
     return jax.jit(fn, static_argnums=static_argnums)
 
 
-def _jit_many(fn: Callable, statics: tuple) -> Callable:
+def _run_many(fn: Callable, statics: tuple) -> Callable:
+    """One function running ``fn(*args, static)`` for each of several argument sets."""
+
     def run(arg_sets):
         return tuple(fn(*args, static) for args, static in zip(arg_sets, statics))
 
+    return run
+
+
+_jitted_many = functools.lru_cache(maxsize=512)(lambda fn, statics: jax.jit(_run_many(fn, statics)))
+
+
+def _jit_many(fn: Callable, statics: tuple) -> Callable:
     try:
         return _jitted_many(fn, statics)
-    except TypeError:  # an unhashable callable
-        return jax.jit(run)
-
-
-@functools.lru_cache(maxsize=512)
-def _jitted_many(fn: Callable, statics: tuple) -> Callable:
-    def run(arg_sets):
-        return tuple(fn(*args, static) for args, static in zip(arg_sets, statics))
-
-    return jax.jit(run)
+    except TypeError:  # an unhashable callable: jit it afresh
+        return jax.jit(_run_many(fn, statics))
 
 
 def _jit(fn: Callable, static_argnums: tuple = ()) -> Callable:
@@ -382,6 +243,7 @@ class _Ops:
     def __init__(self, semiring: Semiring, dtype):
         self.semiring = semiring
         self.dtype = np.dtype(dtype)
+        self.zero, self.one = semiring.zero_for(dtype), semiring.one_for(dtype)
         self._memo: dict = {}
 
     def _binary(self, name, fn, a, b):
@@ -426,7 +288,7 @@ class _Ops:
 
     def fold(self, columns) -> tuple:
         """Left fold ``((zero ⊕ x0) ⊕ x1) ⊕ ...``; returns the result and its partial values."""
-        acc = self.fill(self.semiring.zero, columns[0].shape)
+        acc = self.fill(self.zero, columns[0].shape)
         partials = []
         for col in columns:
             acc = self.add(acc, col)
@@ -487,8 +349,8 @@ def _check_one(ops: _Ops, law: str, abc: tuple, n: int, rtol, atol, exact, max_f
         cases = [_Case("", op(a, b)[pairs], op(b, a)[pairs], (a[pairs], b[pairs]))]
     elif law in ("add_identity", "mul_identity", "zero_annihilates", "add_idempotent"):
         s1 = a[singles]
-        zero = ops.fill(semiring.zero, a.shape)
-        one = ops.fill(semiring.one, a.shape)
+        zero = ops.fill(ops.zero, a.shape)
+        one = ops.fill(ops.one, a.shape)
         if law == "add_identity":
             cases = [
                 _Case("zero ⊕ a", add(zero, a)[singles], s1, (s1,)),
@@ -519,7 +381,7 @@ def _check_one(ops: _Ops, law: str, abc: tuple, n: int, rtol, atol, exact, max_f
 def _segment_cases(ops: _Ops, abc: tuple, singles: slice) -> list:
     """Segment ``t < n³`` holds the triple ``(a_t, b_t, c_t)`` (entries not contiguous),
     segment ``n³ + i`` the single sample ``x_i``, the last segment nothing."""
-    zero = ops.semiring.zero
+    zero = ops.zero
     a = abc[0]
     t = a.shape[0]
     calls = [(a[:0], np.zeros((0,), np.int32), 2)]
@@ -545,7 +407,7 @@ def _segment_cases(ops: _Ops, abc: tuple, singles: slice) -> list:
 
 
 def _reduce_cases(ops: _Ops, abc: tuple) -> list:
-    zero = ops.semiring.zero
+    zero = ops.zero
     calls = [(ops.fill(zero, (2, 0)), 1), (abc[0][:0], 0)]
     if abc[0].shape[0]:
         calls += [(np.stack(abc, axis=-1), -1), (np.stack(abc, axis=0), 0)]

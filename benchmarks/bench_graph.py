@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmsb_jax import semirings
 from mmsb_jax.graph import ShadowPageGraph, chain, deep_dag, propagate, random_dag, with_weights
 from mmsb_jax.graph import _topo
 

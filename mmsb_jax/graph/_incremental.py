@@ -333,7 +333,7 @@ def propagate_incremental(cg: CompiledGraph, x_old, b_new, dirty, *, capacity: i
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cg.num_nodes:
             raise InvalidArgumentError(f"dirty holds node id {lo if lo < 0 else hi}, outside [0, {cg.num_nodes})")
-    size0, hubs0 = default_capacity(cg)
+    size0, _ = default_capacity(cg)
     size = int(capacity) if capacity else size0
     hubs = int(hub_capacity) if hub_capacity else max(1, size // 8)
     if size < 1 or hubs < 1:

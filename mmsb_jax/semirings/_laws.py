@@ -327,7 +327,7 @@ def _collect(law: str, cases, rtol, atol, exact, max_failures) -> tuple:
 def _check_one(ops: _Ops, law: str, abc: tuple, n: int, rtol, atol, exact, max_failures) -> tuple:
     # Every ⊕ / ⊗ call runs on the n³ triples (one shape: one compile per function); pairs
     # and single values are the sub-grids where c (and b) is the first sample.
-    semiring, add, mul = ops.semiring, ops.add, ops.mul
+    add, mul = ops.add, ops.mul
     if n == 0 and law not in ("segment_reduce_fold", "reduce_fold"):
         return [], 0
     a, b, c = abc

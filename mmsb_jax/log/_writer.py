@@ -46,8 +46,11 @@ from ._encode import (
     body_dense,
     body_dense_packed,
     body_remove_dep,
+    body_rows,
     body_sparse,
     body_sparse_batch,
+    body_tree_def,
+    body_tree_step,
     frame,
     segment_header,
     source_bytes,
@@ -372,33 +375,42 @@ class TLog:
 
     # -- appending -------------------------------------------------------------------------
     def _push(self, epoch: int, recs: list, nbytes: int, kinds: list) -> None:
+        self._push_groups(((epoch, recs, nbytes, kinds),))
+
+    def _push_groups(self, groups) -> None:
+        """Append groups ``(epoch, records, nbytes, kinds)`` (each a record or a whole batch, never
+        split across segments) in order, then flush once if the policy asks for it."""
         with self._lock:
             if self._closed:
                 raise StateClosedError(f"TLog {self.directory} is closed")
             if self._failed is not None:
                 raise SerializationError(f"TLog {self.directory} failed earlier: {self._failed}") from self._failed
             last = self._last_epoch
-            if last is not None and epoch <= last:
-                raise InvalidArgumentError(
-                    f"epoch {epoch} is not after the last logged epoch {last}: each record or batch "
-                    "takes a new, larger epoch"
-                )
+            for epoch, *_ in groups:
+                if last is not None and epoch <= last:
+                    raise InvalidArgumentError(
+                        f"epoch {epoch} is not after the last logged epoch {last}: each record or batch "
+                        "takes a new, larger epoch"
+                    )
+                last = epoch
             buf = self._buf
             was_empty = not buf
-            if self._active is None or (
-                self._active_size + nbytes > self.segment_bytes and self._active_size > SEGMENT_HEADER_SIZE
-            ):
-                self._start_segment(epoch)
-            buf.extend(recs)
-            self._buf_bytes += nbytes
-            self._active_size += nbytes
+            counts = self._active_counts
+            for epoch, recs, nbytes, kinds in groups:
+                if self._active is None or (
+                    self._active_size + nbytes > self.segment_bytes and self._active_size > SEGMENT_HEADER_SIZE
+                ):
+                    self._start_segment(epoch)
+                    counts = self._active_counts
+                buf.extend(recs)
+                self._buf_bytes += nbytes
+                self._active_size += nbytes
+                self._appends += len(recs)
+                for k in kinds:
+                    counts[k] = counts.get(k, 0) + 1
             self._seq += 1
             seq = self._seq
-            self._last_epoch = epoch
-            counts = self._active_counts
-            for k in kinds:
-                counts[k] = counts.get(k, 0) + 1
-            self._appends += len(recs)
+            self._last_epoch = last
             mode = self.fsync
             if mode == "always" or self._buf_bytes >= self.buffer_bytes:
                 need = True
@@ -480,6 +492,19 @@ class TLog:
         """REMOVE_DEP: edge ``parent -> child``."""
         self._emit(epoch, *body_remove_dep(parent, child), source)
 
+    def log_rows(self, epoch, page_id, row_len, rows, values, *, source=None):
+        """ROWS: rows ``rows`` (int32, (r,)) of ``row_len`` elements of the flat page become
+        ``values`` (r * row_len,); ``rows=[0]``, ``row_len`` = page size: a whole-page write."""
+        self._emit(epoch, *body_rows(page_id, row_len, rows, values), source)
+
+    def log_tree_def(self, epoch, name, structure, page_ids, *, source=None):
+        """TREE_DEF: tree ``name`` with ``structure`` (canonical JSON) and its leaf ``page_ids``."""
+        self._emit(epoch, *body_tree_def(name, structure, page_ids), source)
+
+    def log_tree_step(self, epoch, name, step, *, source=None):
+        """TREE_STEP: tag ``epoch`` as step ``step`` (int64) of tree ``name``."""
+        self._emit(epoch, *body_tree_step(name, step), source)
+
     def append_record(self, record: LogRecord) -> None:
         """Append a (decoded or hand-made) record as a single record; keeps its epoch, and
         its timestamp/source when set. COMMIT records cannot be appended this way."""
@@ -500,6 +525,14 @@ class TLog:
         An exception inside the ``with`` discards the batch (nothing is written).
         """
         return TLogBatch(self, _epoch(epoch), self.source if source is None else source)
+
+    def commit_batches(self, batches) -> None:
+        """Commit several batches (epochs non-decreasing) in one append: one flush, so one
+        fsync under ``"always"`` / ``"batch"`` for all of them. Each stays atomic on its own
+        (records + COMMIT, never split across segments); empty batches write nothing."""
+        groups = [g for g in (b._seal() for b in batches) if g is not None]
+        if groups:
+            self._push_groups(groups)
 
     # -- flushing --------------------------------------------------------------------------
     def _flush(self, fsync: bool, seq: int | None = None) -> None:
@@ -774,6 +807,20 @@ class TLogBatch:
     def log_remove_dep(self, parent, child, *, source=None):
         self._add(*body_remove_dep(parent, child), source)
 
+    def log_rows(self, page_id, row_len, rows, values, *, source=None):
+        self._add(*body_rows(page_id, row_len, rows, values), source)
+
+    def log_tree_def(self, name, structure, page_ids, *, source=None):
+        self._add(*body_tree_def(name, structure, page_ids), source)
+
+    def log_tree_step(self, name, step, *, source=None):
+        self._add(*body_tree_step(name, step), source)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records added so far (without the closing COMMIT)."""
+        return self._nbytes
+
     def append_record(self, record: LogRecord) -> None:
         if isinstance(record, Commit) or not isinstance(record, LogRecord):
             raise InvalidArgumentError(f"cannot append {type(record).__name__} to a batch")
@@ -783,15 +830,21 @@ class TLogBatch:
         return len(self._recs)
 
     def commit(self) -> None:
+        group = self._seal()
+        if group is not None:
+            self._log._push_groups((group,))
+
+    def _seal(self):
+        """Close the batch: its ``(epoch, records + COMMIT, nbytes, kinds)``, or None if empty."""
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
         self._done = True
         if not self._recs:
-            return
+            return None
         kind, parts = body_commit(len(self._recs))
         end = frame(self.epoch, kind, FLAG_BATCH, time.time_ns(), self.source, parts)
         recs, self._recs = self._recs + [end], []
-        self._log._push(self.epoch, recs, self._nbytes + len(end), self._kinds + [kind])
+        return self.epoch, recs, self._nbytes + len(end), self._kinds + [kind]
 
     def abort(self) -> None:
         self._done = True

@@ -147,11 +147,19 @@ class BatchRouting:
         """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
         ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
 
+        A :class:`~mmsb_jax.deltas.TreeRing` (from :func:`mmsb_jax.tree_ring`) becomes one
+        epoch per recorded step, each tagged with its step; the returned epoch is the last one
+        (see :func:`mmsb_jax.tree_ring`).
+
         Raises:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
         from ..deltas._ring import ring_cleared, ring_contents
+        from ..deltas._tree_ring import TreeRing
+
+        if isinstance(ring, TreeRing):
+            return self._drain_tree_ring(ring)
 
         pids, ind, vals = ring_contents(ring)
         with self._lock:

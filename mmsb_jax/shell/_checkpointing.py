@@ -104,6 +104,7 @@ class Checkpointing:
             "edge_types": sorted({e[3] for e in deps}),
             "dependencies": len(deps),
         }
+        self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
         if block:
             return save_checkpoint(directory, manifest, tree)
@@ -164,6 +165,7 @@ class Checkpointing:
                 pool.restore(arr, int(desc["high_water"]), used)
             self._epoch = int(manifest["epoch"])
             self._restore_extra(manifest, tree)
+            self._restore_trees(manifest, tree)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
 

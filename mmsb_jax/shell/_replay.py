@@ -24,6 +24,7 @@ from ..log._decode import (
     Sparse,
     SparseBatch,
 )
+from ._tree_replay import TREE_RECORDS, TreeRun
 from ..deltas._delta import AccumulateDelta
 from .._errors import InvalidArgumentError, SerializationError
 from ..deltas._router import pad_rows
@@ -98,7 +99,13 @@ def apply_records(state, records, *, semirings=()) -> None:
     """Apply decoded log records to ``state`` in order (its journal must be off)."""
     assert state._log is None, "replay must not journal"
     run = _SparseRun(state)
+    trees = TreeRun(state)
     for rec in records:
+        if isinstance(rec, TREE_RECORDS):
+            run.flush()
+            trees.add(rec)
+            continue
+        trees.flush()
         if isinstance(rec, Sparse):
             run.add(np.array([rec.page_id], np.int64), rec.indices.reshape(1, -1), rec.values.reshape(1, -1), rec.epoch)
             continue
@@ -131,6 +138,7 @@ def apply_records(state, records, *, semirings=()) -> None:
             state.remove_dependency(rec.parent, rec.child)
         state._epoch = rec.epoch
     run.flush()
+    trees.flush()
 
 
 def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),

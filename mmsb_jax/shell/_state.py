@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from typing import Any
 
@@ -43,6 +42,8 @@ from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
 from ._page_table import PageTable
+from ._tree_writer import JournalLock
+from ._trees import TreeJournal
 from ..semirings import get_semiring
 
 _LOCATIONS = ("cpu", "gpu")
@@ -103,7 +104,7 @@ def _page_id(page_id) -> int:
 
 
 # --------------------------------------------------------------------------- the state
-class MMSBState(BatchRouting, Dependencies, Checkpointing):
+class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
     """A state store: pages, epochs, the transaction log and the dependency graph.
 
     Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
@@ -141,7 +142,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 os.makedirs(self.path, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
-        self._lock = threading.RLock()
+        self._lock = JournalLock()  # reentrant; waits for the background tree writer (see _tree_writer)
+        self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
+        self._tree_failure = None  # a failed background/inline tree write: the state must be reopened
         self._closed = False
         self._epoch = 0
         self._warned_gpu = False
@@ -221,6 +224,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     def _check_open(self) -> None:
         if self._closed:
             raise StateClosedError(f"the state at {self.path!r} is stopped")
+        self._raise_journal_failure()
         if self.read_only:
             raise ReadOnlyError(f"this is a read-only snapshot at epoch {self._epoch}; write to the live state")
 
@@ -308,8 +312,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
                     raise InvalidArgumentError(f"shape={shape!r} has a non-integer dimension {d!r}")
             shape = tuple(int(d) for d in dims)
-            if not shape or any(s <= 0 for s in shape):
-                raise InvalidArgumentError(f"shape={shape} must have at least one dimension, each > 0")
+            if any(s <= 0 for s in shape):  # shape=() is a scalar page of one element
+                raise InvalidArgumentError(f"shape={shape} must have every dimension > 0")
             if size is not None and (isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer))):
                 raise InvalidArgumentError(f"size={size!r} must be a positive int")
             if size is not None and int(size) != math.prod(shape):
@@ -570,6 +574,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             h.update(ids.tobytes())
             h.update(self._table.epoch[ids].tobytes())
             h.update(repr(self.dependencies()).encode())
+            self._digest_trees(h)
             for pool in self._pools:
                 sel = ids[self._table.pool[ids] == pool.index]
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
@@ -623,6 +628,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             try:
                 self.wait_for_checkpoints()
             finally:
+                self._close_trees()
                 if self._ckpt_pool is not None:
                     self._ckpt_pool.shutdown(wait=True)
                 self._close_now()

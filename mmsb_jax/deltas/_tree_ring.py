@@ -1,0 +1,141 @@
+"""A device-side journal of whole pytrees for ``jit`` / ``lax.scan``: K steps of one tree.
+
+:func:`record_tree` (pure, jittable) writes a tree (leaves of any dtypes, scalars included)
+into the next of the ring's ``K`` slots and tags it with its step; the host later drains the
+ring (``state.drain_ring(ring)``), which turns each recorded step into its own epoch. The ring
+is a registered pytree: carry it through ``lax.scan``, pass it to ``jit`` and donate it
+(``donate_argnums``) so each step writes its slot in place instead of copying the ring.
+``ring.overflowed`` is a traced bool a loop can test (``lax.cond``, ``checkify``); a drain of
+an overflowed ring raises ``RingOverflowError`` and applies nothing. The ring itself is made
+by ``mmsb_jax.tree_ring(state, name, like_tree, steps=K)``, which knows the tree's journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._errors import InvalidArgumentError
+
+Array = Any
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["buffers", "steps", "count"],
+                   meta_fields=["name", "structure", "treedef"])
+@dataclasses.dataclass(frozen=True)
+class TreeRing:
+    """Up to ``capacity`` recorded steps of the tree ``name``.
+
+    ``buffers[i]`` holds leaf ``i`` of every slot (``(capacity, *leaf.shape)``, the leaf's
+    dtype), ``steps`` the step number of each slot (int32), ``count`` how many steps were
+    recorded since the last drain (it keeps counting past ``capacity``, so an overflow is
+    seen, never hidden). ``name``, ``structure`` (the tree's journaled structure, JSON) and
+    ``treedef`` are static.
+    """
+
+    buffers: tuple
+    steps: Array
+    count: Array
+    name: str
+    structure: str
+    treedef: Any
+
+    @property
+    def capacity(self) -> int:
+        return int(self.steps.shape[0])
+
+    @property
+    def overflowed(self):
+        """Whether more steps were recorded than the ring holds (a bool array; works traced)."""
+        return self.count > self.capacity
+
+    def leaf_paths(self) -> list[str]:
+        return [leaf["path"] for leaf in json.loads(self.structure)["leaves"]]
+
+
+def empty_tree_ring(name: str, structure: str, treedef, shapes, dtypes, capacity: int, device=None) -> TreeRing:
+    """A zeroed ring for ``capacity`` steps of leaves of ``shapes`` / ``dtypes`` (host side)."""
+    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+        raise InvalidArgumentError(f"steps={capacity!r} must be a positive int (the ring's capacity)")
+    if capacity >= 2**31:
+        raise InvalidArgumentError(f"steps={capacity} must be < 2**31")
+    capacity = int(capacity)
+    with jax.default_device(device) if device is not None else contextlib.nullcontext():
+        buffers = tuple(jnp.zeros((capacity, *s), d) for s, d in zip(shapes, dtypes))
+        steps = jnp.zeros((capacity,), jnp.int32)
+        count = jnp.zeros((), jnp.int32)
+    return TreeRing(buffers, steps, count, name, structure, treedef)
+
+
+def record_tree(ring: TreeRing, tree, step) -> TreeRing:
+    """Record ``tree`` as step ``step`` in the ring's next slot (pure; use inside ``jit`` / ``lax.scan``).
+
+    Args:
+      ring: a :class:`TreeRing` from ``mmsb_jax.tree_ring``.
+      tree: a pytree with the ring's structure, leaf shapes and dtypes.
+      step: an integer scalar (traced or not), below ``2**31``; a drain checks that steps
+        increase.
+
+    Returns:
+      the ring with the step written (in place when the ring is donated or carried by
+      ``lax.scan``) and ``count`` one higher.
+
+    Raises (while tracing):
+      InvalidArgumentError: the tree's structure, a leaf's shape or dtype, or ``step``'s type
+        does not fit the ring; the message names the leaf path.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> tree = {"w": jnp.zeros(3), "count": jnp.int32(0)}
+      >>> ring = mmsb.tree_ring(state, "train", tree, steps=4)
+      >>> ring = jax.jit(mmsb.record_tree)(ring, tree, 0)
+      >>> int(ring.count), bool(ring.overflowed)
+      (1, False)
+      >>> mmsb.mmsb_stop(state)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if treedef != ring.treedef:
+        got = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        want = ring.leaf_paths()
+        where = next((f"leaf {i} is {a}, the ring has {b}" for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                     f"{len(got)} leaves vs {len(want)} in the ring")
+        raise InvalidArgumentError(f"record_tree: the tree does not have the structure of ring {ring.name!r}: {where}")
+    paths = None
+    for i, (leaf, buf) in enumerate(zip(leaves, ring.buffers)):
+        shape, dtype = jnp.shape(leaf), getattr(leaf, "dtype", None)
+        if dtype is None or tuple(shape) != buf.shape[1:] or jnp.dtype(dtype) != buf.dtype:
+            paths = paths or ring.leaf_paths()
+            raise InvalidArgumentError(
+                f"record_tree: leaf {paths[i]} of ring {ring.name!r} is "
+                f"{'a ' + type(leaf).__name__ if dtype is None else str(jnp.dtype(dtype)) + str(list(shape))}; "
+                f"the ring holds {buf.dtype}{list(buf.shape[1:])}"
+            )
+    step = jnp.asarray(step)
+    if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
+        raise InvalidArgumentError(f"record_tree: step must be an integer scalar, got {step.dtype}{list(step.shape)}")
+    pos = ring.count % ring.capacity  # past the capacity it wraps: the drain reports the overflow
+    buffers = tuple(lax.dynamic_update_index_in_dim(b, jnp.asarray(x), pos, 0) for x, b in zip(leaves, ring.buffers))
+    steps = lax.dynamic_update_index_in_dim(ring.steps, step.astype(jnp.int32), pos, 0)
+    return dataclasses.replace(ring, buffers=buffers, steps=steps, count=ring.count + jnp.int32(1))
+
+
+def tree_ring_cleared(ring: TreeRing) -> TreeRing:
+    """The same buffers with no step recorded (after a drain)."""
+    return dataclasses.replace(ring, count=jnp.zeros((), jnp.int32))
+
+
+def host_steps(buffer, count: int) -> np.ndarray:
+    """The first ``count`` slots of a ring buffer, copied to host memory (owned by the caller):
+    a view and one memcpy of those slots on the CPU, one device-to-host copy elsewhere."""
+    host = np.asarray(buffer)
+    cpu = isinstance(buffer, jax.Array) and all(d.platform == "cpu" for d in buffer.devices())
+    return np.array(host[:count]) if cpu or not host.flags.owndata else host[:count]

@@ -1,0 +1,166 @@
+"""What a tree step writes: the bitwise change of each leaf, as the fewest bytes, and applying it.
+
+:func:`plan_leaf` compares a leaf with its previous value bit for bit (NaN payloads and -0.0
+count) and picks the cheapest encoding of what changed: nothing, the whole page (raw bytes,
+no index), the changed rows of its leading axis, or the changed elements (a sparse delta).
+:class:`PageWrites` collects such writes for many pages and epochs and applies them in one
+go, last writer winning per element, with the page epochs of a one-by-one application. The
+live journal and replay both apply through it, so replay equals live, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+_RECORD = 64  # framing + fixed fields of a ROWS / SPARSE record, roughly: breaks ties only
+
+
+class Write(NamedTuple):
+    """One leaf's change: ``kind`` is ``"whole"`` (``values`` = the page, flat),
+    ``"rows"`` (``rows`` of ``row_len`` elements each) or ``"sparse"`` (flat ``rows`` = indices)."""
+
+    kind: str
+    row_len: int
+    rows: np.ndarray | None
+    values: np.ndarray
+
+
+def as_bits(x: np.ndarray) -> np.ndarray:
+    """``x`` flat, as unsigned integers of its width (bool as uint8): compares bit for bit."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    return x.view(np.uint8) if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
+
+
+def plan_leaf(prev: np.ndarray, new: np.ndarray) -> Write | None:
+    """The cheapest write turning ``prev`` into ``new`` (same shape and dtype), or None.
+
+    Example:
+      >>> import numpy as np
+      >>> prev = np.zeros((4, 3), np.float32)
+      >>> new = prev.copy(); new[2] = 1.0
+      >>> w = plan_leaf(prev, new); (w.kind, w.row_len, w.rows.tolist())
+      ('rows', 3, [2])
+      >>> plan_leaf(new, new) is None
+      True
+    """
+    a, b = as_bits(prev), as_bits(new)
+    size = b.shape[0]
+    flat = np.ascontiguousarray(new).reshape(-1)
+    if size == 0:
+        return None
+    ne = a != b
+    changed = int(np.count_nonzero(ne))
+    if changed == 0:
+        return None
+    isz = new.dtype.itemsize
+    if changed == size:
+        return Write("whole", size, None, flat)
+    best_bytes, best = size * isz, "whole"
+    sparse_bytes = changed * (isz + 4)
+    if sparse_bytes < best_bytes:
+        best_bytes, best = sparse_bytes, "sparse"
+    row_len = size // new.shape[0] if new.ndim >= 2 and new.shape[0] else size
+    if row_len < size:
+        row_changed = ne.reshape(-1, row_len).any(axis=1)
+        r = int(np.count_nonzero(row_changed))
+        rows_bytes = r * (row_len * isz + 4) + 8
+        if rows_bytes < best_bytes:
+            rows = np.flatnonzero(row_changed).astype(np.int32)
+            return Write("rows", row_len, rows, flat.reshape(-1, row_len)[rows].reshape(-1))
+    if best == "sparse":
+        idx = np.flatnonzero(ne).astype(np.int32)
+        return Write("sparse", 1, idx, flat[idx])
+    return Write("whole", size, None, flat)
+
+
+def log_write(batch, page_id: int, w: Write) -> None:
+    """Append ``w`` for ``page_id`` to a log batch (ROWS, or SPARSE for scattered elements)."""
+    if w.kind == "sparse":
+        batch.log_sparse(page_id, w.rows, w.values)
+    elif w.kind == "rows":
+        batch.log_rows(page_id, w.row_len, w.rows, w.values)
+    else:
+        batch.log_rows(page_id, w.row_len, np.zeros(1, np.int32), w.values)
+
+
+def _last_per_target(targets: np.ndarray) -> np.ndarray:
+    """Positions of the last occurrence of each distinct target (ascending target)."""
+    _, first_from_end = np.unique(targets[::-1], return_index=True)
+    return targets.shape[0] - 1 - first_from_end
+
+
+def _row_targets(w: Write) -> np.ndarray:
+    """The flat element indices a rows write covers, in chunk order."""
+    if w.kind == "sparse":
+        return w.rows.astype(np.int64)
+    rows = np.zeros(1, np.int64) if w.kind == "whole" else w.rows.astype(np.int64)
+    return (rows[:, None] * w.row_len + np.arange(w.row_len, dtype=np.int64)).reshape(-1)
+
+
+class PageWrites:
+    """Writes to pages, in order, applied together (last writer wins per element).
+
+    Each page ends as it would after applying its writes one by one, and its epoch is the
+    epoch of its last write.
+    """
+
+    def __init__(self):
+        self._pages: dict[int, list] = {}  # page id -> [(epoch, Write), ...] in order
+
+    def __bool__(self) -> bool:
+        return bool(self._pages)
+
+    def add(self, page_id: int, epoch: int, w: Write) -> None:
+        self._pages.setdefault(int(page_id), []).append((int(epoch), w))
+
+    def apply(self, state, kernel: bool = False) -> None:
+        """Write every page of ``state`` (called under its lock; the journal is already written)."""
+        pages, self._pages = self._pages, {}
+        whole: dict[int, list] = {}  # pool index -> [(slot, page values)]
+        for pid, writes in pages.items():
+            _, pool, slot = state._locate(pid)
+            epoch = max(e for e, _ in writes)
+            last_whole = max((i for i, (_, w) in enumerate(writes) if w.kind == "whole"), default=None)
+            rest = writes if last_whole is None else writes[last_whole + 1:]
+            if last_whole is not None:
+                page = writes[last_whole][1].values
+                if rest:
+                    page = page.copy()
+                    targets, values = _resolved(rest)
+                    page[targets] = values
+                whole.setdefault(pool.index, []).append((slot, page.reshape(pool.shape)))
+            else:  # a sparse scatter of the changed elements (it runs the observers itself)
+                targets, values = _resolved(rest)
+                state._apply_sparse_rows(np.array([pid], np.int64), targets.astype(np.int32)[None],
+                                         values[None], kernel)
+            state._table.epoch[pid] = epoch
+        for pi, items in whole.items():
+            pool = state._pools[pi]
+            _write_whole_pages(pool, items)
+            state._after_write(pool, sorted(slot for slot, _ in items))
+
+
+def _resolved(writes) -> tuple[np.ndarray, np.ndarray]:
+    """The flat targets and values of ``[(epoch, Write), ...]`` in order, each target once
+    (its last value): never left to the order a scatter applies repeats in."""
+    targets = np.concatenate([_row_targets(w) for _, w in writes])
+    values = np.concatenate([w.values for _, w in writes])
+    if len(writes) > 1 or not bool(np.all(targets[1:] > targets[:-1])):
+        keep = _last_per_target(targets)
+        targets, values = targets[keep], values[keep]
+    return targets, values
+
+
+def _write_whole_pages(pool, items) -> None:
+    """Write whole pages into distinct slots of ``pool``, in groups of powers of two (few
+    compiled shapes, no padding pages to copy)."""
+    i = 0
+    while i < len(items):
+        m = 1 << ((len(items) - i).bit_length() - 1)
+        group = items[i:i + m]
+        slots = np.array([s for s, _ in group], np.int32)
+        rows = np.stack([v for _, v in group]) if m > 1 else group[0][1][None]
+        pool.array = pool.ops.write_rows(pool.array, slots, rows)
+        i += m

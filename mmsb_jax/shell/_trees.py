@@ -1,0 +1,462 @@
+"""The tree journal of :class:`MMSBState`: pytrees in, one atomic epoch per step, any step back out.
+
+A tree (a params / optimizer pytree, any leaves) is kept as one page per leaf, created with
+its first step. Each step is one epoch, one log batch: the CREATE_PAGES + TREE_DEF records on
+the first step, then the ROWS / SPARSE records of the leaves that changed (bitwise, on the
+host) and a TREE_STEP tag. ``save_tree`` (host) and ``drain_ring`` of a tree ring (device)
+copy the values to host memory and hand change detection, encoding and writing to the
+background writer (:mod:`._tree_writer`), except under ``fsync="always"``, where they run
+before returning so the step is durable. Replay rebuilds trees through the same functions
+(:meth:`TreeJournal._tree_define`, :meth:`TreeJournal._tree_tag`, :class:`._tree_writes.PageWrites`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import weakref
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from .._compat import is_tracer
+from .._errors import (
+    InvalidArgumentError,
+    InvalidDeltaError,
+    PageNotFoundError,
+    RingOverflowError,
+    SerializationError,
+)
+from . import _tree_codec as codec
+from ._tree_writer import BackgroundWriter
+from ._tree_writes import PageWrites, log_write, plan_leaf
+
+tu = jax.tree_util
+
+
+class TreeInfo:
+    """A journaled tree: its structure, the page of each leaf, and its step -> epoch map."""
+
+    __slots__ = ("name", "spec", "page_ids", "steps", "epochs", "treedef", "mirror")
+
+    def __init__(self, name: str, spec: codec.TreeSpec, page_ids: np.ndarray):
+        self.name = name
+        self.spec = spec
+        self.page_ids = np.asarray(page_ids, np.int64)
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+        self.treedef = None  # the treedef last seen to match (a cache; None after a reopen)
+        self.mirror: list | None = None  # host copies of the leaves at the last journaled step
+
+    @property
+    def paths(self) -> list[str]:
+        return [s.path for s in self.spec.leaves]
+
+
+class _Job(NamedTuple):
+    tree: TreeInfo
+    prev: list  # host values before the first step, one per leaf
+    host: list  # per leaf: (n, *shape) host values of the n steps
+    epochs: list
+    steps: list
+    first: object  # the log batch holding the CREATE_PAGES + TREE_DEF of a new tree, or None
+    source: str
+    kernel: bool
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 255:
+        raise InvalidArgumentError(f"tree name={name!r} must be a non-empty str of at most 255 bytes")
+    return name
+
+
+def _leaf_dtype_ok(dt: np.dtype) -> bool:
+    return dt.kind in "biuf" or dt.name == "bfloat16"
+
+
+def host_leaf(x, path: str) -> np.ndarray:
+    """A host copy of one leaf (its own memory), after checking it is an array we can journal."""
+    if is_tracer(x):
+        raise InvalidArgumentError(
+            f"leaf {path} is a traced value: save_tree runs on the host (call it outside jit, or record "
+            "the tree inside jit with record_tree)"
+        )
+    if isinstance(x, jax.Array):
+        on_cpu = all(d.platform == "cpu" for d in x.devices())
+        arr = np.array(x) if on_cpu else np.asarray(x)
+    elif isinstance(x, (np.ndarray, np.generic)):
+        arr = np.array(x)
+    else:
+        raise InvalidArgumentError(
+            f"leaf {path} is a {type(x).__name__} ({x!r:.40}), not an array; journal arrays "
+            "(e.g. jnp.asarray(x) for a Python number)"
+        )
+    check_leaf_spec(tuple(arr.shape), arr.dtype, path)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+
+
+def check_leaf_spec(shape: tuple, dtype, path: str) -> np.dtype:
+    dt = np.dtype(dtype)
+    if not _leaf_dtype_ok(dt):
+        raise InvalidArgumentError(f"leaf {path} has dtype {dt}; expected a bool, integer, float or bfloat16 dtype")
+    if jax.dtypes.canonicalize_dtype(dt) != dt:
+        raise InvalidArgumentError(
+            f"leaf {path} has dtype {dt}, which needs JAX's 64-bit mode (off: jax would store "
+            f"{jax.dtypes.canonicalize_dtype(dt)}); call jax.config.update('jax_enable_x64', True) first"
+        )
+    if any(d == 0 for d in shape):
+        raise InvalidArgumentError(f"leaf {path} has no elements (shape {list(shape)}); pages hold at least one")
+    return dt
+
+
+def _weak_runner(state):
+    ref = weakref.ref(state)
+
+    def run(jobs):
+        s = ref()
+        if s is not None:
+            s._run_tree_jobs(jobs)
+
+    return run
+
+
+class TreeJournal:
+    """Mixin of :class:`MMSBState`: ``save_tree``, ``load_tree``, ``tree_steps``, ``tree_ring``
+    and the drain of a tree ring."""
+
+    # ------------------------------------------------------------------ queries
+    def tree_names(self) -> list[str]:
+        """The names of the journaled trees, sorted."""
+        with self._lock:
+            return sorted(self._trees)
+
+    def _tree(self, name) -> TreeInfo:
+        t = self._trees.get(name) if isinstance(name, str) else None
+        if t is None:
+            known = sorted(self._trees)
+            raise InvalidArgumentError(f"no tree named {name!r} is journaled here; trees: {known}")
+        return t
+
+    def tree_steps(self, name) -> list[tuple[int, int]]:
+        """``[(step, epoch), ...]`` of a tree, in order; see :func:`mmsb_jax.tree_steps`."""
+        with self._lock:
+            self._raise_journal_failure()
+            t = self._tree(name)
+            return list(zip(t.steps, t.epochs))
+
+    def _step_epoch(self, t: TreeInfo, step) -> tuple[int, int]:
+        """``(step, epoch)`` of a step of ``t`` (None: the last)."""
+        if step is None:
+            return t.steps[-1], t.epochs[-1]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+            raise InvalidArgumentError(f"step={step!r} must be an int (or None: the last step)")
+        i = bisect.bisect_left(t.steps, int(step))
+        if i == len(t.steps) or t.steps[i] != step:
+            raise InvalidArgumentError(
+                f"tree {t.name!r} has no step {step}; it has {len(t.steps)} steps from {t.steps[0]} to {t.steps[-1]}"
+            )
+        return int(step), t.epochs[i]
+
+    # ------------------------------------------------------------------ replay-shared primitives
+    def _tree_define(self, name: str, spec: codec.TreeSpec, page_ids) -> TreeInfo:
+        """Register a tree whose leaf pages exist (live: just created; replay: a TREE_DEF)."""
+        if name in self._trees:
+            raise InvalidArgumentError(f"tree {name!r} is already defined")
+        ids = np.asarray(page_ids, np.int64)
+        if ids.shape != (len(spec.leaves),):
+            raise InvalidArgumentError(f"tree {name!r} has {len(spec.leaves)} leaves but {ids.size} pages")
+        for pid, leaf in zip(ids.tolist(), spec.leaves):
+            _, pool, _ = self._locate(pid)
+            if pool.shape != leaf.shape or pool.dtype != leaf.dtype:
+                raise InvalidDeltaError(
+                    f"page {pid} of tree {name!r} leaf {leaf.path} is {pool.dtype}{list(pool.shape)}, "
+                    f"the structure says {leaf.dtype}{list(leaf.shape)}"
+                )
+        t = self._trees[name] = TreeInfo(name, spec, ids)
+        return t
+
+    def _tree_tag(self, name: str, step: int, epoch: int) -> None:
+        """Record that ``epoch`` is step ``step`` of tree ``name`` (live and replay)."""
+        t = self._tree(name)
+        if t.steps and step <= t.steps[-1]:
+            raise InvalidArgumentError(f"step {step} of tree {name!r} is not after its last step {t.steps[-1]}")
+        t.steps.append(int(step))
+        t.epochs.append(int(epoch))
+
+    # ------------------------------------------------------------------ checks
+    def _next_step(self, t: TreeInfo | None, name: str, step) -> int:
+        last = t.steps[-1] if t is not None else None
+        if step is None:
+            return 0 if last is None else last + 1
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not -(2**63) <= step < 2**63:
+            raise InvalidArgumentError(f"step={step!r} must be an int64 (or None: the last step + 1)")
+        if last is not None and step <= last:
+            raise InvalidArgumentError(f"step={step} of tree {name!r} must be greater than its last step {last}")
+        return int(step)
+
+    def _check_same_tree(self, t: TreeInfo, tree, td, paths, shapes, dtypes) -> None:
+        if t.treedef is not None and td == t.treedef:
+            same_paths = True
+        else:
+            same_paths = paths == t.paths
+            if not same_paths:
+                raise InvalidArgumentError(f"tree {t.name!r} changed structure: {codec.first_difference(t.paths, tree)}")
+        for path, shape, dtype, leaf in zip(paths, shapes, dtypes, t.spec.leaves):
+            if shape != leaf.shape or np.dtype(dtype) != leaf.dtype:
+                raise InvalidDeltaError(
+                    f"leaf {path} of tree {t.name!r} is {np.dtype(dtype)}{list(shape)}; its journal holds "
+                    f"{leaf.dtype}{list(leaf.shape)} (a leaf keeps its shape and dtype)"
+                )
+        if t.treedef is None or td != t.treedef:
+            text = codec.encode_structure(tree, td, list(t.spec.leaves))
+            if text != t.spec.text:
+                raise InvalidArgumentError(
+                    f"tree {t.name!r} changed structure: the leaf paths agree but a container type or its "
+                    "static data differs from the journal's"
+                )
+            t.treedef = td
+
+    def _new_spec(self, tree, td, paths, shapes, dtypes, location) -> codec.TreeSpec:
+        leaves = [codec.LeafSpec(p, tuple(s), np.dtype(d)) for p, s, d in zip(paths, shapes, dtypes)]
+        for leaf in leaves:
+            self._resolve_spec(None, leaf.shape, leaf.dtype, location, register=False)
+        return codec.decode_structure(codec.encode_structure(tree, td, leaves))
+
+    # ------------------------------------------------------------------ creating a tree
+    def _tree_create(self, name: str, spec: codec.TreeSpec, epoch: int, source: str, location: str):
+        """Create the leaf pages and the tree in ``epoch``; returns ``(tree, log batch)`` with
+        the batch holding their CREATE_PAGES and TREE_DEF records (not yet committed)."""
+        first = self._log.batch(epoch, source=source) if self._log is not None else None
+        saved, self._txn = self._txn, first
+        ids = np.zeros(len(spec.leaves), np.int64)
+        try:
+            groups: dict[tuple, list[int]] = {}
+            for i, leaf in enumerate(spec.leaves):
+                groups.setdefault((leaf.shape, leaf.dtype.str), []).append(i)
+            for members in groups.values():
+                leaf = spec.leaves[members[0]]
+                self._epoch = epoch - 1  # create_pages takes the next epoch: this step's
+                ids[members] = self.create_pages(len(members), None, leaf.dtype, location, shape=leaf.shape)
+        finally:
+            self._txn = saved
+            self._epoch = epoch
+        if first is not None:
+            first.log_tree_def(name, spec.text, ids)
+        t = self._tree_define(name, spec, ids)
+        return t, first
+
+    def _tree_prev(self, t: TreeInfo, new: bool) -> list:
+        """The leaves' values at the tree's last journaled step (host)."""
+        if t.mirror is not None:
+            return t.mirror
+        if new:
+            return [np.zeros(s.shape, s.dtype) for s in t.spec.leaves]
+        return [self._page_base(pid) for pid in t.page_ids.tolist()]
+
+    def _page_base(self, pid: int) -> np.ndarray:
+        _, pool, slot = self._locate(pid)
+        return np.array(pool.ops.read_slot(pool.array, np.int32(slot)))
+
+    # ------------------------------------------------------------------ save_tree
+    def save_tree(self, name, tree, *, step=None, location: str = "cpu") -> int:
+        """Journal ``tree`` as one step of tree ``name`` in one epoch; see :func:`mmsb_jax.save_tree`."""
+        check_name(name)
+        pairs, td = tu.tree_flatten_with_path(tree)
+        paths = [tu.keystr(p) for p, _ in pairs]
+        host = [host_leaf(x, p) for (_, x), p in zip(pairs, paths)]
+        nbytes = sum(h.nbytes for h in host)
+        with self._lock.journaling(nbytes):
+            self._check_open()
+            t = self._trees.get(name)
+            shapes, dtypes = [h.shape for h in host], [h.dtype for h in host]
+            if t is None:
+                spec = self._new_spec(tree, td, paths, shapes, dtypes, location)
+            else:
+                self._check_same_tree(t, tree, td, paths, shapes, dtypes)
+            step = self._next_step(t, name, step)
+            kernel = self._sparse_kernel()
+            epoch = self._epoch + 1
+            self._epoch = epoch
+            new = t is None
+            first = None
+            if new:
+                t, first = self._tree_create(name, spec, epoch, "tree", location)
+                t.treedef = td
+            prev = self._tree_prev(t, new)
+            self._tree_tag(name, step, epoch)
+            t.mirror = host
+            self._tree_submit(_Job(t, prev, [h[None] for h in host], [epoch], [step], first, "tree", kernel), nbytes)
+            return epoch
+
+    # ------------------------------------------------------------------ tree rings
+    def tree_ring(self, name, like_tree, *, steps: int, location: str = "cpu", device=None):
+        """A device ring for ``steps`` recorded steps of tree ``name``; see :func:`mmsb_jax.tree_ring`."""
+        from ..deltas._tree_ring import empty_tree_ring
+
+        check_name(name)
+        pairs, td = tu.tree_flatten_with_path(like_tree)
+        paths = [tu.keystr(p) for p, _ in pairs]
+        shapes, dtypes = [], []
+        for (_, x), path in zip(pairs, paths):
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+                raise InvalidArgumentError(f"leaf {path} is a {type(x).__name__}, not an array (or ShapeDtypeStruct)")
+            shapes.append(tuple(x.shape))
+            dtypes.append(check_leaf_spec(tuple(x.shape), x.dtype, path))
+        with self._lock:
+            self._check_open()
+            t = self._trees.get(name)
+            if t is None:
+                spec = self._new_spec(like_tree, td, paths, shapes, dtypes, location)
+            else:
+                self._check_same_tree(t, like_tree, td, paths, shapes, dtypes)
+                spec = t.spec
+        return empty_tree_ring(name, spec.text, td, shapes, dtypes, steps, device)
+
+    def _drain_tree_ring(self, ring):
+        from ..deltas._tree_ring import host_steps, tree_ring_cleared
+
+        count, ring_steps = jax.device_get((ring.count, ring.steps))
+        count = int(count)
+        if count > ring.capacity:
+            raise RingOverflowError(
+                f"the tree ring of {ring.name!r} overflowed: {count} steps were recorded into a ring of "
+                f"{ring.capacity}; {count - ring.capacity} were overwritten. Nothing was applied; drain more "
+                "often or make the ring larger (test ring.overflowed inside the loop)"
+            )
+        if count == 0:
+            return None, ring
+        steps = np.asarray(ring_steps[:count]).astype(np.int64).tolist()
+        host = [host_steps(b, count) for b in ring.buffers]
+        nbytes = sum(h.nbytes for h in host)
+        with self._lock.journaling(nbytes):
+            self._check_open()
+            name = check_name(ring.name)
+            t = self._trees.get(name)
+            if t is None:
+                spec = codec.decode_structure(ring.structure)
+                for leaf in spec.leaves:
+                    self._resolve_spec(None, leaf.shape, leaf.dtype, "cpu", register=False)
+            elif t.spec.text != ring.structure:
+                raise InvalidArgumentError(f"this ring was made for another structure of tree {name!r}")
+            else:
+                spec = t.spec
+            for h, leaf in zip(host, spec.leaves):
+                if h.shape[1:] != leaf.shape or h.dtype != leaf.dtype:
+                    raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {h.dtype}{list(h.shape[1:])}; "
+                                            f"the tree has {leaf.dtype}{list(leaf.shape)}")
+            last = t.steps[-1] if t is not None else None
+            for i, s in enumerate(steps):
+                before = steps[i - 1] if i else last
+                if before is not None and s <= before:
+                    raise InvalidArgumentError(
+                        f"recorded step {s} (slot {i}) of tree {name!r} is not after step {before}: steps must increase"
+                    )
+            kernel = self._sparse_kernel()
+            first_epoch = self._epoch + 1
+            epochs = list(range(first_epoch, first_epoch + count))
+            new = t is None
+            first = None
+            if new:
+                self._epoch = first_epoch
+                t, first = self._tree_create(name, spec, first_epoch, "jit-ring", "cpu")
+            self._epoch = epochs[-1]
+            prev = self._tree_prev(t, new)
+            for s, e in zip(steps, epochs):
+                self._tree_tag(name, s, e)
+            t.mirror = [h[count - 1] for h in host]
+            self._tree_submit(_Job(t, prev, host, epochs, steps, first, "jit-ring", kernel), nbytes)
+            epoch = self._epoch
+        return epoch, tree_ring_cleared(ring)
+
+    # ------------------------------------------------------------------ the writer
+    def _tree_submit(self, job: _Job, nbytes: int) -> None:
+        if self.fsync == "always" or self._log is None:  # durable before returning
+            try:
+                self._run_tree_jobs([job])
+            except BaseException as e:
+                self._tree_failure = e
+                raise
+            return
+        w = self._lock.writer
+        if w is None:
+            w = self._lock.writer = BackgroundWriter(_weak_runner(self))
+        w.submit(job, nbytes)
+
+    def _run_tree_jobs(self, jobs: list) -> None:
+        """Diff, encode and log the steps of ``jobs`` (one append), then apply them to the pages."""
+        log = self._log
+        writes = PageWrites()
+        batches = []
+        for job in jobs:
+            prev = list(job.prev)
+            ids = job.tree.page_ids.tolist()
+            for k, (epoch, step) in enumerate(zip(job.epochs, job.steps)):
+                b = job.first if k == 0 and job.first is not None else (
+                    log.batch(epoch, source=job.source) if log is not None else None)
+                for i, pid in enumerate(ids):
+                    new = job.host[i][k]
+                    w = plan_leaf(prev[i], new)
+                    if w is not None:
+                        if b is not None:
+                            log_write(b, pid, w)
+                        writes.add(pid, epoch, w)
+                    prev[i] = new
+                if b is not None:
+                    b.log_tree_step(job.tree.name, step)
+                    batches.append(b)
+        if log is not None:
+            log.commit_batches(batches)
+        with self._lock:
+            writes.apply(self, kernel=jobs[-1].kernel)
+
+    def _raise_journal_failure(self) -> None:
+        """Raise (every time) if background tree journaling failed: the state missed a write."""
+        w = self._lock.writer
+        failure = self._tree_failure or (w.failure if w is not None else None)
+        if failure is not None:
+            raise SerializationError(
+                f"tree journaling of the state at {self.path!r} failed in the background ({failure!r}); "
+                "the state is no longer consistent with its log: reopen it with mmsb_open"
+            ) from failure
+
+    def _close_trees(self) -> None:
+        w, self._lock.writer = self._lock.writer, None
+        if w is not None:
+            w.close()
+            if w.failure is not None and self._tree_failure is None:
+                self._tree_failure = w.failure
+
+    # ------------------------------------------------------------------ checkpoints and digests
+    def _checkpoint_trees(self, manifest: dict, arrays: dict) -> None:
+        """Add the trees (structure, pages, step -> epoch map) to a checkpoint being written."""
+        names = sorted(self._trees)
+        manifest["trees"] = [{"name": n, "pages": self._trees[n].page_ids.tolist()} for n in names]
+        if names:
+            arrays["trees"] = {
+                f"tree_{i}": {
+                    "structure": np.frombuffer(self._trees[n].spec.text.encode("utf-8"), np.uint8).copy(),
+                    "steps": np.asarray(self._trees[n].steps, np.int64),
+                    "epochs": np.asarray(self._trees[n].epochs, np.int64),
+                }
+                for i, n in enumerate(names)
+            }
+
+    def _restore_trees(self, manifest: dict, arrays: dict) -> None:
+        for i, entry in enumerate(manifest.get("trees", [])):
+            a = arrays["trees"][f"tree_{i}"]
+            spec = codec.decode_structure(np.asarray(a["structure"], np.uint8).tobytes().decode("utf-8"))
+            try:
+                t = self._tree_define(str(entry["name"]), spec, np.asarray(entry["pages"], np.int64))
+            except (InvalidArgumentError, InvalidDeltaError, PageNotFoundError) as e:
+                raise SerializationError(f"tree {entry.get('name')!r} in the checkpoint is inconsistent: {e}") from None
+            steps, epochs = np.asarray(a["steps"], np.int64), np.asarray(a["epochs"], np.int64)
+            if steps.shape != epochs.shape or (steps.size > 1 and not (np.diff(steps) > 0).all()):
+                raise SerializationError(f"tree {t.name!r} in the checkpoint has a malformed step map")
+            t.steps, t.epochs = steps.tolist(), epochs.tolist()
+
+    def _digest_trees(self, h) -> None:
+        for name in sorted(self._trees):
+            t = self._trees[name]
+            h.update(name.encode("utf-8") + b"\0" + t.spec.text.encode("utf-8"))
+            h.update(t.page_ids.tobytes())
+            h.update(np.asarray(t.steps, np.int64).tobytes() + np.asarray(t.epochs, np.int64).tobytes())

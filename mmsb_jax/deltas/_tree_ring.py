@@ -133,9 +133,14 @@ def tree_ring_cleared(ring: TreeRing) -> TreeRing:
     return dataclasses.replace(ring, count=jnp.zeros((), jnp.int32))
 
 
-def host_steps(buffer, count: int) -> np.ndarray:
-    """The first ``count`` slots of a ring buffer, copied to host memory (owned by the caller):
-    a view and one memcpy of those slots on the CPU, one device-to-host copy elsewhere."""
-    host = np.asarray(buffer)
+def host_steps(buffer, count: int, buffers) -> tuple[np.ndarray, bool]:
+    """The ring buffer in host memory with its first ``count`` slots valid, and whether it came
+    from ``buffers`` (a ``take(shape, dtype)`` pool): on the CPU, one memcpy of those slots
+    from a view into a recycled array; elsewhere, jax's device-to-host copy."""
     cpu = isinstance(buffer, jax.Array) and all(d.platform == "cpu" for d in buffer.devices())
-    return np.array(host[:count]) if cpu or not host.flags.owndata else host[:count]
+    host = np.asarray(buffer)
+    if not cpu:
+        return host, False
+    out = buffers.take(host.shape, host.dtype)
+    np.copyto(out[:count], host[:count])
+    return out, True

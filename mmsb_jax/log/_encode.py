@@ -427,6 +427,31 @@ def frame(epoch: int, kind: int, flags: int, timestamp: int, source: str, parts:
     return rec
 
 
+_JOIN_LIMIT = 1 << 16  # records up to this size are joined into one buffer
+
+
+def frame_chunks(epoch: int, kind: int, flags: int, timestamp: int, source: str, parts: list) -> tuple[list, int]:
+    """:func:`frame` as ``(chunks, nbytes)`` to write one after another: one joined buffer for
+    a small record; for a large one, the header and the body parts themselves (no copy of the
+    payload; the CRC runs over them in order). The bytes are the same either way. The caller
+    must not change the parts until they are written."""
+    src, src_len = source_bytes(source)
+    body_len = 0
+    for p in parts:
+        body_len += len(p)
+    length = HEADER_SIZE + len(src) + body_len
+    if length <= _JOIN_LIMIT:
+        return [frame(epoch, kind, flags, timestamp, source, parts)], length
+    if length > MAX_RECORD_BYTES:
+        raise InvalidArgumentError(f"record of {length} bytes exceeds the 4 GiB record limit")
+    head = bytearray(RECORD_HEADER.pack(length, 0, epoch, timestamp, kind, flags, src_len, 0, body_len) + src)
+    crc = crc32c(memoryview(head)[8:])
+    for p in parts:
+        crc = crc32c(p, crc)
+    _U32.pack_into(head, 4, crc)
+    return [head, *parts], length
+
+
 def segment_header(index: int, first_epoch: int, created_ns: int) -> bytes:
     head = SEGMENT_HEADER.pack(MAGIC, VERSION, SEGMENT_HEADER_SIZE, 0, index, first_epoch, created_ns, 0)
     return head + _U32.pack(crc32c(head))

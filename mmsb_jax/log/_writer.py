@@ -52,6 +52,7 @@ from ._encode import (
     body_tree_def,
     body_tree_step,
     frame,
+    frame_chunks,
     segment_header,
     source_bytes,
 )
@@ -405,7 +406,7 @@ class TLog:
                 buf.extend(recs)
                 self._buf_bytes += nbytes
                 self._active_size += nbytes
-                self._appends += len(recs)
+                self._appends += len(kinds)
                 for k in kinds:
                     counts[k] = counts.get(k, 0) + 1
             self._seq += 1
@@ -515,7 +516,7 @@ class TLog:
         rec = frame(epoch, kind, 0, record.timestamp or time.time_ns(), record.source or self.source, parts)
         self._push(epoch, [rec], len(rec), [kind])
 
-    def batch(self, epoch: int, *, source: str | None = None) -> TLogBatch:
+    def batch(self, epoch: int, *, source: str | None = None, zero_copy: bool = False) -> TLogBatch:
         """A multi-record batch sharing ``epoch``, written atomically on exit (or ``commit()``)::
 
             with log.batch(epoch) as b:
@@ -523,16 +524,23 @@ class TLog:
                 b.log_add_dep(page, other)
 
         An exception inside the ``with`` discards the batch (nothing is written).
+
+        ``zero_copy=True``: large records keep referring to the arrays they were given instead
+        of copying them (the caller must not change those arrays until they are written: use
+        :meth:`commit_batches`, which writes them out before returning).
         """
-        return TLogBatch(self, _epoch(epoch), self.source if source is None else source)
+        return TLogBatch(self, _epoch(epoch), self.source if source is None else source, zero_copy)
 
     def commit_batches(self, batches) -> None:
-        """Commit several batches (epochs non-decreasing) in one append: one flush, so one
-        fsync under ``"always"`` / ``"batch"`` for all of them. Each stays atomic on its own
-        (records + COMMIT, never split across segments); empty batches write nothing."""
+        """Commit several batches (epochs increasing) in one append: one flush, so one fsync
+        under ``"always"`` / ``"batch"`` for all of them. Each stays atomic on its own (records
+        + COMMIT, never split across segments); empty batches write nothing. Batches made with
+        ``zero_copy=True`` are written out (fsynced unless ``"never"``) before this returns."""
         groups = [g for g in (b._seal() for b in batches) if g is not None]
         if groups:
             self._push_groups(groups)
+            if any(b._zero_copy for b in batches):
+                self._flush(self.fsync != "never")
 
     # -- flushing --------------------------------------------------------------------------
     def _flush(self, fsync: bool, seq: int | None = None) -> None:
@@ -762,11 +770,12 @@ class TLogBatch:
     ``abort()`` (or an exception in the ``with``) discards. An empty batch writes nothing.
     """
 
-    def __init__(self, log: TLog, epoch: int, source: str):
+    def __init__(self, log: TLog, epoch: int, source: str, zero_copy: bool = False):
         self._log = log
         self.epoch = epoch
         self.source = source
-        self._recs: list = []
+        self._zero_copy = zero_copy
+        self._recs: list = []  # framed chunks (a large record is several)
         self._kinds: list = []
         self._nbytes = 0
         self._done = False
@@ -775,10 +784,16 @@ class TLogBatch:
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
         ts = timestamp or time.time_ns()
-        rec = frame(self.epoch, kind, FLAG_BATCH, ts, self.source if source is None else source, parts)
-        self._recs.append(rec)
+        src = self.source if source is None else source
+        if self._zero_copy:
+            chunks, nbytes = frame_chunks(self.epoch, kind, FLAG_BATCH, ts, src, parts)
+            self._recs.extend(chunks)
+        else:
+            rec = frame(self.epoch, kind, FLAG_BATCH, ts, src, parts)
+            nbytes = len(rec)
+            self._recs.append(rec)
         self._kinds.append(kind)
-        self._nbytes += len(rec)
+        self._nbytes += nbytes
 
     def log_create_pages(self, first_page_id, count, shape, dtype, location="cpu", *, source=None):
         self._add(*body_create_pages(first_page_id, count, shape, dtype, location), source)
@@ -827,7 +842,7 @@ class TLogBatch:
         self._add(*record._body(), record.source or None, record.timestamp)
 
     def __len__(self) -> int:
-        return len(self._recs)
+        return len(self._kinds)
 
     def commit(self) -> None:
         group = self._seal()
@@ -839,16 +854,16 @@ class TLogBatch:
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
         self._done = True
-        if not self._recs:
+        if not self._kinds:
             return None
-        kind, parts = body_commit(len(self._recs))
+        kind, parts = body_commit(len(self._kinds))
         end = frame(self.epoch, kind, FLAG_BATCH, time.time_ns(), self.source, parts)
         recs, self._recs = self._recs + [end], []
         return self.epoch, recs, self._nbytes + len(end), self._kinds + [kind]
 
     def abort(self) -> None:
         self._done = True
-        self._recs = []
+        self._recs, self._kinds = [], []
 
     def __enter__(self) -> Self:
         return self

@@ -42,7 +42,8 @@ from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
 from ._page_table import PageTable
-from ._tree_writer import JournalLock
+from ._tree_writer import HostBuffers, JournalLock
+from ._tree_writes import PageWrites
 from ._trees import TreeJournal
 from ..semirings import get_semiring
 
@@ -142,8 +143,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 os.makedirs(self.path, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
-        self._lock = JournalLock()  # reentrant; waits for the background tree writer (see _tree_writer)
+        # reentrant; waits for the background tree writer, then applies its deferred page writes
+        self._lock = JournalLock(self._apply_tree_writes)
         self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
+        self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
+        self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps
+        self._tree_kernel = False
         self._tree_failure = None  # a failed background/inline tree write: the state must be reopened
         self._closed = False
         self._epoch = 0

@@ -16,6 +16,8 @@ import atexit
 import threading
 import weakref
 
+import numpy as np
+
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -117,15 +119,17 @@ class JournalLock:
     """The reentrant lock of an :class:`MMSBState`.
 
     ``with lock:`` (every state operation) waits, at its outermost acquisition, until the
-    background writer is idle. ``with lock.journaling(nbytes):`` (``save_tree``,
-    ``drain_ring``) waits only for queue space. The writer's own thread never waits.
+    background writer is idle, and then runs ``on_enter`` (the state applies the page writes
+    the writer deferred). ``with lock.journaling(nbytes):`` (``save_tree``, ``drain_ring``)
+    waits only for queue space. The writer's own thread never waits.
     """
 
-    def __init__(self):
+    def __init__(self, on_enter=None):
         self._mutex = threading.Lock()
         self._owner: int | None = None
         self._count = 0
         self.writer: BackgroundWriter | None = None
+        self.on_enter = on_enter
 
     def _enter(self, wait_idle: bool, nbytes: int = 0) -> None:
         me = threading.get_ident()
@@ -145,6 +149,12 @@ class JournalLock:
                 break
             self._mutex.release()  # a job was queued in between: wait for it too
         self._owner, self._count = me, 1
+        if wait_idle and self.on_enter is not None:
+            try:
+                self.on_enter()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
 
     def __enter__(self):
         self._enter(True)
@@ -173,3 +183,35 @@ class _Journaling:
 
     def __exit__(self, *exc) -> None:
         self.lock.__exit__(*exc)
+
+
+class HostBuffers:
+    """Host arrays recycled by ``(shape, dtype)`` for the values a journal job holds.
+
+    Fresh memory costs page faults: copying 205 MB into new arrays took ~570 ms on this
+    project's CPU machine, into reused ones 30-80 ms. Jobs take buffers here and give them
+    back once written; at most ``limit_bytes`` are kept.
+    """
+
+    def __init__(self, limit_bytes: int = 1 << 30):
+        self.limit_bytes = int(limit_bytes)
+        self._lock = threading.Lock()
+        self._free: dict = {}
+        self._bytes = 0
+
+    def take(self, shape: tuple, dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            stack = self._free.get(key)
+            if stack:
+                arr = stack.pop()
+                self._bytes -= arr.nbytes
+                return arr
+        return np.empty(shape, dtype)
+
+    def give(self, arrays) -> None:
+        with self._lock:
+            for arr in arrays:
+                if arr.base is None and self._bytes + arr.nbytes <= self.limit_bytes:
+                    self._free.setdefault((arr.shape, arr.dtype.str), []).append(arr)
+                    self._bytes += arr.nbytes

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-_RECORD = 64  # framing + fixed fields of a ROWS / SPARSE record, roughly: breaks ties only
+_SAMPLE = 64  # elements probed before scanning a large leaf
 
 
 class Write(NamedTuple):
@@ -36,6 +36,12 @@ def as_bits(x: np.ndarray) -> np.ndarray:
 def plan_leaf(prev: np.ndarray, new: np.ndarray) -> Write | None:
     """The cheapest write turning ``prev`` into ``new`` (same shape and dtype), or None.
 
+    Unchanged (bit for bit) is None. A large leaf whose 64 probed elements (spread evenly)
+    all changed is written whole without scanning it (a dense update: its raw bytes are the
+    cheapest encoding, up to the few unchanged elements it might hold). Otherwise the changed
+    elements are counted and the fewest bytes win: the whole page, the changed rows of the
+    leading axis (ROWS), or the changed elements (SPARSE, 4 index bytes each).
+
     Example:
       >>> import numpy as np
       >>> prev = np.zeros((4, 3), np.float32)
@@ -50,6 +56,10 @@ def plan_leaf(prev: np.ndarray, new: np.ndarray) -> Write | None:
     flat = np.ascontiguousarray(new).reshape(-1)
     if size == 0:
         return None
+    if size >= 4 * _SAMPLE:  # a leaf whose sampled elements all changed is written whole, unscanned
+        probe = np.linspace(0, size - 1, _SAMPLE).astype(np.int64)
+        if (a[probe] != b[probe]).all():
+            return Write("whole", size, None, flat)
     ne = a != b
     changed = int(np.count_nonzero(ne))
     if changed == 0:
@@ -100,39 +110,58 @@ def _row_targets(w: Write) -> np.ndarray:
 
 
 class PageWrites:
-    """Writes to pages, in order, applied together (last writer wins per element).
+    """Writes to pages, in epoch order, applied together (last writer wins per element).
 
     Each page ends as it would after applying its writes one by one, and its epoch is the
-    epoch of its last write.
+    epoch of its last write. A whole-page write drops the writes before it, so what is held
+    is at most one page plus the partial writes after it (``partial_bytes``).
     """
 
     def __init__(self):
         self._pages: dict[int, list] = {}  # page id -> [(epoch, Write), ...] in order
+        self.partial_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self._pages)
 
     def add(self, page_id: int, epoch: int, w: Write) -> None:
-        self._pages.setdefault(int(page_id), []).append((int(epoch), w))
+        writes = self._pages.setdefault(int(page_id), [])
+        if w.kind == "whole":
+            self.partial_bytes -= sum(old.values.nbytes for _, old in writes if old.kind != "whole")
+            writes.clear()
+        else:
+            self.partial_bytes += w.values.nbytes
+        writes.append((int(epoch), w))
+
+    def rebase_whole(self, values: dict) -> None:
+        """Make each page's leading whole-page write read ``values[page]`` (the page's value
+        after all its writes here, so the writes after it re-apply what it already holds)."""
+        for pid, writes in self._pages.items():
+            if writes[0][1].kind == "whole" and pid in values:
+                writes[0] = (writes[0][0], writes[0][1]._replace(values=values[pid]))
+
+    def merge(self, other: PageWrites) -> None:
+        """Add ``other``'s writes (all later than this one's) after these."""
+        for pid, writes in other._pages.items():
+            for epoch, w in writes:
+                self.add(pid, epoch, w)
 
     def apply(self, state, kernel: bool = False) -> None:
         """Write every page of ``state`` (called under its lock; the journal is already written)."""
-        pages, self._pages = self._pages, {}
+        pages, self._pages, self.partial_bytes = self._pages, {}, 0
         whole: dict[int, list] = {}  # pool index -> [(slot, page values)]
         for pid, writes in pages.items():
             _, pool, slot = state._locate(pid)
-            epoch = max(e for e, _ in writes)
-            last_whole = max((i for i, (_, w) in enumerate(writes) if w.kind == "whole"), default=None)
-            rest = writes if last_whole is None else writes[last_whole + 1:]
-            if last_whole is not None:
-                page = writes[last_whole][1].values
+            epoch = writes[-1][0]
+            if writes[0][1].kind == "whole":
+                page, rest = writes[0][1].values, writes[1:]
                 if rest:
                     page = page.copy()
                     targets, values = _resolved(rest)
                     page[targets] = values
                 whole.setdefault(pool.index, []).append((slot, page.reshape(pool.shape)))
             else:  # a sparse scatter of the changed elements (it runs the observers itself)
-                targets, values = _resolved(rest)
+                targets, values = _resolved(writes)
                 state._apply_sparse_rows(np.array([pid], np.int64), targets.astype(np.int32)[None],
                                          values[None], kernel)
             state._table.epoch[pid] = epoch
@@ -161,6 +190,6 @@ def _write_whole_pages(pool, items) -> None:
         m = 1 << ((len(items) - i).bit_length() - 1)
         group = items[i:i + m]
         slots = np.array([s for s, _ in group], np.int32)
-        rows = np.stack([v for _, v in group]) if m > 1 else group[0][1][None]
+        rows = np.stack([v for _, v in group])  # a copy: jax may read host memory later, in place
         pool.array = pool.ops.write_rows(pool.array, slots, rows)
         i += m

@@ -32,12 +32,13 @@ from ._tree_writer import BackgroundWriter
 from ._tree_writes import PageWrites, log_write, plan_leaf
 
 tu = jax.tree_util
+_PENDING_PARTIAL_BYTES = 256 << 20  # partial-row writes held back before the pages take them
 
 
 class TreeInfo:
     """A journaled tree: its structure, the page of each leaf, and its step -> epoch map."""
 
-    __slots__ = ("name", "spec", "page_ids", "steps", "epochs", "treedef", "mirror")
+    __slots__ = ("name", "spec", "page_ids", "steps", "epochs", "treedef", "mirror", "mirror_epoch")
 
     def __init__(self, name: str, spec: codec.TreeSpec, page_ids: np.ndarray):
         self.name = name
@@ -46,7 +47,10 @@ class TreeInfo:
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.treedef = None  # the treedef last seen to match (a cache; None after a reopen)
-        self.mirror: list | None = None  # host copies of the leaves at the last journaled step
+        # host copies of the leaves at the last step the writer journaled (it alone updates
+        # them, in place), and that step's epoch
+        self.mirror: list | None = None
+        self.mirror_epoch = -1
 
     @property
     def paths(self) -> list[str]:
@@ -55,13 +59,13 @@ class TreeInfo:
 
 class _Job(NamedTuple):
     tree: TreeInfo
-    prev: list  # host values before the first step, one per leaf
-    host: list  # per leaf: (n, *shape) host values of the n steps
+    host: list  # per leaf: (>= n, *shape) host values, of the n steps first
     epochs: list
     steps: list
     first: object  # the log batch holding the CREATE_PAGES + TREE_DEF of a new tree, or None
     source: str
     kernel: bool
+    pooled: list  # host arrays to give back to the state's HostBuffers once written
 
 
 def check_name(name) -> str:
@@ -74,25 +78,21 @@ def _leaf_dtype_ok(dt: np.dtype) -> bool:
     return dt.kind in "biuf" or dt.name == "bfloat16"
 
 
-def host_leaf(x, path: str) -> np.ndarray:
-    """A host copy of one leaf (its own memory), after checking it is an array we can journal."""
+def host_view(x, path: str) -> np.ndarray:
+    """A host view (or a device-to-host copy) of one leaf, after checking it can be journaled."""
     if is_tracer(x):
         raise InvalidArgumentError(
             f"leaf {path} is a traced value: save_tree runs on the host (call it outside jit, or record "
             "the tree inside jit with record_tree)"
         )
-    if isinstance(x, jax.Array):
-        on_cpu = all(d.platform == "cpu" for d in x.devices())
-        arr = np.array(x) if on_cpu else np.asarray(x)
-    elif isinstance(x, (np.ndarray, np.generic)):
-        arr = np.array(x)
-    else:
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
         raise InvalidArgumentError(
             f"leaf {path} is a {type(x).__name__} ({x!r:.40}), not an array; journal arrays "
             "(e.g. jnp.asarray(x) for a Python number)"
         )
+    arr = np.asarray(x)
     check_leaf_spec(tuple(arr.shape), arr.dtype, path)
-    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+    return arr
 
 
 def check_leaf_spec(shape: tuple, dtype, path: str) -> np.dtype:
@@ -226,7 +226,7 @@ class TreeJournal:
     def _tree_create(self, name: str, spec: codec.TreeSpec, epoch: int, source: str, location: str):
         """Create the leaf pages and the tree in ``epoch``; returns ``(tree, log batch)`` with
         the batch holding their CREATE_PAGES and TREE_DEF records (not yet committed)."""
-        first = self._log.batch(epoch, source=source) if self._log is not None else None
+        first = self._log.batch(epoch, source=source, zero_copy=True) if self._log is not None else None
         saved, self._txn = self._txn, first
         ids = np.zeros(len(spec.leaves), np.int64)
         try:
@@ -245,13 +245,18 @@ class TreeJournal:
         t = self._tree_define(name, spec, ids)
         return t, first
 
-    def _tree_prev(self, t: TreeInfo, new: bool) -> list:
-        """The leaves' values at the tree's last journaled step (host)."""
-        if t.mirror is not None:
+    def _tree_prev(self, t: TreeInfo) -> list:
+        """The leaves' values before the next step the writer journals (host; run by the writer).
+
+        The writer's own copies, unless a page of the tree changed since (the epoch of a page
+        written by anything but the journal is past the copies'): then the pages themselves.
+        """
+        with self._lock:
+            ids = t.page_ids
+            if t.mirror is None or (ids.size and int(self._table.epoch[ids].max()) > t.mirror_epoch):
+                self._apply_tree_writes()
+                t.mirror = [self._page_base(pid) for pid in ids.tolist()]
             return t.mirror
-        if new:
-            return [np.zeros(s.shape, s.dtype) for s in t.spec.leaves]
-        return [self._page_base(pid) for pid in t.page_ids.tolist()]
 
     def _page_base(self, pid: int) -> np.ndarray:
         _, pool, slot = self._locate(pid)
@@ -263,12 +268,12 @@ class TreeJournal:
         check_name(name)
         pairs, td = tu.tree_flatten_with_path(tree)
         paths = [tu.keystr(p) for p, _ in pairs]
-        host = [host_leaf(x, p) for (_, x), p in zip(pairs, paths)]
-        nbytes = sum(h.nbytes for h in host)
+        views = [host_view(x, p) for (_, x), p in zip(pairs, paths)]
+        nbytes = sum(v.nbytes for v in views)
         with self._lock.journaling(nbytes):
             self._check_open()
             t = self._trees.get(name)
-            shapes, dtypes = [h.shape for h in host], [h.dtype for h in host]
+            shapes, dtypes = [v.shape for v in views], [v.dtype for v in views]
             if t is None:
                 spec = self._new_spec(tree, td, paths, shapes, dtypes, location)
             else:
@@ -277,15 +282,18 @@ class TreeJournal:
             kernel = self._sparse_kernel()
             epoch = self._epoch + 1
             self._epoch = epoch
-            new = t is None
             first = None
-            if new:
+            if t is None:
                 t, first = self._tree_create(name, spec, epoch, "tree", location)
                 t.treedef = td
-            prev = self._tree_prev(t, new)
+            host = []
+            for v in views:  # the step's values, copied into (recycled) host memory
+                h = self._tree_buffers.take((1, *v.shape), v.dtype)
+                np.copyto(h[0, ...], v)
+                host.append(h)
+            del views
             self._tree_tag(name, step, epoch)
-            t.mirror = host
-            self._tree_submit(_Job(t, prev, [h[None] for h in host], [epoch], [step], first, "tree", kernel), nbytes)
+            self._tree_submit(_Job(t, host, [epoch], [step], first, "tree", kernel, host), nbytes)
             return epoch
 
     # ------------------------------------------------------------------ tree rings
@@ -326,8 +334,13 @@ class TreeJournal:
         if count == 0:
             return None, ring
         steps = np.asarray(ring_steps[:count]).astype(np.int64).tolist()
-        host = [host_steps(b, count) for b in ring.buffers]
-        nbytes = sum(h.nbytes for h in host)
+        host, pooled = [], []
+        for b in ring.buffers:  # the recorded steps, copied to (recycled) host memory
+            h, own = host_steps(b, count, self._tree_buffers)
+            host.append(h)
+            if own:
+                pooled.append(h)
+        nbytes = sum(h[:count].nbytes for h in host)
         with self._lock.journaling(nbytes):
             self._check_open()
             name = check_name(ring.name)
@@ -341,7 +354,7 @@ class TreeJournal:
             else:
                 spec = t.spec
             for h, leaf in zip(host, spec.leaves):
-                if h.shape[1:] != leaf.shape or h.dtype != leaf.dtype:
+                if h.shape[1:] != leaf.shape or h.dtype != leaf.dtype:  # pragma: no cover - the ring's own spec
                     raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {h.dtype}{list(h.shape[1:])}; "
                                             f"the tree has {leaf.dtype}{list(leaf.shape)}")
             last = t.steps[-1] if t is not None else None
@@ -354,17 +367,14 @@ class TreeJournal:
             kernel = self._sparse_kernel()
             first_epoch = self._epoch + 1
             epochs = list(range(first_epoch, first_epoch + count))
-            new = t is None
             first = None
-            if new:
+            if t is None:
                 self._epoch = first_epoch
                 t, first = self._tree_create(name, spec, first_epoch, "jit-ring", "cpu")
             self._epoch = epochs[-1]
-            prev = self._tree_prev(t, new)
             for s, e in zip(steps, epochs):
                 self._tree_tag(name, s, e)
-            t.mirror = [h[count - 1] for h in host]
-            self._tree_submit(_Job(t, prev, host, epochs, steps, first, "jit-ring", kernel), nbytes)
+            self._tree_submit(_Job(t, host, epochs, steps, first, "jit-ring", kernel, pooled), nbytes)
             epoch = self._epoch
         return epoch, tree_ring_cleared(ring)
 
@@ -383,18 +393,20 @@ class TreeJournal:
         w.submit(job, nbytes)
 
     def _run_tree_jobs(self, jobs: list) -> None:
-        """Diff, encode and log the steps of ``jobs`` (one append), then apply them to the pages."""
+        """Diff, encode and log the steps of ``jobs`` (one append); the pages take them later
+        (:meth:`_apply_tree_writes`)."""
         log = self._log
         writes = PageWrites()
         batches = []
         for job in jobs:
-            prev = list(job.prev)
-            ids = job.tree.page_ids.tolist()
+            t = job.tree
+            prev = list(self._tree_prev(t))
+            ids = t.page_ids.tolist()
             for k, (epoch, step) in enumerate(zip(job.epochs, job.steps)):
                 b = job.first if k == 0 and job.first is not None else (
-                    log.batch(epoch, source=job.source) if log is not None else None)
+                    log.batch(epoch, source=job.source, zero_copy=True) if log is not None else None)
                 for i, pid in enumerate(ids):
-                    new = job.host[i][k]
+                    new = job.host[i][k, ...]
                     w = plan_leaf(prev[i], new)
                     if w is not None:
                         if b is not None:
@@ -402,12 +414,34 @@ class TreeJournal:
                         writes.add(pid, epoch, w)
                     prev[i] = new
                 if b is not None:
-                    b.log_tree_step(job.tree.name, step)
+                    b.log_tree_step(t.name, step)
                     batches.append(b)
+            n = len(job.epochs)  # the writer's copies move to this job's last step
+            for m, h in zip(t.mirror, job.host):
+                np.copyto(m, h[n - 1, ...])
+            t.mirror_epoch = job.epochs[-1]
         if log is not None:
-            log.commit_batches(batches)
+            log.commit_batches(batches)  # written out: the host buffers may be reused
         with self._lock:
-            writes.apply(self, kernel=jobs[-1].kernel)
+            # a whole-page write keeps no reference to a (recycled) job buffer: it reads the
+            # writer's copy, which holds the page's latest value by the time pages are written
+            writes.rebase_whole({int(pid): m.reshape(-1) for job in jobs
+                                 for pid, m in zip(job.tree.page_ids.tolist(), job.tree.mirror)})
+            self._tree_pending.merge(writes)
+            self._tree_kernel = jobs[-1].kernel
+            if self._tree_pending.partial_bytes > _PENDING_PARTIAL_BYTES:
+                self._apply_tree_writes()
+        for job in jobs:
+            self._tree_buffers.give(job.pooled)
+
+    def _apply_tree_writes(self) -> None:
+        """Write the journaled steps not yet in the pages (the state's lock calls this before any
+        other operation). Deferred, because a device write queued behind a running training
+        step would hold up the background writer."""
+        pending = self._tree_pending
+        if pending:
+            with self._lock:
+                pending.apply(self, kernel=self._tree_kernel)
 
     def _raise_journal_failure(self) -> None:
         """Raise (every time) if background tree journaling failed: the state missed a write."""

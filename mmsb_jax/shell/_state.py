@@ -565,8 +565,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             txn.commit()
 
     def _flush_journal(self) -> None:
-        if self._log is not None:
-            self._log.sync()
+        with self._lock:  # after the background tree writer's queued steps
+            if self._log is not None:
+                self._log.sync()
 
     # ------------------------------------------------------------------ digest & stats
     def digest(self) -> str:
@@ -637,6 +638,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 if self._ckpt_pool is not None:
                     self._ckpt_pool.shutdown(wait=True)
                 self._close_now()
+            self._raise_journal_failure()  # closed, but a tree step never reached the log
 
     def _close_now(self) -> None:
         with self._lock:

@@ -74,3 +74,14 @@ from .deltas import (
 from .deltas import route_pool as route_pool, route_sparse as route_sparse
 
 __version__ = "0.1.0"
+
+_ORBAX = ("MMSBCheckpointHandler", "MMSBRestore", "MMSBSave")
+
+
+def __getattr__(name: str):
+    """The orbax handler and its args (``MMSBSave`` / ``MMSBRestore``), imported on first use."""
+    if name in _ORBAX:
+        from .shell import _orbax
+
+        return getattr(_orbax, name)
+    raise AttributeError(f"module 'mmsb_jax' has no attribute {name!r}")

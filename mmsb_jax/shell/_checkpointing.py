@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -9,6 +10,13 @@ import numpy as np
 
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from .._errors import InvalidArgumentError, SerializationError, StateClosedError
+
+
+def _once_set(ready, fn, *args):
+    """``fn(*args)`` once ``ready`` is set (given up after 5 minutes: nobody will set it)."""
+    if not ready.wait(300):
+        raise SerializationError("a checkpoint waited 5 minutes for its directory to be made; giving up")
+    return fn(*args)
 
 
 def _done(value) -> Future:
@@ -70,8 +78,11 @@ class Checkpointing:
             raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
-    def _write_checkpoint(self, directory: str, block: bool):
-        """Copy the state to host memory and write it (now, or in the background). Under the lock."""
+    def _write_checkpoint(self, directory: str, block: bool, ready=None):
+        """Copy the state to host memory and write it (now, or in the background). Under the lock.
+
+        ``ready`` (background only): a ``threading.Event`` the writer waits for before it
+        touches ``directory`` (orbax creates an item's directory after handing it over)."""
         self._flush_journal()
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
@@ -110,7 +121,8 @@ class Checkpointing:
             return save_checkpoint(directory, manifest, tree)
         if self._ckpt_pool is None:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
-        future = self._ckpt_pool.submit(save_checkpoint, directory, manifest, tree)
+        job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
+        future = self._ckpt_pool.submit(job, directory, manifest, tree)
         self._ckpt_pending.append((directory, self._epoch, future))
         return future
 

@@ -128,18 +128,38 @@ def record_tree(ring: TreeRing, tree, step) -> TreeRing:
     return dataclasses.replace(ring, buffers=buffers, steps=steps, count=ring.count + jnp.int32(1))
 
 
-def tree_ring_cleared(ring: TreeRing) -> TreeRing:
-    """The same buffers with no step recorded (after a drain)."""
-    return dataclasses.replace(ring, count=jnp.zeros((), jnp.int32))
+_STOCK = 64
+
+
+@jax.jit
+def _zero_counts(count):
+    # on the count's device (one compiled shape for every ring), many at once: one dispatch per 64 drains
+    return tuple(count * 0 for _ in range(_STOCK))
+
+
+def tree_ring_cleared(ring: TreeRing, zeros: dict) -> TreeRing:
+    """The same buffers with no step recorded (host side, after a drain). ``zeros`` is the
+    caller's stock of unused zero counts by sharding (each its own buffer: a ring may be
+    donated), refilled 64 at a time."""
+    key = ring.count.sharding
+    stock = zeros.get(key)
+    if not stock:
+        stock = zeros[key] = list(_zero_counts(ring.count))
+    return TreeRing(ring.buffers, ring.steps, stock.pop(), ring.name, ring.structure, ring.treedef)
+
+
+def ring_steps(ring: TreeRing) -> tuple[int, np.ndarray]:
+    """Host side: ``(count, steps of the recorded slots as int64)`` (zero-copy views on the CPU)."""
+    count = int(np.asarray(ring.count))
+    return count, np.asarray(np.asarray(ring.steps)[: min(count, ring.capacity)], np.int64)
 
 
 def host_steps(buffer, count: int, buffers) -> tuple[np.ndarray, bool]:
     """The ring buffer in host memory with its first ``count`` slots valid, and whether it came
     from ``buffers`` (a ``take(shape, dtype)`` pool): on the CPU, one memcpy of those slots
     from a view into a recycled array; elsewhere, jax's device-to-host copy."""
-    cpu = isinstance(buffer, jax.Array) and all(d.platform == "cpu" for d in buffer.devices())
     host = np.asarray(buffer)
-    if not cpu:
+    if host.flags.owndata:  # already a device-to-host copy of its own
         return host, False
     out = buffers.take(host.shape, host.dtype)
     np.copyto(out[:count], host[:count])

@@ -10,6 +10,7 @@ from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delt
 from .._errors import InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
 from ..deltas._router import pad_rows, sparse_rows_keep
+from ..deltas._tree_ring import TreeRing
 
 
 class BatchRouting:
@@ -156,7 +157,6 @@ class BatchRouting:
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
         from ..deltas._ring import ring_cleared, ring_contents
-        from ..deltas._tree_ring import TreeRing
 
         if isinstance(ring, TreeRing):
             return self._drain_tree_ring(ring)

@@ -148,7 +148,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
         self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
         self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps
-        self._tree_kernel = False
+        self._tree_zeros: dict = {}  # unused zero step counts for drained tree rings, by sharding
         self._tree_failure = None  # a failed background/inline tree write: the state must be reopened
         self._closed = False
         self._epoch = 0

@@ -41,7 +41,7 @@ class BackgroundWriter:
     def __init__(self, run, max_bytes: int = 512 << 20):
         self._run = run
         self.max_bytes = int(max_bytes)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._queue: list = []  # (job, nbytes)
         self._bytes = 0  # queued + running
         self._busy = False

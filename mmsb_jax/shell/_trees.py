@@ -27,6 +27,7 @@ from .._errors import (
     RingOverflowError,
     SerializationError,
 )
+from ..deltas._tree_ring import empty_tree_ring, host_steps, ring_steps, tree_ring_cleared
 from . import _tree_codec as codec
 from ._tree_writer import BackgroundWriter
 from ._tree_writes import PageWrites, log_write, plan_leaf
@@ -64,7 +65,6 @@ class _Job(NamedTuple):
     steps: list
     first: object  # the log batch holding the CREATE_PAGES + TREE_DEF of a new tree, or None
     source: str
-    kernel: bool
     pooled: list  # host arrays to give back to the state's HostBuffers once written
 
 
@@ -279,7 +279,6 @@ class TreeJournal:
             else:
                 self._check_same_tree(t, tree, td, paths, shapes, dtypes)
             step = self._next_step(t, name, step)
-            kernel = self._sparse_kernel()
             epoch = self._epoch + 1
             self._epoch = epoch
             first = None
@@ -293,14 +292,12 @@ class TreeJournal:
                 host.append(h)
             del views
             self._tree_tag(name, step, epoch)
-            self._tree_submit(_Job(t, host, [epoch], [step], first, "tree", kernel, host), nbytes)
+            self._tree_submit(_Job(t, host, [epoch], [step], first, "tree", host), nbytes)
             return epoch
 
     # ------------------------------------------------------------------ tree rings
     def tree_ring(self, name, like_tree, *, steps: int, location: str = "cpu", device=None):
         """A device ring for ``steps`` recorded steps of tree ``name``; see :func:`mmsb_jax.tree_ring`."""
-        from ..deltas._tree_ring import empty_tree_ring
-
         check_name(name)
         pairs, td = tu.tree_flatten_with_path(like_tree)
         paths = [tu.keystr(p) for p, _ in pairs]
@@ -321,10 +318,7 @@ class TreeJournal:
         return empty_tree_ring(name, spec.text, td, shapes, dtypes, steps, device)
 
     def _drain_tree_ring(self, ring):
-        from ..deltas._tree_ring import host_steps, tree_ring_cleared
-
-        count, ring_steps = jax.device_get((ring.count, ring.steps))
-        count = int(count)
+        count, steps = ring_steps(ring)
         if count > ring.capacity:
             raise RingOverflowError(
                 f"the tree ring of {ring.name!r} overflowed: {count} steps were recorded into a ring of "
@@ -333,7 +327,7 @@ class TreeJournal:
             )
         if count == 0:
             return None, ring
-        steps = np.asarray(ring_steps[:count]).astype(np.int64).tolist()
+        steps = steps.tolist()
         host, pooled = [], []
         for b in ring.buffers:  # the recorded steps, copied to (recycled) host memory
             h, own = host_steps(b, count, self._tree_buffers)
@@ -364,7 +358,6 @@ class TreeJournal:
                     raise InvalidArgumentError(
                         f"recorded step {s} (slot {i}) of tree {name!r} is not after step {before}: steps must increase"
                     )
-            kernel = self._sparse_kernel()
             first_epoch = self._epoch + 1
             epochs = list(range(first_epoch, first_epoch + count))
             first = None
@@ -374,9 +367,9 @@ class TreeJournal:
             self._epoch = epochs[-1]
             for s, e in zip(steps, epochs):
                 self._tree_tag(name, s, e)
-            self._tree_submit(_Job(t, host, epochs, steps, first, "jit-ring", kernel, pooled), nbytes)
-            epoch = self._epoch
-        return epoch, tree_ring_cleared(ring)
+            cleared = tree_ring_cleared(ring, self._tree_zeros)  # before the writer thread takes the GIL
+            self._tree_submit(_Job(t, host, epochs, steps, first, "jit-ring", pooled), nbytes)
+            return self._epoch, cleared
 
     # ------------------------------------------------------------------ the writer
     def _tree_submit(self, job: _Job, nbytes: int) -> None:
@@ -428,7 +421,6 @@ class TreeJournal:
             writes.rebase_whole({int(pid): m.reshape(-1) for job in jobs
                                  for pid, m in zip(job.tree.page_ids.tolist(), job.tree.mirror)})
             self._tree_pending.merge(writes)
-            self._tree_kernel = jobs[-1].kernel
             if self._tree_pending.partial_bytes > _PENDING_PARTIAL_BYTES:
                 self._apply_tree_writes()
         for job in jobs:
@@ -441,7 +433,8 @@ class TreeJournal:
         pending = self._tree_pending
         if pending:
             with self._lock:
-                pending.apply(self, kernel=self._tree_kernel)
+                kernel = self._sparse_kernel()  # may refuse (a bad MMSB_KERNELS): the writes stay pending
+                pending.apply(self, kernel=kernel)
 
     def _raise_journal_failure(self) -> None:
         """Raise (every time) if background tree journaling failed: the state missed a write."""

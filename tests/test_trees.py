@@ -290,6 +290,8 @@ def test_bad_names_steps_and_tracers(tmp_path):
         mmsb.save_tree(state, "", tree)
     with pytest.raises(mmsb.InvalidArgumentError, match="traced"):
         jax.jit(lambda x: mmsb.save_tree(state, "t", {"w": x}, step=9))(jnp.ones(2))
+    with pytest.raises(mmsb.InvalidArgumentError, match=r"leaf \['w'\] of the journaled tree 't'"):
+        mmsb.delete_page(state, int(state._trees["t"].page_ids[0]))
     assert mmsb.state_digest(state) == digest
     assert mmsb.save_tree(state, "t", tree) == state.epoch and mmsb.tree_steps(state, "t")[-1][0] == 5
     mmsb.mmsb_stop(state)

@@ -387,6 +387,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         with self._lock:
             self._check_open()
             pid, pool, slot = self._locate(page_id)
+            if self._trees:
+                self._refuse_tree_page(pid)
             pg = self._pool_graphs.get(pool.index)
             if pg is not None and pg.graph.has_node(slot):
                 pg.graph.remove_node(slot)

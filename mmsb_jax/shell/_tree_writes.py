@@ -33,14 +33,15 @@ def as_bits(x: np.ndarray) -> np.ndarray:
     return x.view(np.uint8) if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
 
 
-def plan_leaf(prev: np.ndarray, new: np.ndarray) -> Write | None:
+def plan_leaf(prev: np.ndarray, new: np.ndarray, scratch=None) -> Write | None:
     """The cheapest write turning ``prev`` into ``new`` (same shape and dtype), or None.
 
     Unchanged (bit for bit) is None. A large leaf whose 64 probed elements (spread evenly)
     all changed is written whole without scanning it (a dense update: its raw bytes are the
     cheapest encoding, up to the few unchanged elements it might hold). Otherwise the changed
     elements are counted and the fewest bytes win: the whole page, the changed rows of the
-    leading axis (ROWS), or the changed elements (SPARSE, 4 index bytes each).
+    leading axis (ROWS), or the changed elements (SPARSE, 4 index bytes each). ``scratch``
+    (a ``take`` / ``give`` pool of host arrays) lends the comparison its bool array.
 
     Example:
       >>> import numpy as np
@@ -60,29 +61,43 @@ def plan_leaf(prev: np.ndarray, new: np.ndarray) -> Write | None:
         probe = np.linspace(0, size - 1, _SAMPLE).astype(np.int64)
         if (a[probe] != b[probe]).all():
             return Write("whole", size, None, flat)
-    ne = a != b
+    ne = scratch.take((size,), np.bool_) if scratch is not None else np.empty(size, np.bool_)
+    try:
+        np.not_equal(a, b, out=ne)
+        return _cheapest(ne, new, flat, size)
+    finally:
+        if scratch is not None:
+            scratch.give([ne])
+
+
+def _cheapest(ne: np.ndarray, new: np.ndarray, flat: np.ndarray, size: int) -> Write | None:
+    """The fewest-bytes write of the elements ``ne`` marks changed (None: none changed)."""
     changed = int(np.count_nonzero(ne))
     if changed == 0:
         return None
     isz = new.dtype.itemsize
     if changed == size:
         return Write("whole", size, None, flat)
-    best_bytes, best = size * isz, "whole"
-    sparse_bytes = changed * (isz + 4)
-    if sparse_bytes < best_bytes:
-        best_bytes, best = sparse_bytes, "sparse"
     row_len = size // new.shape[0] if new.ndim >= 2 and new.shape[0] else size
+    sizes = {"whole": _body_bytes(16, 1, size * isz), "sparse": _body_bytes(8, changed, changed * isz)}
     if row_len < size:
         row_changed = ne.reshape(-1, row_len).any(axis=1)
         r = int(np.count_nonzero(row_changed))
-        rows_bytes = r * (row_len * isz + 4) + 8
-        if rows_bytes < best_bytes:
-            rows = np.flatnonzero(row_changed).astype(np.int32)
-            return Write("rows", row_len, rows, flat.reshape(-1, row_len)[rows].reshape(-1))
+        sizes["rows"] = _body_bytes(16, r, r * row_len * isz)
+    best = min(("whole", "rows", "sparse"), key=lambda k: sizes.get(k, np.inf))  # ties: fewer scatters
+    if best == "rows":
+        rows = np.flatnonzero(row_changed).astype(np.int32)
+        return Write("rows", row_len, rows, flat.reshape(-1, row_len)[rows].reshape(-1))
     if best == "sparse":
         idx = np.flatnonzero(ne).astype(np.int32)
         return Write("sparse", 1, idx, flat[idx])
     return Write("whole", size, None, flat)
+
+
+def _body_bytes(fixed: int, n_index: int, value_bytes: int) -> int:
+    """Encoded body size of a ROWS / SPARSE record: fixed fields, an int32 index array and the
+    values, each array block 24 bytes of header and name, padded to 8 (docs/tlog-format.md)."""
+    return fixed + 24 + (-(-4 * n_index // 8) * 8) + 24 + (-(-value_bytes // 8) * 8)
 
 
 def log_write(batch, page_id: int, w: Write) -> None:
@@ -102,11 +117,10 @@ def _last_per_target(targets: np.ndarray) -> np.ndarray:
 
 
 def _row_targets(w: Write) -> np.ndarray:
-    """The flat element indices a rows write covers, in chunk order."""
+    """The flat element indices a partial write covers, in chunk order."""
     if w.kind == "sparse":
         return w.rows.astype(np.int64)
-    rows = np.zeros(1, np.int64) if w.kind == "whole" else w.rows.astype(np.int64)
-    return (rows[:, None] * w.row_len + np.arange(w.row_len, dtype=np.int64)).reshape(-1)
+    return (w.rows.astype(np.int64)[:, None] * w.row_len + np.arange(w.row_len, dtype=np.int64)).reshape(-1)
 
 
 class PageWrites:
@@ -147,28 +161,49 @@ class PageWrites:
                 self.add(pid, epoch, w)
 
     def apply(self, state, kernel: bool = False) -> None:
-        """Write every page of ``state`` (called under its lock; the journal is already written)."""
+        """Write every page of ``state`` (called under its lock; the journal is already written).
+
+        A page whose writes cover few of its elements takes them as one sparse scatter;
+        otherwise the page is assembled on the host (its last whole value, or its current
+        content, then each later write in order) and written whole.
+        """
         pages, self._pages, self.partial_bytes = self._pages, {}, 0
         whole: dict[int, list] = {}  # pool index -> [(slot, page values)]
         for pid, writes in pages.items():
             _, pool, slot = state._locate(pid)
-            epoch = writes[-1][0]
-            if writes[0][1].kind == "whole":
-                page, rest = writes[0][1].values, writes[1:]
-                if rest:
-                    page = page.copy()
-                    targets, values = _resolved(rest)
-                    page[targets] = values
-                whole.setdefault(pool.index, []).append((slot, page.reshape(pool.shape)))
-            else:  # a sparse scatter of the changed elements (it runs the observers itself)
-                targets, values = _resolved(writes)
+            lead = writes[0][1] if writes[0][1].kind == "whole" else None
+            rest = writes[1:] if lead is not None else writes
+            covered = sum(w.values.size for _, w in rest)
+            if lead is None and covered * _ASSEMBLE_FRACTION < pool.page_elems:
+                targets, values = _resolved(rest)  # (the scatter runs the observers itself)
                 state._apply_sparse_rows(np.array([pid], np.int64), targets.astype(np.int32)[None],
                                          values[None], kernel)
-            state._table.epoch[pid] = epoch
+            else:
+                page = lead.values.copy() if lead is not None else state._page_base(pid).reshape(-1)
+                for _, w in rest:
+                    _assign(page, w)
+                whole.setdefault(pool.index, []).append((slot, page.reshape(pool.shape)))
+            state._table.epoch[pid] = writes[-1][0]
         for pi, items in whole.items():
             pool = state._pools[pi]
             _write_whole_pages(pool, items)
             state._after_write(pool, sorted(slot for slot, _ in items))
+
+
+_ASSEMBLE_FRACTION = 8  # partial writes covering >= 1/8 of a page: assembled on the host, written whole
+
+
+def _assign(page: np.ndarray, w: Write) -> None:
+    """Apply one partial write to a flat host page (a repeated row or index: its last value)."""
+    idx, values = w.rows, w.values
+    if idx.size > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+        keep = _last_per_target(idx)
+        idx = idx[keep]
+        values = values.reshape(-1, w.row_len)[keep].reshape(-1) if w.kind == "rows" else values[keep]
+    if w.kind == "rows":
+        page.reshape(-1, w.row_len)[idx] = values.reshape(-1, w.row_len)
+    else:
+        page[idx] = values
 
 
 def _resolved(writes) -> tuple[np.ndarray, np.ndarray]:

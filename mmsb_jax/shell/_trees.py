@@ -175,6 +175,16 @@ class TreeJournal:
         t = self._trees[name] = TreeInfo(name, spec, ids)
         return t
 
+    def _refuse_tree_page(self, pid: int) -> None:
+        """A journaled tree's pages are not deleted (its journal would lose a leaf)."""
+        for t in self._trees.values():
+            hit = np.flatnonzero(t.page_ids == pid)
+            if hit.size:
+                raise InvalidArgumentError(
+                    f"page {pid} holds leaf {t.spec.leaves[int(hit[0])].path} of the journaled tree {t.name!r}; "
+                    "a tree's pages cannot be deleted"
+                )
+
     def _tree_tag(self, name: str, step: int, epoch: int) -> None:
         """Record that ``epoch`` is step ``step`` of tree ``name`` (live and replay)."""
         t = self._tree(name)
@@ -400,7 +410,7 @@ class TreeJournal:
                     log.batch(epoch, source=job.source, zero_copy=True) if log is not None else None)
                 for i, pid in enumerate(ids):
                     new = job.host[i][k, ...]
-                    w = plan_leaf(prev[i], new)
+                    w = plan_leaf(prev[i], new, self._tree_buffers)
                     if w is not None:
                         if b is not None:
                             log_write(b, pid, w)

@@ -134,11 +134,19 @@ def test_a_donated_ring_is_written_in_place(tmp_path):
     for s in range(1, 4):
         ring = record(ring, {"w": jnp.full((256, 64), float(s)), "n": jnp.int32(s)}, jnp.int32(s))
     assert [b.unsafe_buffer_pointer() for b in ring.buffers] == before
-    epoch, ring = state.drain_ring(ring)  # the drain copies the steps out and returns the same buffers
-    assert [b.unsafe_buffer_pointer() for b in ring.buffers] == before
+    epoch, ring = state.drain_ring(ring)  # the loop goes on with a second ring while the writer reads the first
+    second = [b.unsafe_buffer_pointer() for b in ring.buffers]
+    assert second != before
     ring = record(ring, {"w": jnp.ones((256, 64)), "n": jnp.int32(9)}, jnp.int32(9))
+    assert [b.unsafe_buffer_pointer() for b in ring.buffers] == second
+    state._lock.writer.wait_idle()  # the first ring is read through: the next drain hands it back
+    epoch, ring = state.drain_ring(ring)
     assert [b.unsafe_buffer_pointer() for b in ring.buffers] == before
+    ring = record(ring, {"w": jnp.full((256, 64), 7.0), "n": jnp.int32(10)}, jnp.int32(10))
+    assert [b.unsafe_buffer_pointer() for b in ring.buffers] == before
+    epoch, ring = state.drain_ring(ring)
     assert mmsb.load_tree(state, "t", step=3)["w"][0, 0] == 3.0
+    assert mmsb.load_tree(state, "t", step=9)["w"][0, 0] == 1.0 and mmsb.load_tree(state, "t")["n"] == 10
     mmsb.mmsb_stop(state)
 
 

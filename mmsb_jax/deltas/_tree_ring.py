@@ -2,8 +2,9 @@
 
 :func:`record_tree` (pure, jittable) writes a tree (leaves of any dtypes, scalars included)
 into the next of the ring's ``K`` slots and tags it with its step; the host later drains the
-ring (``state.drain_ring(ring)``), which turns each recorded step into its own epoch. The ring
-is a registered pytree: carry it through ``lax.scan``, pass it to ``jit`` and donate it
+ring (``state.drain_ring(ring)``), which turns each recorded step into its own epoch and
+returns an empty ring to go on with (another set of buffers while the drained one is read).
+The ring is a registered pytree: carry it through ``lax.scan``, pass it to ``jit`` and donate it
 (``donate_argnums``) so each step writes its slot in place instead of copying the ring.
 ``ring.overflowed`` is a traced bool a loop can test (``lax.cond``, ``checkify``); a drain of
 an overflowed ring raises ``RingOverflowError`` and applies nothing. The ring itself is made
@@ -137,15 +138,14 @@ def _zero_counts(count):
     return tuple(count * 0 for _ in range(_STOCK))
 
 
-def tree_ring_cleared(ring: TreeRing, zeros: dict) -> TreeRing:
-    """The same buffers with no step recorded (host side, after a drain). ``zeros`` is the
-    caller's stock of unused zero counts by sharding (each its own buffer: a ring may be
-    donated), refilled 64 at a time."""
+def _zero_count(ring: TreeRing, zeros: dict):
+    """A fresh zero step count on the ring's device from the caller's stock ``zeros`` (by
+    sharding; each its own buffer, since a ring may be donated), refilled 64 at a time."""
     key = ring.count.sharding
     stock = zeros.get(key)
     if not stock:
         stock = zeros[key] = list(_zero_counts(ring.count))
-    return TreeRing(ring.buffers, ring.steps, stock.pop(), ring.name, ring.structure, ring.treedef)
+    return stock.pop()
 
 
 def ring_steps(ring: TreeRing) -> tuple[int, np.ndarray]:
@@ -154,13 +154,26 @@ def ring_steps(ring: TreeRing) -> tuple[int, np.ndarray]:
     return count, np.asarray(np.asarray(ring.steps)[: min(count, ring.capacity)], np.int64)
 
 
-def host_steps(buffer, count: int, buffers) -> tuple[np.ndarray, bool]:
-    """The ring buffer in host memory with its first ``count`` slots valid, and whether it came
-    from ``buffers`` (a ``take(shape, dtype)`` pool): on the CPU, one memcpy of those slots
-    from a view into a recycled array; elsewhere, jax's device-to-host copy."""
-    host = np.asarray(buffer)
-    if host.flags.owndata:  # already a device-to-host copy of its own
-        return host, False
-    out = buffers.take(host.shape, host.dtype)
-    np.copyto(out[:count], host[:count])
-    return out, True
+@jax.jit
+def _fresh(buffers, steps):
+    return tuple(jnp.zeros_like(b) for b in buffers), jnp.zeros_like(steps)
+
+
+def tree_ring_swapped(ring: TreeRing, spares: list, zeros: dict) -> TreeRing:
+    """A ring of the same kind as ``ring`` with nothing recorded, for the loop to go on with
+    while ``ring``'s buffers are read (host side, at a drain): a pair ``(buffers, steps)`` from
+    ``spares`` (rings drained earlier and fully read), or fresh zeros. ``zeros``: a stock of
+    zero step counts (see :func:`_zero_count`)."""
+    spare = None
+    while spares and spare is None:
+        bufs, steps = spares.pop()
+        if not steps.is_deleted() and not any(b.is_deleted() for b in bufs):  # not donated by a stale handle
+            spare = bufs, steps
+    if spare is None:
+        spare = _fresh(ring.buffers, ring.steps)
+    return TreeRing(tuple(spare[0]), spare[1], _zero_count(ring, zeros), ring.name, ring.structure, ring.treedef)
+
+
+def spare_key(ring: TreeRing) -> tuple:
+    """Rings that can stand in for one another: same tree, structure, capacity and placement."""
+    return ring.name, ring.structure, ring.capacity, ring.steps.sharding

@@ -149,6 +149,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
         self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps
         self._tree_zeros: dict = {}  # unused zero step counts for drained tree rings, by sharding
+        self._tree_spares: dict = {}  # drained tree rings read through, by spare key: the next drains' rings
         self._tree_failure = None  # a failed background/inline tree write: the state must be reopened
         self._closed = False
         self._epoch = 0

@@ -74,11 +74,12 @@ def tree_ring(state: MMSBState, name: str, like_tree, *, steps: int, location: s
     under ``name`` must match it. The ring holds ``steps`` copies of the tree on ``device``
     (default: JAX's default device). ``epoch, ring = state.drain_ring(ring)`` journals every
     recorded step as its own epoch tagged with its step (so a step inside a ``lax.scan`` chunk
-    can be loaded back), the first one creating the tree; it returns the last epoch and the
-    ring emptied (the same buffers). A drain copies the recorded steps to host memory and
-    hands the rest to the background writer, so it does not stall the next chunk; it compiles
-    nothing, whatever the count. Donate the ring (``jax.jit(step, donate_argnums=...)``) so a
-    step writes its slot in place; ``ring.overflowed`` tells the loop when to drain.
+    can be loaded back), the first one creating the tree. It returns the last epoch and an
+    empty ring to go on with: a second set of buffers while the background writer reads the
+    drained one (the two alternate), so the next chunk starts at once; always continue with the
+    returned ring, as after donating. A drain compiles nothing, whatever the count. Donate the
+    ring (``jax.jit(step, donate_argnums=...)``) so a step writes its slot in place;
+    ``ring.overflowed`` tells the loop when to drain.
 
     Raises:
       InvalidArgumentError: a leaf that is not an array, an unsupported dtype, ``steps`` not a

@@ -27,7 +27,7 @@ from .._errors import (
     RingOverflowError,
     SerializationError,
 )
-from ..deltas._tree_ring import empty_tree_ring, host_steps, ring_steps, tree_ring_cleared
+from ..deltas._tree_ring import empty_tree_ring, ring_steps, spare_key, tree_ring_swapped
 from . import _tree_codec as codec
 from ._tree_writer import BackgroundWriter
 from ._tree_writes import PageWrites, log_write, plan_leaf
@@ -60,12 +60,13 @@ class TreeInfo:
 
 class _Job(NamedTuple):
     tree: TreeInfo
-    host: list  # per leaf: (>= n, *shape) host values, of the n steps first
+    host: list  # per leaf: (>= n, *shape) values of the n steps first (host arrays, or a ring's device buffers)
     epochs: list
     steps: list
     first: object  # the log batch holding the CREATE_PAGES + TREE_DEF of a new tree, or None
     source: str
     pooled: list  # host arrays to give back to the state's HostBuffers once written
+    ring: object = None  # (spare key, (buffers, steps)) of a drained ring, a spare once read
 
 
 def check_name(name) -> str:
@@ -338,13 +339,7 @@ class TreeJournal:
         if count == 0:
             return None, ring
         steps = steps.tolist()
-        host, pooled = [], []
-        for b in ring.buffers:  # the recorded steps, copied to (recycled) host memory
-            h, own = host_steps(b, count, self._tree_buffers)
-            host.append(h)
-            if own:
-                pooled.append(h)
-        nbytes = sum(h[:count].nbytes for h in host)
+        nbytes = sum(b.nbytes // ring.capacity * count for b in ring.buffers)
         with self._lock.journaling(nbytes):
             self._check_open()
             name = check_name(ring.name)
@@ -357,9 +352,9 @@ class TreeJournal:
                 raise InvalidArgumentError(f"this ring was made for another structure of tree {name!r}")
             else:
                 spec = t.spec
-            for h, leaf in zip(host, spec.leaves):
-                if h.shape[1:] != leaf.shape or h.dtype != leaf.dtype:  # pragma: no cover - the ring's own spec
-                    raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {h.dtype}{list(h.shape[1:])}; "
+            for b, leaf in zip(ring.buffers, spec.leaves):
+                if b.shape[1:] != leaf.shape or b.dtype != leaf.dtype:  # pragma: no cover - the ring's own spec
+                    raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {b.dtype}{list(b.shape[1:])}; "
                                             f"the tree has {leaf.dtype}{list(leaf.shape)}")
             last = t.steps[-1] if t is not None else None
             for i, s in enumerate(steps):
@@ -377,9 +372,13 @@ class TreeJournal:
             self._epoch = epochs[-1]
             for s, e in zip(steps, epochs):
                 self._tree_tag(name, s, e)
-            cleared = tree_ring_cleared(ring, self._tree_zeros)  # before the writer thread takes the GIL
-            self._tree_submit(_Job(t, host, epochs, steps, first, "jit-ring", pooled), nbytes)
-            return self._epoch, cleared
+            # the loop goes on with another ring while the writer reads this one (made before the
+            # writer thread wakes up and takes the GIL)
+            key = spare_key(ring)
+            swapped = tree_ring_swapped(ring, self._tree_spares.setdefault(key, []), self._tree_zeros)
+            job = _Job(t, list(ring.buffers), epochs, steps, first, "jit-ring", [], (key, (ring.buffers, ring.steps)))
+            self._tree_submit(job, nbytes)
+            return self._epoch, swapped
 
     # ------------------------------------------------------------------ the writer
     def _tree_submit(self, job: _Job, nbytes: int) -> None:
@@ -400,41 +399,52 @@ class TreeJournal:
         (:meth:`_apply_tree_writes`)."""
         log = self._log
         writes = PageWrites()
-        batches = []
+        batches: list = []
         for job in jobs:
-            t = job.tree
-            prev = list(self._tree_prev(t))
-            ids = t.page_ids.tolist()
-            for k, (epoch, step) in enumerate(zip(job.epochs, job.steps)):
-                b = job.first if k == 0 and job.first is not None else (
-                    log.batch(epoch, source=job.source, zero_copy=True) if log is not None else None)
-                for i, pid in enumerate(ids):
-                    new = job.host[i][k, ...]
-                    w = plan_leaf(prev[i], new, self._tree_buffers)
-                    if w is not None:
-                        if b is not None:
-                            log_write(b, pid, w)
-                        writes.add(pid, epoch, w)
-                    prev[i] = new
-                if b is not None:
-                    b.log_tree_step(t.name, step)
-                    batches.append(b)
-            n = len(job.epochs)  # the writer's copies move to this job's last step
-            for m, h in zip(t.mirror, job.host):
-                np.copyto(m, h[n - 1, ...])
-            t.mirror_epoch = job.epochs[-1]
+            self._plan_job(job, log, writes, batches)
         if log is not None:
-            log.commit_batches(batches)  # written out: the host buffers may be reused
+            log.commit_batches(batches)  # written out: the memory the records point into may be reused
         with self._lock:
-            # a whole-page write keeps no reference to a (recycled) job buffer: it reads the
+            # a whole-page write keeps no reference to a job's (recycled) memory: it reads the
             # writer's copy, which holds the page's latest value by the time pages are written
             writes.rebase_whole({int(pid): m.reshape(-1) for job in jobs
                                  for pid, m in zip(job.tree.page_ids.tolist(), job.tree.mirror)})
             self._tree_pending.merge(writes)
             if self._tree_pending.partial_bytes > _PENDING_PARTIAL_BYTES:
                 self._apply_tree_writes()
+        del writes, batches  # the last views of the jobs' memory
         for job in jobs:
             self._tree_buffers.give(job.pooled)
+            if job.ring is not None:  # read through: a spare for a later drain
+                key, parts = job.ring
+                with self._lock:
+                    self._tree_spares.setdefault(key, []).append(parts)
+
+    def _plan_job(self, job: _Job, log, writes: PageWrites, batches: list) -> None:
+        """One job's steps: each leaf compared with its previous value, the changes added to
+        ``writes`` and to one log batch per step; the writer's copies move to the last step."""
+        t = job.tree
+        host = [np.asarray(h) for h in job.host]  # a ring's buffers: views on the CPU, copies elsewhere
+        prev = list(self._tree_prev(t))
+        ids = t.page_ids.tolist()
+        for k, (epoch, step) in enumerate(zip(job.epochs, job.steps)):
+            b = job.first if k == 0 and job.first is not None else (
+                log.batch(epoch, source=job.source, zero_copy=True) if log is not None else None)
+            for i, pid in enumerate(ids):
+                new = host[i][k, ...]
+                w = plan_leaf(prev[i], new, self._tree_buffers)
+                if w is not None:
+                    if b is not None:
+                        log_write(b, pid, w)
+                    writes.add(pid, epoch, w)
+                prev[i] = new
+            if b is not None:
+                b.log_tree_step(t.name, step)
+                batches.append(b)
+        n = len(job.epochs)
+        for m, h in zip(t.mirror, host):
+            np.copyto(m, h[n - 1, ...])
+        t.mirror_epoch = job.epochs[-1]
 
     def _apply_tree_writes(self) -> None:
         """Write the journaled steps not yet in the pages (the state's lock calls this before any

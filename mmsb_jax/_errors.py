@@ -66,6 +66,11 @@ class CorruptLogError(SerializationError):
         super().__init__(f"corrupt log record in {self.path} at byte offset {self.offset}: {reason}")
 
 
+class ResourceLimitError(MMSBError, MemoryError):
+    """A request for more memory than the device holds (pages, page ids), refused before
+    anything is allocated; the state is unchanged."""
+
+
 class StateClosedError(MMSBError, RuntimeError):
     """An operation on a state after :func:`mmsb_stop`."""
 

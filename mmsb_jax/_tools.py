@@ -7,8 +7,9 @@ import os
 from ._errors import MMSBError
 from .log import Kind
 from .shell._replay import rebuild
-from .log._directory import list_checkpoints, require_state
-from .log import first_logged_epoch, list_segments, read_records
+from .log._directory import list_checkpoints, log_floor, require_state, state_semiring
+from .shell import _inputs
+from .log import list_segments, read_records
 
 
 def _dir_bytes(path: str) -> int:
@@ -27,7 +28,7 @@ def inspect_state(path) -> dict:
 
     Reads the log in ``skip_corrupt`` mode, so it reports on damaged logs too.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = _inputs.path(path)
     require_state(path)
     log_dir = os.path.join(path, "log")
     res = read_records(log_dir, "skip_corrupt")
@@ -49,25 +50,40 @@ def inspect_state(path) -> dict:
     }
 
 
-def verify_state(path, progress=None) -> dict:
-    """Check every record's CRC and that each checkpoint equals a replay of the log to its epoch.
+def verify_state(path, progress=None, *, semirings=()) -> dict:
+    """Check a state directory the way opening it would, and more: every file's checksum, the
+    log's epoch order, each checkpoint against a replay of the log to its epoch, and the state
+    ``mmsb_open`` would build (newest checkpoint + log tail) against a full replay of the log.
 
     Each checkpoint is compared with the previous one (or the empty state) plus the log records
     between them. A checkpoint whose comparison needs records that compaction removed cannot be
-    re-derived: it is listed with ``matches_replay=None`` and a ``note``, and is not a fault.
+    re-derived: it is listed with ``matches_replay=None`` and a ``note``, and is not a fault. A
+    checkpoint directory without a log (``mmsb_stop(state, checkpoint_path=...)``) is checked
+    on its own: its checksums and consistency.
 
-    Returns ``{"ok": bool, "faults": [str, ...], "records": n, "checkpoints": [...]}``:
-    ``records`` counts the records whose CRC was checked (those before the first damage, if
-    any); each checkpoint is ``{"dir", "epoch", "matches_replay": bool | None}``, plus
-    ``"note"`` when it was skipped. ``progress(i, total, what)`` is called as checkpoints are
-    verified.
+    Returns ``{"ok": bool, "faults": [str, ...], "records": n, "checkpoints": [...],
+    "notes": [str, ...]}``: ``records`` counts the records whose CRC was checked (those before
+    the first damage, if any); each checkpoint is ``{"dir", "epoch", "matches_replay": bool |
+    None}``, plus ``"note"`` when it was skipped. ``progress(i, total, what)`` is called as
+    checkpoints are verified. ``semirings``: user-defined semirings the log names.
     """
+    from .shell._replay import resolve_semiring
     from .shell._state import MMSBState
 
-    path = os.path.abspath(os.fspath(path))
+    path = _inputs.path(path)
     require_state(path)
     log_dir = os.path.join(path, "log")
     faults: list[str] = []
+    notes: list[str] = []
+    try:
+        semiring = resolve_semiring(state_semiring(path), semirings)
+    except MMSBError as e:
+        return {"ok": False, "faults": [f"settings: {e}"], "records": 0, "checkpoints": [], "notes": notes}
+
+    def snapshot():
+        return MMSBState(path, semiring=semiring, _snapshot=True)
+
+    has_log = os.path.isdir(log_dir) and bool(list_segments(log_dir))
     try:
         n_records = len(read_records(log_dir, "absolute").records)
     except MMSBError as e:
@@ -76,7 +92,12 @@ def verify_state(path, progress=None) -> dict:
             n_records = len(read_records(log_dir, "point_in_time").records)
         except MMSBError:
             n_records = 0
-    first = first_logged_epoch(log_dir)  # compaction dropped every epoch before this one
+    first = log_floor(path)  # compaction dropped every epoch before this one
+    ck_dir = os.path.join(path, "checkpoints")
+    if os.path.isdir(ck_dir):
+        for name in sorted(os.listdir(ck_dir)):
+            if not os.path.lexists(os.path.join(ck_dir, name, "manifest.json")):
+                notes.append(f"checkpoints/{name} has no manifest (an interrupted checkpoint; opening removes it)")
     checks = []
     cks = list_checkpoints(path)
     for i, (d, epoch) in enumerate(cks):
@@ -85,26 +106,51 @@ def verify_state(path, progress=None) -> dict:
         if epoch < 0:
             faults.append(f"checkpoint {d}: unreadable manifest")
             continue
+        check = {"dir": os.path.relpath(d, path), "epoch": epoch, "matches_replay": None}
+        try:
+            from_ckpt = snapshot()
+            from_ckpt._restore_checkpoint(d)
+        except MMSBError as e:
+            faults.append(f"checkpoint {d}: {e}")
+            continue
+        if not has_log and first == 1:
+            check["note"] = "no log to compare with: checksums and consistency checked"
+            checks.append(check)
+            continue
         # Compare against the log replayed from the previous checkpoint (or from the start).
         older = [(od, oe) for od, oe in cks if 0 <= oe < epoch]
         base, base_epoch = max(older, key=lambda t: t[1]) if older else (None, 0)
-        check = {"dir": os.path.relpath(d, path), "epoch": epoch, "matches_replay": None}
-        if first is not None and first > base_epoch + 1:  # epochs base_epoch+1 .. first-1 are gone
+        if first > base_epoch + 1:  # epochs base_epoch+1 .. first-1 are gone
             check["note"] = f"skipped: log compacted before epoch {first}"
             checks.append(check)
             continue
         try:
-            from_ckpt = MMSBState(path, _snapshot=True)
-            from_ckpt._restore_checkpoint(d)
-            from_log = MMSBState(path, _snapshot=True)
-            rebuild(from_log, path, end_epoch=epoch, checkpoint=base)
-            check["matches_replay"] = from_ckpt.digest() == from_log.digest()
+            from_log = snapshot()
+            rebuild(from_log, path, end_epoch=epoch, checkpoint=base, semirings=semirings)
+            check["matches_replay"] = from_ckpt.digest() == from_log.digest() and from_log.epoch == epoch
         except MMSBError as e:
-            faults.append(f"checkpoint {d}: {e}")
+            faults.append(f"checkpoint {d}: replaying the log to its epoch fails: {e}")
             continue
         checks.append(check)
         if not check["matches_replay"]:
             faults.append(f"checkpoint {d} (epoch {epoch}) differs from a replay of the log to that epoch")
+    # What opening builds: the newest usable checkpoint and the log after it (the tail).
+    if has_log or not cks:
+        try:
+            opened = snapshot()
+            report = rebuild(opened, path, semirings=semirings)
+            for d, why in report.skipped_checkpoints:
+                faults.append(f"opening skips checkpoint {d}: {why}")
+            if report.torn_tail is None and first == 1 and cks:
+                full = snapshot()
+                rebuild(full, path, checkpoint=None, semirings=semirings)
+                if full.digest() != opened.digest():
+                    faults.append(
+                        f"the newest checkpoint plus the log tail (epoch {opened.epoch}) differs from a full "
+                        f"replay of the log (epoch {full.epoch})"
+                    )
+        except MMSBError as e:
+            faults.append(f"opening the state fails: {e}")
     if progress:
         progress(len(cks), len(cks), "done")
-    return {"ok": not faults, "faults": faults, "records": n_records, "checkpoints": checks}
+    return {"ok": not faults, "faults": faults, "records": n_records, "checkpoints": checks, "notes": notes}

@@ -202,6 +202,8 @@ def cmd_verify(args) -> int:
         if c.get("note"):
             status += f" ({c['note']})"
         console.print(f"checkpoint {c['dir']} (epoch {c['epoch']}): {status}")
+    for note in rep.get("notes", ()):
+        console.print(f"note: {note}")
     console.print(f"{rep['records']:,} log records checked" + (", every CRC valid" if rep["ok"] else " before the first fault"))
     for f in rep["faults"]:
         console.print(f"[red]FAULT[/red] {f}")

@@ -54,7 +54,7 @@ from jax.experimental import pallas as pl
 
 from mmsb_jax.semirings import Semiring
 
-from . import _pallas as P
+from . import _pallas
 
 Array = Any
 
@@ -75,6 +75,12 @@ def delta_kind(mask=None, indices=None, semiring=None) -> str:
     if semiring is not None and not isinstance(semiring, Semiring):
         raise ValueError(f"semiring must be a mmsb_jax.semirings.Semiring record, got {semiring!r}")
     return {"mask": "dense", "indices": "sparse", "semiring": "accumulate"}.get(given[0] if given else "", "overwrite")
+
+
+def _coerce(pool, slots, payload, mask, indices):
+    """The arguments as arrays (``mask``/``indices`` may stay ``None``)."""
+    as_opt = lambda x: None if x is None else jnp.asarray(x)  # noqa: E731
+    return jnp.asarray(pool), jnp.asarray(slots), jnp.asarray(payload), as_opt(mask), as_opt(indices)
 
 
 def _check(pool, slots, payload, mask, indices, semiring) -> str:
@@ -106,7 +112,7 @@ def _check(pool, slots, payload, mask, indices, semiring) -> str:
 
 def _check_unique(slots, num_slots: int) -> None:
     """Raise if a concrete ``slots`` repeats a valid slot (skipped under a trace)."""
-    s = P.concrete_numpy(slots)
+    s = _pallas.concrete_numpy(slots)
     if s is None:
         return
     s = s[(s >= 0) & (s < num_slots)]
@@ -147,9 +153,7 @@ def scatter_merge_reference(pool, slots, payload, *, mask=None, indices=None, se
     Returns:
       The new pool.
     """
-    pool, slots, payload = jnp.asarray(pool), jnp.asarray(slots), jnp.asarray(payload)
-    mask = None if mask is None else jnp.asarray(mask)
-    indices = None if indices is None else jnp.asarray(indices)
+    pool, slots, payload, mask, indices = _coerce(pool, slots, payload, mask, indices)
     kind = _check(pool, slots, payload, mask, indices, semiring)
     num_slots = pool.shape[0]
     flat = _flat(pool)
@@ -203,25 +207,22 @@ def scatter_merge_xla(pool, slots, payload, *, mask=None, indices=None, semiring
     stable sort, and dense / accumulate rows fall back to the in-order reference (a
     ``lax.scan`` over the rows: correct, but slow for large batches — merge per page first).
     """
-    pool, slots, payload = jnp.asarray(pool), jnp.asarray(slots), jnp.asarray(payload)
-    mask = None if mask is None else jnp.asarray(mask)
-    indices = None if indices is None else jnp.asarray(indices)
-    _check(pool, slots, payload, mask, indices, semiring)
+    pool, slots, payload, mask, indices = _coerce(pool, slots, payload, mask, indices)
+    kind = _check(pool, slots, payload, mask, indices, semiring)
     if unique_slots:
         _check_unique(slots, pool.shape[0])
-    return _xla_jit(pool, slots, payload, mask, indices, semiring=semiring, unique_slots=bool(unique_slots))
+    return _xla_jit(pool, slots, payload, mask, indices, kind=kind, semiring=semiring, unique_slots=bool(unique_slots))
 
 
-@functools.partial(jax.jit, static_argnames=("semiring", "unique_slots"))
-def _xla_jit(pool, slots, payload, mask, indices, *, semiring, unique_slots):
-    kind = _check(pool, slots, payload, mask, indices, semiring)
+@functools.partial(jax.jit, static_argnames=("kind", "semiring", "unique_slots"))
+def _xla_jit(pool, slots, payload, mask, indices, *, kind, semiring, unique_slots):
     num_slots = pool.shape[0]
     flat = _flat(pool)
     width = flat.shape[1]
     valid = (slots >= 0) & (slots < num_slots)
     target = jnp.where(valid, slots, num_slots)
     if kind == "sparse":
-        if unique_slots and P.next_pow2(indices.shape[1]) <= _DEDUPE_MAX_K:
+        if unique_slots and _pallas.next_pow2(indices.shape[1]) <= _DEDUPE_MAX_K:
             ok = valid[:, None] & (indices >= 0) & (indices < width)
             keep = _row_keep_last(indices, ok)
         else:
@@ -264,26 +265,26 @@ def _tile_kernel(*refs, kind, semiring, grouped, n_rows, num_slots, width, br, b
     lin = lanes < width
     # masked lanes touch no memory on GPU, so indices stay raw there (keeps Triton's
     # contiguity analysis, hence vector loads)
-    slot = P.load(slot_ref.at[rows], mask=rin, other=-1)
+    slot = _pallas.load(slot_ref.at[rows], mask=rin, other=-1)
     valid = rin & (slot >= 0) & (slot < num_slots)
     if grouped:
-        count = jnp.where(valid, P.load(count_ref.at[rows], mask=rin, other=0), 0)
-        start = P.load(start_ref.at[rows], mask=rin, other=0)
+        count = jnp.where(valid, _pallas.load(count_ref.at[rows], mask=rin, other=0), 0)
+        start = _pallas.load(start_ref.at[rows], mask=rin, other=0)
     tile_ok = valid[:, None] & lin[None, :]
     at_pool = (slot[:, None], lanes[None, :])
-    tile = P.load(pool_in.at[at_pool], mask=tile_ok, other=zero)
+    tile = _pallas.load(pool_in.at[at_pool], mask=tile_ok, other=zero)
 
     def apply(r, tile):
         if grouped:
             act = valid & (r < count)
-            prow = P.load(perm_ref.at[start + r], mask=act, other=0)
+            prow = _pallas.load(perm_ref.at[start + r], mask=act, other=0)
         else:
             act, prow = valid, rows
         ok = act[:, None] & lin[None, :]
         at = (prow[:, None], lanes[None, :])
-        p = P.load(payload_ref.at[at], mask=ok, other=zero)
+        p = _pallas.load(payload_ref.at[at], mask=ok, other=zero)
         if kind == "dense":
-            m = P.load(mask_ref.at[at], mask=ok, other=False)
+            m = _pallas.load(mask_ref.at[at], mask=ok, other=False)
             return jnp.where(ok & m, p, tile)
         if kind == "accumulate":
             return jnp.where(ok, semiring.add(tile, p).astype(dt), tile)
@@ -293,7 +294,7 @@ def _tile_kernel(*refs, kind, semiring, grouped, n_rows, num_slots, width, br, b
         tile = lax.fori_loop(0, jnp.max(count), apply, tile)
     else:
         tile = apply(0, tile)
-    P.store(pool_out.at[P.store_index(interpret, tile_ok, at_pool, (num_slots, width))], tile, mask=tile_ok)
+    _pallas.store(pool_out.at[_pallas.store_index(interpret, tile_ok, at_pool, (num_slots, width))], tile, mask=tile_ok)
 
 
 def _sparse_kernel(slot_ref, idx_ref, val_ref, _pool_in, pool_out, *, n_rows, k, num_slots, width, br, bk, dedupe,
@@ -304,12 +305,12 @@ def _sparse_kernel(slot_ref, idx_ref, val_ref, _pool_in, pool_out, *, n_rows, k,
     cols = pl.program_id(1) * bk + jnp.arange(bk, dtype=jnp.int32)
     rin = rows < n_rows
     cin = cols < k
-    slot = P.load(slot_ref.at[rows], mask=rin, other=-1)
+    slot = _pallas.load(slot_ref.at[rows], mask=rin, other=-1)
     valid = rin & (slot >= 0) & (slot < num_slots)
     m2 = rin[:, None] & cin[None, :]
     at = (rows[:, None], cols[None, :])
-    idx = P.load(idx_ref.at[at], mask=m2, other=-1)
-    val = P.load(val_ref.at[at], mask=m2, other=jnp.zeros((), val_ref.dtype))
+    idx = _pallas.load(idx_ref.at[at], mask=m2, other=-1)
+    val = _pallas.load(val_ref.at[at], mask=m2, other=jnp.zeros((), val_ref.dtype))
     keep = valid[:, None] & m2 & (idx >= 0) & (idx < width)
     if dedupe:
         same = idx[:, :, None] == idx[:, None, :]
@@ -317,7 +318,7 @@ def _sparse_kernel(slot_ref, idx_ref, val_ref, _pool_in, pool_out, *, n_rows, k,
         shadowed = jnp.max((same & later & keep[:, None, :]).astype(jnp.int32), axis=2) > 0
         keep = keep & ~shadowed
     target = (jnp.broadcast_to(slot[:, None], idx.shape), idx)
-    P.store(pool_out.at[P.store_index(interpret, keep, target, (num_slots, width))], val.astype(pool_out.dtype),
+    _pallas.store(pool_out.at[_pallas.store_index(interpret, keep, target, (num_slots, width))], val.astype(pool_out.dtype),
             mask=keep)
 
 
@@ -354,18 +355,18 @@ _MAX_ROWS = 16  # Hopper: 8-16 rows x 1024 lanes measured well; 32+ rows collaps
 
 
 def _blocks(cfg: _Cfg, width: int, n: int):
-    bl = cfg.block_lanes or min(1024, P.next_pow2(width))
-    br = cfg.block_rows or max(1, min(_MAX_ROWS, _DENSE_TILE // bl, P.next_pow2(n)))
-    return P.check_pow2("block_rows", br), P.check_pow2("block_lanes", bl)
+    bl = cfg.block_lanes or min(1024, _pallas.next_pow2(width))
+    br = cfg.block_rows or max(1, min(_MAX_ROWS, _DENSE_TILE // bl, _pallas.next_pow2(n)))
+    return _pallas.check_pow2("block_rows", br), _pallas.check_pow2("block_lanes", bl)
 
 
 def _sparse_blocks(cfg: _Cfg, k: int, n: int):
-    kp = P.next_pow2(k)
+    kp = _pallas.next_pow2(k)
     dedupe = cfg.unique_slots and kp <= _DEDUPE_MAX_K  # else resolved by a sort before the kernel
     bk = kp if dedupe else min(kp, cfg.block_lanes or 1024)
     per_row = kp * kp if dedupe else bk
-    br = cfg.block_rows or max(1, min(64, _SPARSE_TILE // per_row, P.next_pow2(n)))
-    return P.check_pow2("block_rows", br), P.check_pow2("block_lanes", bk), dedupe
+    br = cfg.block_rows or max(1, min(64, _SPARSE_TILE // per_row, _pallas.next_pow2(n)))
+    return _pallas.check_pow2("block_rows", br), _pallas.check_pow2("block_lanes", bk), dedupe
 
 
 def _run_kernel(cfg: _Cfg, pool, slots, payload, mask, indices):
@@ -387,7 +388,7 @@ def _run_kernel(cfg: _Cfg, pool, slots, payload, mask, indices):
             indices = _global_last_writer(slots, indices, num_slots, width)
         kernel = functools.partial(_sparse_kernel, n_rows=n, k=k, num_slots=num_slots, width=width, br=br, bk=bk,
                                    dedupe=dedupe, interpret=cfg.interpret)
-        out = P.pallas_call(kernel, out_shape=out_shape, grid=(pl.cdiv(n, br), pl.cdiv(k, bk)),
+        out = _pallas.pallas_call(kernel, out_shape=out_shape, grid=(pl.cdiv(n, br), pl.cdiv(k, bk)),
                             interpret=cfg.interpret, name="scatter_merge_sparse", num_warps=cfg.num_warps,
                             input_output_aliases={3: 0})(slots, indices, payload, flat)
         return out.reshape(pool.shape)
@@ -398,7 +399,7 @@ def _run_kernel(cfg: _Cfg, pool, slots, payload, mask, indices):
     args = lead + [rows] + extra + [flat]
     kernel = functools.partial(_tile_kernel, kind=cfg.kind, semiring=cfg.semiring, grouped=not cfg.unique_slots,
                                n_rows=n, num_slots=num_slots, width=width, br=br, bl=bl, interpret=cfg.interpret)
-    out = P.pallas_call(kernel, out_shape=out_shape, grid=(pl.cdiv(n, br), pl.cdiv(width, bl)),
+    out = _pallas.pallas_call(kernel, out_shape=out_shape, grid=(pl.cdiv(n, br), pl.cdiv(width, bl)),
                         interpret=cfg.interpret, name=f"scatter_merge_{cfg.kind}",
                         num_warps=cfg.num_warps, input_output_aliases={len(args) - 1: 0})(*args)
     return out.reshape(pool.shape)
@@ -456,14 +457,12 @@ def scatter_merge(pool, slots, payload, *, mask=None, indices=None, semiring=Non
       ValueError: shapes/dtypes do not fit, conflicting delta kinds, a block size that is not a
         power of two, or ``unique_slots=True`` with repeated concrete slots.
     """
-    pool, slots, payload = jnp.asarray(pool), jnp.asarray(slots), jnp.asarray(payload)
-    mask = None if mask is None else jnp.asarray(mask)
-    indices = None if indices is None else jnp.asarray(indices)
+    pool, slots, payload, mask, indices = _coerce(pool, slots, payload, mask, indices)
     kind = _check(pool, slots, payload, mask, indices, semiring)
     if unique_slots:
         _check_unique(slots, pool.shape[0])
     for name, b in (("block_rows", block_rows), ("block_lanes", block_lanes)):
         if b is not None:
-            P.check_pow2(name, b)
+            _pallas.check_pow2(name, b)
     cfg = _Cfg(kind, semiring, bool(unique_slots), block_rows, block_lanes, num_warps, bool(interpret))
     return _merge_jit(pool, slots, payload, mask, indices, cfg=cfg)

@@ -42,7 +42,7 @@ from jax.experimental import pallas as pl
 
 from mmsb_jax.semirings import Semiring
 
-from . import _pallas as P
+from . import _pallas
 
 Array = Any
 
@@ -173,8 +173,8 @@ def _segment_kernel(*refs, semiring, gather, weights, w_full, num_segments, num_
     sin = segs < num_segments
     fin = feats < feat
     # masked lanes touch no memory on GPU: raw indices (see _pallas.store_index)
-    start = P.load(off_ref.at[segs], mask=sin, other=0)
-    end = P.load(off_ref.at[segs + 1], mask=sin, other=0)
+    start = _pallas.load(off_ref.at[segs], mask=sin, other=0)
+    end = _pallas.load(off_ref.at[segs + 1], mask=sin, other=0)
     deg = jnp.where(sin, end - start, 0)
 
     def step(t, acc):
@@ -182,23 +182,23 @@ def _segment_kernel(*refs, semiring, gather, weights, w_full, num_segments, num_
         e = start + t
         ok = act[:, None] & fin[None, :]
         if gather:  # src is promised in range; clamp so a bad index never reads out of bounds
-            row = jnp.clip(P.load(src_ref.at[e], mask=act, other=0), 0, num_rows - 1)
+            row = jnp.clip(_pallas.load(src_ref.at[e], mask=act, other=0), 0, num_rows - 1)
         else:
             row = e
-        v = P.load(data_ref.at[row[:, None], feats[None, :]], mask=ok, other=zero)
+        v = _pallas.load(data_ref.at[row[:, None], feats[None, :]], mask=ok, other=zero)
         if weights:
             if w_full:
-                w = P.load(w_ref.at[e[:, None], feats[None, :]], mask=ok, other=zero)
+                w = _pallas.load(w_ref.at[e[:, None], feats[None, :]], mask=ok, other=zero)
             else:
-                w = P.load(w_ref.at[e], mask=act, other=zero)[:, None]
+                w = _pallas.load(w_ref.at[e], mask=act, other=zero)[:, None]
             v = semiring.mul(w, v).astype(dt)
         return jnp.where(ok, semiring.add(acc, v).astype(dt), acc)
 
     acc = jnp.full((bs, bf), semiring.zero, dt)
     acc = lax.fori_loop(0, jnp.max(deg), step, acc)
     ok = sin[:, None] & fin[None, :]
-    at = P.store_index(interpret, ok, (segs[:, None], feats[None, :]), (num_segments, feat))
-    P.store(out_ref.at[at], acc, mask=ok)
+    at = _pallas.store_index(interpret, ok, (segs[:, None], feats[None, :]), (num_segments, feat))
+    _pallas.store(out_ref.at[at], acc, mask=ok)
 
 
 class _Cfg(NamedTuple):
@@ -210,9 +210,9 @@ class _Cfg(NamedTuple):
 
 
 def _blocks(cfg: _Cfg, feat: int):
-    bf = cfg.block_features or min(256, P.next_pow2(feat))
+    bf = cfg.block_features or min(256, _pallas.next_pow2(feat))
     bs = cfg.block_segments or max(1, min(128, 2048 // bf))
-    return P.check_pow2("block_segments", bs), P.check_pow2("block_features", bf)
+    return _pallas.check_pow2("block_segments", bs), _pallas.check_pow2("block_features", bf)
 
 
 def _run(cfg: _Cfg, x, src, weights, offsets):
@@ -239,7 +239,7 @@ def _run(cfg: _Cfg, x, src, weights, offsets):
         _segment_kernel, semiring=cfg.semiring, gather=src is not None, weights=weights is not None,
         w_full=w_full, num_segments=n, num_rows=x.shape[0], feat=feat, bs=bs, bf=bf,
         interpret=cfg.interpret)
-    out = P.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((n, feat), x.dtype),
+    out = _pallas.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((n, feat), x.dtype),
                         grid=(pl.cdiv(n, bs), pl.cdiv(feat, bf)),
                         interpret=cfg.interpret, name="gather_segment_reduce" if src is not None else "segment_reduce",
                         num_warps=cfg.num_warps)(*args)
@@ -280,7 +280,7 @@ def _csr_jit(x, src, weights, offsets, *, cfg):
 def _cfg(semiring, block_segments, block_features, num_warps, interpret):
     for name, b in (("block_segments", block_segments), ("block_features", block_features)):
         if b is not None:
-            P.check_pow2(name, b)
+            _pallas.check_pow2(name, b)
     return _Cfg(semiring, block_segments, block_features, num_warps, bool(interpret))
 
 

@@ -37,3 +37,40 @@ def writes_nothing(d) -> bool:
     if isinstance(d, mmsb.DenseDelta):
         return not np.asarray(d.mask).any()
     return isinstance(d, mmsb.SparseDelta) and np.asarray(d.indices).size == 0
+
+
+def run_and_kill(code: str, args, delay: float, started=lambda lines: any(ln.startswith("ACK") for ln in lines)):
+    """Run ``python -c code *args``; once ``started(lines)`` holds (its output so far), wait
+    ``delay`` s and SIGKILL it. Returns the complete lines it printed (acknowledgements)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def reader():
+        for line in proc.stdout:
+            if line.endswith("\n"):  # only complete lines are acknowledgements
+                lines.append(line.strip())
+                if started(lines):
+                    ready.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(120), f"the child did not start writing: {lines[:5]}"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        t.join(10)
+    return lines

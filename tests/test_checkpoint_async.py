@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mmsb
-from mmsb_jax import SerializationError, _state_ckpt
+from mmsb_jax import SerializationError
+from mmsb_jax.shell import _checkpointing as _state_ckpt
 from mmsb_jax.log._checkpoint import read_manifest
 
 

@@ -8,18 +8,16 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import run_and_kill
+
 import mmsb_jax as mmsb
 from mmsb_jax import CorruptLogError, InvalidArgumentError, SerializationError
+from mmsb_jax.log._directory import update_state_file
 
 F32 = np.float32
 N = 16  # elements per page in the crash child
@@ -81,40 +79,11 @@ def child_model(i: int):
     return a, b
 
 
-def run_and_kill(path, delay: float):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def reader():
-        for line in proc.stdout:
-            if line.endswith("\n"):  # only complete lines are acknowledgements
-                lines.append(line.strip())
-                if line.startswith("ACK"):
-                    ready.set()  # compiled and writing
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        assert ready.wait(90), f"the child did not start writing: {lines}"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        t.join(10)
-    return lines
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_keeps_every_acknowledged_epoch(tmp_path, seed):
     rng = random.Random(seed)
     path = tmp_path / "state"
-    lines = run_and_kill(path, delay=rng.uniform(0.0, 0.8))
+    lines = run_and_kill(CHILD, [path], delay=rng.uniform(0.0, 0.8))
     acks = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("ACK")]
     assert acks, f"no acknowledged write before the kill: {lines[:5]}"
     for i, e in acks:
@@ -166,6 +135,12 @@ def build(path, semiring="real"):
     return ids, digests, values
 
 
+def as_if_crashed(path):
+    """Make a cleanly stopped state look as if it had crashed at its last epoch (the settings
+    file then still holds the epoch of an earlier clean stop: none here)."""
+    update_state_file(str(path), closed_at=0)
+
+
 def segments(path):
     return sorted(glob.glob(os.path.join(path, "log", "log-*.mmsblog")))
 
@@ -210,6 +185,10 @@ def test_torn_tail_drops_only_the_last_record(copy_of, cut):
     os.truncate(seg, size - cut)
     with pytest.raises(CorruptLogError):
         mmsb.mmsb_open(path, recovery="absolute")
+    # the state was stopped cleanly at `last`: a log that now ends before it lost durable records
+    with pytest.raises(SerializationError, match=f"stopped at epoch {last}.*reach only epoch {last - 1}"):
+        mmsb.mmsb_open(path)
+    as_if_crashed(path)  # a crash tears the tail of a log that was not stopped: dropped, reported
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == last - 1
@@ -242,6 +221,7 @@ def test_torn_batch_at_the_tail_is_dropped_whole(tmp_path):
     assert [r.kind.name for r in recs] == ["DENSE", "SPARSE", "COMMIT"]
     seg = segments(path)[-1]
     os.truncate(seg, os.path.getsize(seg) - 4)  # tear the COMMIT
+    as_if_crashed(path)
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == 2 and mmsb.state_digest(s) == before
@@ -295,8 +275,10 @@ def test_skip_corrupt_salvages_the_records_after_the_damage(copy_of, keep_checkp
     s = mmsb.mmsb_open(path, recovery="skip_corrupt")
     try:
         assert s.epoch == last
-        (skipped,) = s.recovery_report.skipped
+        (skipped,) = [r for r in s.recovery_report.skipped if r.end > r.start]  # the damaged bytes
         assert skipped.start <= bad.offset < skipped.end
+        (gap,) = [r for r in s.recovery_report.skipped if r.end == r.start]  # and the epoch they held
+        assert "epochs 8..8" in gap.reason
         # every page but ids[1] is as before; ids[1] misses only the damaged write (epoch 8)
         for p in (ids[0], ids[2]):
             np.testing.assert_array_equal(np.asarray(mmsb.query_page(s, p)), values[last][p])
@@ -387,15 +369,22 @@ def test_crashed_checkpoint_is_ignored(copy_of):
     manifest = (partial / "manifest.json").read_text()
     (partial / "manifest.json").unlink()
     (partial / "manifest.json.tmp").write_text(manifest[: len(manifest) // 2])
-    # 3. a truncated manifest (e.g. a damaged disk) claiming a newer epoch
+    # 3. a truncated manifest (e.g. a damaged disk) in a directory named for a newer epoch than
+    # the log reaches: what it held cannot be rebuilt, so opening says so instead of quietly
+    # going back to the log's last epoch
     torn = ck / f"epoch-{last + 5:012d}"
     shutil.copytree(ck / good[0], torn)
     (torn / "manifest.json").write_text(manifest.replace('"epoch": 7', f'"epoch": {last}')[:40])
+    with pytest.raises(SerializationError, match=f"epoch-{last + 5:012d}.*manifest cannot be read.*only to epoch {last}"):
+        mmsb.mmsb_open(path)
+    shutil.rmtree(torn)
     s = mmsb.mmsb_open(path)
     try:
         assert s.epoch == last
         assert mmsb.state_digest(s) == digests[last]
-        # the crashed directory's name is free to be checkpointed into again
+        # the crashed directories were removed when the state reopened its log, and their
+        # names are free to be checkpointed into again
+        assert sorted(os.listdir(ck)) == good
         out = mmsb.checkpoint(s)
         assert os.path.samefile(out, crashed)
         assert json.loads((crashed / "manifest.json").read_text())["epoch"] == last
@@ -530,17 +519,32 @@ def test_compact_log(tmp_path):
         s.close()
 
 
-def test_compact_log_with_default_segments_keeps_replay_working(tmp_path):
-    """One (active) segment: nothing can be dropped, and every epoch still replays."""
-    s = mmsb.mmsb_start(tmp_path / "s", fsync="never")
+def test_compact_log_with_default_segments_frees_the_active_segment(tmp_path):
+    """One (active) segment holding everything: compaction closes it and drops it; the epochs
+    before the checkpoint are gone (and say so), the rest replays, writes go on."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path, fsync="never")
     try:
         p = mmsb.create_page(s, size=4, dtype=jnp.float32).id
         for i in range(1, 4):
             mmsb.update_page(s, p, np.full(4, i, F32))
         res = mmsb.compact_log(s)
-        assert res["dropped_segments"] == [] and res["epoch"] == 4
-        for e in range(1, 5):
-            np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, e), p)),
-                                          np.full(4, e - 1, F32))
+        assert len(res["dropped_segments"]) == 1 and res["epoch"] == 4 and res["bytes_freed"] > 0
+        assert not os.listdir(path / "log") or all(not n.endswith(".mmsblog") for n in os.listdir(path / "log"))
+        for e in range(1, 4):  # (epoch 0, the empty state, needs no log)
+            with pytest.raises(SerializationError, match="compacted away"):
+                mmsb.replay_to_epoch(s, e)
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, 4), p)), np.full(4, 3, F32))
+        mmsb.update_page(s, p, np.full(4, 9, F32))
+        np.testing.assert_array_equal(np.asarray(mmsb.query_page(mmsb.replay_to_epoch(s, 5), p)), np.full(4, 9, F32))
+        digest = mmsb.state_digest(s)
     finally:
         s.close()
+    s = mmsb.mmsb_open(path)
+    try:
+        assert s.epoch == 5 and mmsb.state_digest(s) == digest
+    finally:
+        s.close()
+    shutil.rmtree(path / "checkpoints")  # without the checkpoint the compacted log cannot stand alone
+    with pytest.raises(SerializationError, match="compacted away"):
+        mmsb.mmsb_open(path)

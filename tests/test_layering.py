@@ -8,7 +8,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "mmsb_jax"
 
 # lowest first; a module may import its own package and any package earlier in this list
-ORDER = ["_errors", "_compat", "semirings", "pages", "deltas", "log", "graph", "adaptive", "telemetry",
+ORDER = ["_errors", "_compat", "_checks", "semirings", "pages", "deltas", "log", "graph", "adaptive", "telemetry",
          "shell", "_tools", "cli"]
 
 

@@ -1,5 +1,5 @@
 """Replay against a numpy model: random operation sequences, replay_to_epoch at every epoch,
-stop/reopen (checkpoint + tail vs. the log alone), plus diff, page_history, query_log filters
+stop/reopen (checkpoint + tail vs. the log alone), plus diff and query_log filters
 and observers."""
 
 from __future__ import annotations
@@ -643,19 +643,19 @@ def _ek(records):
     return [(r.epoch, r.kind.name) for r in records]
 
 
-def test_page_history_lists_exactly_the_records_touching_the_page(state):
+def test_query_log_by_page_lists_exactly_the_records_touching_the_page(state):
     a, b, c = _build_history(state)
-    assert _ek(mmsb.page_history(state, a)) == [
+    assert _ek(mmsb.query_log(state, page_id=a)) == [
         (1, "CREATE_PAGES"), (3, "DENSE"), (5, "DENSE"), (6, "ADD_DEP"), (9, "REMOVE_DEP")]
-    assert _ek(mmsb.page_history(state, b)) == [
+    assert _ek(mmsb.query_log(state, page_id=b)) == [
         (1, "CREATE_PAGES"), (4, "SPARSE"), (6, "ADD_DEP"), (7, "SPARSE_BATCH"), (9, "REMOVE_DEP"), (10, "DELETE_PAGES")]
-    assert _ek(mmsb.page_history(state, c)) == [
+    assert _ek(mmsb.query_log(state, page_id=c)) == [
         (2, "CREATE_PAGES"), (5, "SPARSE"), (7, "SPARSE_BATCH"), (8, "ACCUMULATE")]
-    assert mmsb.page_history(state, 99) == []
+    assert mmsb.query_log(state, page_id=99) == []
     for pid in (a, b, c):
-        assert _ek(mmsb.page_history(state, pid)) == _ek(mmsb.query_log(state, page_id=pid))
+        assert _ek(mmsb.query_log(state, page_id=pid)) == _ek(mmsb.query_log(state, page_id=mmsb.Page(pid, (), None, '', None)))
     # the batch records are flagged as batched and the DENSE record carries a's change
-    dense5 = [r for r in mmsb.page_history(state, a) if r.epoch == 5][0]
+    dense5 = [r for r in mmsb.query_log(state, page_id=a) if r.epoch == 5][0]
     assert dense5.batched
     np.testing.assert_array_equal(dense5.payload(), np.array([5, 0, 0, 0], F32))
 

@@ -140,11 +140,17 @@ def test_update_zeros_on_a_fresh_page_is_a_noop(state):
     assert state.epoch == 1
 
 
-def test_update_page_accepts_flat_data_for_2d_page(state):
-    p = mmsb.create_page(state, shape=(2, 3), dtype=jnp.float32)
-    data = np.arange(6, dtype=np.float32)
+def test_update_page_refuses_flat_data_for_a_2d_page(state):
+    """A wrong shape raises (as the docstring says), even with the right number of elements."""
+    p = mmsb.create_page(state, shape=(4, 3), dtype=jnp.float32)
+    before = mmsb.state_digest(state)
+    for data in (np.arange(12, dtype=np.float32), np.arange(12, dtype=np.float32).reshape(3, 4)):
+        with pytest.raises(InvalidDeltaError, match=r"has shape \((12,|3, 4)\).*expected shape \(4, 3\)"):
+            mmsb.update_page(state, p.id, data)
+    assert mmsb.state_digest(state) == before
+    data = np.arange(12, dtype=np.float32).reshape(4, 3)
     assert mmsb.update_page(state, p.id, data) == 2
-    assert_bits_equal(mmsb.query_page(state, p.id), data.reshape(2, 3))
+    assert_bits_equal(mmsb.query_page(state, p.id), data)
 
 
 # --------------------------------------------------------------------------- model-based
@@ -806,7 +812,7 @@ def test_query_log_takes_page_handles_and_refuses_bools():
         a, b = mmsb.create_page(state, size=2), mmsb.create_page(state, size=2)
         mmsb.update_page(state, b.id, [1, 2])
         assert [r.epoch for r in mmsb.query_log(state, page_id=b)] == [2, 3]
-        assert [r.epoch for r in mmsb.page_history(state, b)] == [2, 3]
+        assert [r.epoch for r in mmsb.query_log(state, page_id=b)] == [2, 3]
         with pytest.raises(PageNotFoundError, match="page_id=True is not a page id"):
             mmsb.query_log(state, page_id=True)
         assert [r.epoch for r in mmsb.query_log(state, page_id=np.int64(a.id))] == [1]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import is_int
 from .._compat import is_tracer
 from .._errors import InvalidDeltaError
 from ..pages import MAX_PAGE_ELEMS
@@ -30,15 +31,15 @@ from ..semirings import Semiring, get_semiring
 Array = Any
 
 
-def _dataclass_pytree(data_fields, meta_fields):
-    def wrap(cls):
-        cls = dataclasses.dataclass(frozen=True)(cls)
-        return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=meta_fields)
-
-    return wrap
+def _static():
+    """A field that is hashable metadata of the pytree (not a leaf)."""
+    return dataclasses.field(metadata=dict(static=True))
 
 
-@_dataclass_pytree(data_fields=["mask", "payload"], meta_fields=[])
+# Every pytree dataclass of the package is registered the same way: frozen dataclass, arrays
+# as leaves, fields marked ``_static()`` as metadata (``jax.tree_util.register_dataclass``).
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class DenseDelta:
     """Overwrite the positions where ``mask`` is true with ``payload``."""
 
@@ -54,25 +55,27 @@ class DenseDelta:
         return jnp.result_type(self.payload)
 
 
-@_dataclass_pytree(data_fields=["indices", "values"], meta_fields=["shape"])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class SparseDelta:
     """Overwrite ``page.flat[indices[i]]`` with ``values[i]``; the last entry wins on repeats."""
 
     indices: Array
     values: Array
-    shape: tuple
+    shape: tuple = _static()
 
     @property
     def dtype(self):
         return jnp.result_type(self.values)
 
 
-@_dataclass_pytree(data_fields=["payload"], meta_fields=["semiring"])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class AccumulateDelta:
     """Combine ``payload`` into the page with the semiring's ⊕: ``page ⊕ payload``."""
 
     payload: Array
-    semiring: Semiring
+    semiring: Semiring = _static()
 
     @property
     def shape(self):
@@ -92,6 +95,14 @@ def _is_concrete(x) -> bool:
     return not is_tracer(x)
 
 
+def _as_array(x, what: str):
+    """``jnp.asarray(x)`` (tracers pass through), with a clear error for what is no array."""
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidDeltaError(f"{what}={x!r} is not an array of numbers: {e}") from None
+
+
 def dense_delta(mask, payload) -> DenseDelta:
     """A dense delta: ``apply_delta(page, d) == where(mask, payload, page)``.
 
@@ -108,8 +119,8 @@ def dense_delta(mask, payload) -> DenseDelta:
       >>> mmsb.apply_delta(jnp.array([1, 2], jnp.int32), d).tolist()
       [7, 2]
     """
-    mask = jnp.asarray(mask)
-    payload = jnp.asarray(payload)
+    mask = _as_array(mask, "dense_delta mask")
+    payload = _as_array(payload, "dense_delta payload")
     if mask.dtype != jnp.bool_:
         raise InvalidDeltaError(f"dense_delta mask must be bool, got mask.dtype={mask.dtype}")
     if mask.shape != payload.shape:
@@ -165,7 +176,7 @@ def sparse_delta(indices, values, shape) -> SparseDelta:
                 f"sparse_delta indices must be a 1-D integer array, got {indices.dtype}{indices.shape}"
             )
         indices = indices.astype(jnp.int32)
-    values = jnp.asarray(values)
+    values = _as_array(values, "sparse_delta values")
     if values.shape != indices.shape:
         raise InvalidDeltaError(
             f"sparse_delta needs one value per index, got indices.shape={indices.shape} "
@@ -186,7 +197,7 @@ def accumulate_delta(payload, semiring="real") -> AccumulateDelta:
       [1.0, 3.0]
     """
     sr = get_semiring(semiring)
-    payload = jnp.asarray(payload)
+    payload = _as_array(payload, "accumulate_delta payload")
     if not sr.accepts(payload.dtype):
         raise InvalidDeltaError(
             f"accumulate_delta under semiring {sr.name!r} needs a {sr.dtype_kind} payload, "
@@ -195,14 +206,10 @@ def accumulate_delta(payload, semiring="real") -> AccumulateDelta:
     return AccumulateDelta(payload, sr)
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def _normalize_shape(shape) -> tuple:
-    if _is_int(shape):
+    if is_int(shape):
         dims = (shape,)
-    elif isinstance(shape, (tuple, list)) and all(_is_int(s) for s in shape):
+    elif isinstance(shape, (tuple, list)) and all(is_int(s) for s in shape):
         dims = shape
     else:
         raise InvalidDeltaError(f"shape must be an int or a tuple of ints, got shape={shape!r}")

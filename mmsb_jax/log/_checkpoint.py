@@ -15,43 +15,18 @@ manifest exists holds a complete checkpoint; a crash mid-write leaves no manifes
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from typing import Any
 
 import numpy as np
 
 from .._errors import SerializationError
+from ._files import read_checked_json, write_checked_json
 
 FORMAT = "mmsb-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the manifest carries a crc32c of its own fields
 MANIFEST = "manifest.json"
-STATE_FILE = "mmsb-state.json"  # in a state directory: settings the log does not carry
 ARRAYS = "arrays"
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
 
 
 def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
@@ -78,7 +53,7 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
     finally:
         ckptr.close()
     checksums = {key: _crc(arr) for key, arr in _leaves(tree)}
-    write_json_atomic(
+    write_checked_json(
         os.path.join(directory, MANIFEST),
         {"format": FORMAT, "version": VERSION, **manifest, "checksums": checksums},
     )
@@ -89,22 +64,11 @@ def read_manifest(directory: str) -> dict:
     """Read and check a checkpoint manifest.
 
     Raises:
-      SerializationError: missing, unreadable, or not an mmsb checkpoint of a known version.
+      SerializationError: missing, unreadable, edited or damaged (its checksum does not match),
+        or not an mmsb checkpoint of a known version.
     """
     path = os.path.join(directory, MANIFEST)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(16 * 1024 * 1024 + 1)
-    except OSError as e:
-        raise SerializationError(f"no checkpoint manifest at {path!r}: {e}") from None
-    if len(raw) > 16 * 1024 * 1024:
-        raise SerializationError(f"checkpoint manifest {path!r} is larger than 16 MiB; refusing to parse it")
-    try:
-        manifest = json.loads(raw)
-    except ValueError as e:
-        raise SerializationError(f"checkpoint manifest {path!r} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise SerializationError(f"{path!r} is not an mmsb checkpoint manifest (a JSON {type(manifest).__name__}, not an object)")
+    manifest = read_checked_json(path, "checkpoint manifest")
     if manifest.get("format") != FORMAT:
         raise SerializationError(f"{path!r} is not an mmsb checkpoint manifest (format={manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
@@ -167,19 +131,3 @@ def _to_numpy(tree):
 
 def is_checkpoint(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, MANIFEST))
-
-
-def state_semiring(path: str, checkpoint_dir: str | None) -> str:
-    """The semiring name a state directory was started with (its state file, else the
-    checkpoint's manifest, else ``"real"``)."""
-    try:
-        with open(os.path.join(path, STATE_FILE), "rb") as f:
-            raw = f.read(65536)
-        info = json.loads(raw)
-        if isinstance(info, dict) and isinstance(info.get("semiring"), str):
-            return info["semiring"]
-    except (OSError, ValueError):
-        pass
-    if checkpoint_dir is not None:
-        return str(read_manifest(checkpoint_dir).get("semiring", "real"))
-    return "real"

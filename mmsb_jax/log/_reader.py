@@ -21,6 +21,7 @@ from ._decode import (
     LogRecord,
     decode_body,
 )
+from .._checks import is_int
 from .._errors import (
     CorruptLogError,
     InvalidArgumentError,
@@ -105,7 +106,9 @@ class RecoveryReport:
     ``point_in_time`` read stopped; ``skipped``: regions ``skip_corrupt`` jumped over (also
     missing segments, with ``start == end == 0``); ``end``: position just after the last
     valid committed record read (where a writer continues); ``kind_counts``: committed
-    records seen per kind (int kind -> count), including ones filtered out by epoch.
+    records seen per kind (int kind -> count), including ones filtered out by epoch;
+    ``skipped_checkpoints``: ``(directory, reason)`` of checkpoints a state's replay could not
+    use (damaged, or not continued by the log), newest first.
     """
 
     mode: str
@@ -116,10 +119,11 @@ class RecoveryReport:
     end: LogPosition | None = None
     last_epoch: int | None = None
     kind_counts: dict[int, int] = dataclasses.field(default_factory=dict)
+    skipped_checkpoints: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.skipped and self.torn_tail is None and self.stopped_at is None
+        return not self.skipped and self.torn_tail is None and self.stopped_at is None and not self.skipped_checkpoints
 
 
 @dataclasses.dataclass
@@ -519,7 +523,7 @@ def _epoch_range(epochs) -> tuple[int | None, int | None]:
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"epochs={epochs!r} must be a pair (first, last), inclusive") from None
     for e in (a, b):
-        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0):
+        if e is not None and (not is_int(e) or e < 0):
             raise InvalidArgumentError(f"epochs={epochs!r}: {e!r} is not a non-negative int (or None)")
     if a is not None and b is not None and a > b:
         raise InvalidArgumentError(f"epochs={epochs!r} is reversed: first {a} > last {b}")

@@ -24,11 +24,13 @@ from ._decode import (
     Commit,
     LogRecord,
 )
+from .._checks import is_int
 from .._errors import (
     InvalidArgumentError,
     SerializationError,
     StateClosedError,
 )
+from ._files import fsync_dir
 from ._encode import (
     FLAG_BATCH,
     HEADER_SIZE,
@@ -70,19 +72,6 @@ from ._reader import (
     segment_path,
 )
 
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)
@@ -137,7 +126,9 @@ class _Rotate:
         self.path = path
 
 
-_FSYNC_MODES = ("always", "batch", "never")
+#: The durability policies (``fsync=`` of :class:`TLog` and of a state).
+FSYNC_MODES = ("always", "batch", "never")
+MIN_SEGMENT_BYTES = 4096
 _LIVE: weakref.WeakSet[TLog] = weakref.WeakSet()
 
 
@@ -200,12 +191,13 @@ class TLog:
       directory: the log directory (created if missing); holds ``log-%08d.mmsblog`` segments
         and a ``tlog.lock`` file (an exclusive flock while open).
       fsync: ``"always"`` (every append is written and fdatasynced before it returns;
-        concurrent appenders share syncs), ``"batch"`` (group commit: appends are buffered and
-        written + fsynced by :meth:`commit`/:meth:`flush`/:meth:`sync`/:meth:`close`, when the
-        buffer reaches ``buffer_bytes``, by the next append once the oldest buffered record is
-        ``sync_interval`` s old, and otherwise by a background thread at that time, so an
-        acknowledged append is durable within ~``sync_interval``), or ``"never"`` (written to
-        the OS when the buffer fills and on flush/close; never fsynced, except :meth:`sync`).
+        concurrent appenders share syncs), ``"batch"`` (group commit: every append is written
+        to the OS before it returns, so a crash of the process loses nothing acknowledged; a
+        background thread fsyncs once the oldest unsynced record is ``sync_interval`` s old, as
+        do :meth:`flush`/:meth:`sync`/:meth:`close`, so after a crash of the machine what is
+        lost is at most the last ~``sync_interval`` plus the thread's scheduling delay), or
+        ``"never"`` (buffered up to ``buffer_bytes``, written to the OS when the buffer fills
+        and on flush/close; never fsynced, except :meth:`sync`).
       segment_bytes: rotate to a new segment before a record would grow the current one past
         this size (a record larger than it gets a segment of its own; a batch never spans
         segments).
@@ -232,12 +224,12 @@ class TLog:
         recovery: str = "torn_tail",
         background_flush: bool = True,
     ):
-        if fsync not in _FSYNC_MODES:
-            raise InvalidArgumentError(f"fsync={fsync!r}; expected one of {_FSYNC_MODES}")
+        if fsync not in FSYNC_MODES:
+            raise InvalidArgumentError(f"fsync={fsync!r}; expected one of {FSYNC_MODES}")
         if recovery not in ("torn_tail", "point_in_time"):
             raise InvalidArgumentError(f"recovery={recovery!r}; expected 'torn_tail' or 'point_in_time'")
-        if int(segment_bytes) < 4096:
-            raise InvalidArgumentError(f"segment_bytes={segment_bytes!r} must be >= 4096")
+        if not is_int(segment_bytes) or segment_bytes < MIN_SEGMENT_BYTES:
+            raise InvalidArgumentError(f"segment_bytes={segment_bytes!r} must be an int >= {MIN_SEGMENT_BYTES}")
         source_bytes(source)
         self.directory = Path(directory)
         self.fsync = fsync
@@ -328,7 +320,7 @@ class TLog:
         self._segments = [i for i, _ in segs]
         if end <= SEGMENT_HEADER_SIZE:  # nothing committed in the last segment: remove it
             os.unlink(path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._segments.pop()
             self._next_index = index
             if self._segments:
@@ -395,7 +387,6 @@ class TLog:
                     )
                 last = epoch
             buf = self._buf
-            was_empty = not buf
             counts = self._active_counts
             for epoch, recs, nbytes, kinds in groups:
                 if self._active is None or (
@@ -413,33 +404,36 @@ class TLog:
             seq = self._seq
             self._last_epoch = last
             mode = self.fsync
-            if mode == "always" or self._buf_bytes >= self.buffer_bytes:
-                need = True
+            if mode == "always":
+                need = sync = True
             elif mode == "batch":
-                # group commit: sync inline once the oldest buffered record is sync_interval
-                # old; if no append comes by then, the flusher thread does it
-                now = time.monotonic()
+                # Group commit: every append is written to the OS before it returns (a crash of
+                # the process loses nothing acknowledged); the fsync comes once the oldest
+                # unsynced record is sync_interval old, from the flusher thread, which polls
+                # (no wake-up call per append). Without that thread, the append that finds
+                # the interval passed syncs inline.
                 sig = self._sig
-                if was_empty or sig.first_unsynced is None:
-                    sig.first_unsynced = now  # the flusher polls every interval: no wake-up call
-                    need = False
+                if sig.first_unsynced is None:
+                    sig.first_unsynced = time.monotonic()
+                    sync = False
                 else:
-                    # With the flusher thread, time-triggered syncs are its job: an appending
-                    # caller never waits for an fsync it did not ask for (latency). Without it,
-                    # the append that finds the interval passed syncs inline.
-                    need = self._thread is None and now - sig.first_unsynced >= self.sync_interval
+                    sync = self._thread is None and time.monotonic() - sig.first_unsynced >= self.sync_interval
+                need = True
             else:
-                need = False
+                need, sync = self._buf_bytes >= self.buffer_bytes, False
         if need:
-            self._flush(mode != "never", seq)
+            self._flush(sync, seq)
+
+    def _active_info(self) -> SegmentInfo:  # holds _lock
+        return SegmentInfo(
+            self._active, segment_path(self.directory, self._active), self._active_first,
+            self._last_epoch, self._active_size, sum(self._active_counts.values()),
+            dict(self._active_counts), True,
+        )
 
     def _start_segment(self, epoch: int) -> None:  # holds _lock
         if self._active is not None:
-            self._info[self._active] = SegmentInfo(
-                self._active, segment_path(self.directory, self._active), self._active_first,
-                self._last_epoch, self._active_size, sum(self._active_counts.values()),
-                dict(self._active_counts), True,
-            )
+            self._info[self._active] = self._active_info()
         index = self._next_index
         path = segment_path(self.directory, index)
         hdr = segment_header(index, epoch, time.time_ns())
@@ -535,12 +529,12 @@ class TLog:
         """Commit several batches (epochs increasing) in one append: one flush, so one fsync
         under ``"always"`` / ``"batch"`` for all of them. Each stays atomic on its own (records
         + COMMIT, never split across segments); empty batches write nothing. Batches made with
-        ``zero_copy=True`` are written out (fsynced unless ``"never"``) before this returns."""
+        ``zero_copy=True`` are written to the OS before this returns (synced as the policy says)."""
         groups = [g for g in (b._seal() for b in batches) if g is not None]
         if groups:
             self._push_groups(groups)
-            if any(b._zero_copy for b in batches):
-                self._flush(self.fsync != "never")
+            if any(b._zero_copy for b in batches) and self._buf_bytes:  # ("never" buffers up to 1 MiB)
+                self._flush(False)
 
     # -- flushing --------------------------------------------------------------------------
     def _flush(self, fsync: bool, seq: int | None = None) -> None:
@@ -552,7 +546,8 @@ class TLog:
             return  # someone else's group commit already covered it
         with self._lock:
             items, self._buf, self._buf_bytes = self._buf, [], 0
-            self._sig.first_unsynced = None
+            if fsync:
+                self._sig.first_unsynced = None
             upto = self._seq
             if self._failed is not None:
                 raise SerializationError(f"TLog {self.directory} failed earlier: {self._failed}") from self._failed
@@ -603,14 +598,10 @@ class TLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._dirty = True
         if self.fsync != "never":
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def flush(self) -> None:
         """Write buffered records to the OS, and fsync them unless ``fsync="never"``."""
-        self._flush(self.fsync != "never")
-
-    def commit(self) -> None:
-        """Group-commit point: same as :meth:`flush`."""
         self._flush(self.fsync != "never")
 
     def sync(self) -> None:
@@ -682,13 +673,7 @@ class TLog:
             out = [self._segment_info(i) for i in self._segments if i != self._active]
             with self._lock:
                 if self._active is not None:
-                    out.append(
-                        SegmentInfo(
-                            self._active, segment_path(self.directory, self._active), self._active_first,
-                            self._last_epoch, self._active_size, sum(self._active_counts.values()),
-                            dict(self._active_counts), True,
-                        )
-                    )
+                    out.append(self._active_info())
             return out
 
     def stats(self) -> dict[str, Any]:
@@ -717,6 +702,23 @@ class TLog:
             }
 
     # -- compaction ------------------------------------------------------------------------
+    def seal(self) -> None:
+        """Write and fsync everything appended so far and close the active segment: the next
+        append starts a new one. Compaction seals first, so that every committed record lies
+        in a closed segment it may drop."""
+        with self._io_lock:
+            self._flush_io(True)
+            with self._lock:
+                if self._closed:
+                    raise StateClosedError(f"TLog {self.directory} is closed")
+                if self._active is None:
+                    return
+                self._info[self._active] = self._active_info()
+                self._active = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
     def drop_segments_through(self, epoch: int) -> list[Path]:
         """Delete the oldest whole segments whose records all have epoch <= ``epoch``.
 
@@ -744,7 +746,7 @@ class TLog:
                 info.path.unlink()
                 deleted.append(info.path)
             if deleted:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 with self._lock:
                     self._segments = self._segments[len(deleted) :]
                     for p in deleted:

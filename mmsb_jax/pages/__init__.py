@@ -6,6 +6,9 @@ a page is a slot in it. May import: ``mmsb_jax._errors``, ``mmsb_jax._compat``, 
 
 from ._pool import (
     MAX_PAGE_ELEMS as MAX_PAGE_ELEMS,
+    MemoryBudget as MemoryBudget,
+    device_memory_bytes as device_memory_bytes,
+    host_memory_bytes as host_memory_bytes,
     PagePool as PagePool,
     bucket as bucket,
     page_sharding as page_sharding,

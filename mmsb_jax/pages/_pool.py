@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import functools
 import heapq
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .._errors import ResourceLimitError
 
 _MIN_CAPACITY = 16
 _MIN_RESERVE_BYTES = 64 << 20  # a first reservation of large pages stops at this size (>= 1 page)
@@ -65,6 +68,56 @@ def _zeros_sharded(sharding, shape: tuple, dtype):
     return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
+@functools.cache
+def host_memory_bytes() -> int:
+    """Physical memory of this host (``sysconf``), or 2**40 where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
+def device_memory_bytes(device) -> int:
+    """Memory of one device: the host's for a CPU device, else its allocator's ``bytes_limit``."""
+    if device.platform != "cpu":
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 - backends without memory stats
+            limit = None
+        if limit:
+            return int(limit)
+    return host_memory_bytes()
+
+
+class MemoryBudget:
+    """The bytes the pools on one placement may reserve together (the memory of its devices).
+
+    Pools claim bytes when their capacity grows and never past the limit, so a request that
+    cannot fit is refused before anything is allocated (:class:`~mmsb_jax.ResourceLimitError`).
+    """
+
+    __slots__ = ("limit", "reserved", "where")
+
+    def __init__(self, limit: int, where: str):
+        self.limit = int(limit)
+        self.reserved = 0
+        self.where = where
+
+    def available(self) -> int:
+        return self.limit - self.reserved
+
+    def claim(self, nbytes: int) -> None:
+        if nbytes > self.available():
+            raise ResourceLimitError(
+                f"reserving {nbytes:,} more bytes of pages on {self.where} would pass its memory "
+                f"({self.limit:,} bytes, {self.reserved:,} already reserved)"
+            )
+        self.reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.reserved = max(0, self.reserved - nbytes)
+
+
 def page_sharding(mesh):
     """The sharding of a pool over every device of ``mesh``, along the page (slot) axis."""
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
@@ -85,8 +138,10 @@ class PagePool:
       live: slots in use.
     """
 
-    def __init__(self, index: int, shape: tuple, dtype, device, location: str, sharding=None, ops=None):
+    def __init__(self, index: int, shape: tuple, dtype, device, location: str, sharding=None, ops=None,
+                 budget: MemoryBudget | None = None):
         self.index = index
+        self.budget = budget  # shared with the other pools of this placement (None: unlimited)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.device = device
@@ -108,14 +163,15 @@ class PagePool:
         if n == 1:
             return np.array([self.alloc_one()], np.int64)
         reuse = min(n, len(self._free))
+        fresh = n - reuse
+        if fresh:
+            self._reserve(self.high_water + fresh)  # may refuse: before anything changes
         parts = []
         if reuse:
             parts.append(np.array([heapq.heappop(self._free) for _ in range(reuse)], np.int64))
-        fresh = n - reuse
         if fresh:
             parts.append(np.arange(self.high_water, self.high_water + fresh, dtype=np.int64))
             self.high_water += fresh
-            self._reserve(self.high_water)
         self.live += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -125,9 +181,9 @@ class PagePool:
             slot = heapq.heappop(self._free)
         else:
             slot = self.high_water
-            self.high_water += 1
             if slot >= self.capacity:
-                self._reserve(self.high_water)
+                self._reserve(slot + 1)  # may refuse: before anything changes
+            self.high_water += 1
         self.live += 1
         return slot
 
@@ -143,10 +199,31 @@ class PagePool:
             heapq.heappush(self._free, s)
         self.live -= int(slots.size)
 
+    def capacity_for(self, needed: int) -> int:
+        """The capacity a reservation of ``needed`` slots grows to (geometric, within budget)."""
+        if needed <= self.capacity:
+            return self.capacity
+        floor = max(1, min(_MIN_CAPACITY, _MIN_RESERVE_BYTES // max(self.page_bytes, 1)))
+        cap = self._round(max(needed, 2 * self.capacity, floor))
+        if self.budget is not None and self.page_bytes:
+            most = (self.budget.available() + self.capacity * self.page_bytes) // self.page_bytes
+            most -= most % self.shards
+            cap = max(min(cap, most), self._round(needed))  # the doubling stops at the budget
+        return cap
+
     def _reserve(self, needed: int) -> None:
+        """Grow the capacity to hold ``needed`` slots, or refuse (nothing changes)."""
         if needed > self.capacity:
-            floor = max(1, min(_MIN_CAPACITY, _MIN_RESERVE_BYTES // max(self.page_bytes, 1)))
-            self.capacity = self._round(max(needed, 2 * self.capacity, floor))
+            cap = self.capacity_for(needed)
+            if self.budget is not None:
+                try:
+                    self.budget.claim((cap - self.capacity) * self.page_bytes)
+                except ResourceLimitError as e:
+                    raise ResourceLimitError(
+                        f"{needed:,} pages of {self.dtype.name}{self.shape} ({needed * self.page_bytes:,} bytes) "
+                        f"do not fit: {e}"
+                    ) from None
+            self.capacity = cap
 
     def _round(self, capacity: int) -> int:
         """``capacity`` rounded up to a whole number of slots per shard."""
@@ -174,6 +251,11 @@ class PagePool:
         self._array = value
 
     @property
+    def free_slots(self) -> int:
+        """Slots freed by deletes, handed out again before the pool grows."""
+        return len(self._free)
+
+    @property
     def placement(self):
         """Where the arena lives: its ``jax.Device``, or its sharding when it is split."""
         return self.device if self.sharding is None else self.sharding
@@ -199,7 +281,10 @@ class PagePool:
 
     def restore(self, array: jax.Array, high_water: int, used_slots: np.ndarray) -> None:
         """Install a restored arena (checkpoint) and rebuild the free list from the used slots."""
-        self.capacity = self._round(max(int(array.shape[0]), _MIN_CAPACITY))
+        capacity = self._round(max(int(array.shape[0]), _MIN_CAPACITY))
+        if self.budget is not None:
+            self.budget.claim((capacity - self.capacity) * self.page_bytes)
+        self.capacity = capacity
         if self.sharding is not None:
             full = np.zeros((self.capacity, *self.shape), self.dtype)  # whole shards
             full[: array.shape[0]] = np.asarray(array)

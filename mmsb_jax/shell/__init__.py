@@ -26,8 +26,9 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
-from ._history import compact_log as compact_log, diff as diff, page_history as page_history
-from ._state import MMSBState as MMSBState, Page as Page
+from ._history import compact_log as compact_log, diff as diff
+from ._page import Page as Page
+from ._state import MMSBState as MMSBState
 from ._tree_api import save_tree as save_tree, tree_ring as tree_ring, tree_steps as tree_steps
 from ._tree_history import (
     any_nonfinite as any_nonfinite,

@@ -1,7 +1,9 @@
-"""The seed-compatible functional facade over :class:`MMSBState`.
+"""The seed-compatible functions over :class:`MMSBState` (the original ``mmsb_*`` API).
 
-Every function takes the state first and forwards to the method of the same name; they exist
-so code written against the original ``mmsb_*`` API keeps working.
+Each takes the state first. Most forward to the :class:`MMSBState` method of the same name;
+the lifecycle functions (:func:`mmsb_start`, :func:`mmsb_stop`, :func:`mmsb_open`,
+:func:`replay_to_epoch`) build or close states, :func:`query_log` also takes a path,
+:func:`state_digest` calls ``state.digest()`` and :func:`get_stats` ``state.stats()``.
 """
 
 from __future__ import annotations
@@ -11,17 +13,29 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from ..log._checkpoint import is_checkpoint, state_semiring
-from .._errors import InvalidArgumentError, SerializationError
-from ._replay import rebuild, resolve_semiring
-from ..log._directory import newest_checkpoint, require_state
-from ._state import MMSBState, Page, _page_id
+from .._checks import is_int
+from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ..log import query_records
+from ..log._directory import (
+    has_state,
+    last_closed_epoch,
+    newest_checkpoint,
+    require_state,
+    state_semiring,
+    update_state_file,
+)
+from ..semirings import Semiring, get_semiring
+from . import _inputs
+from ._replay import rebuild, resolve_semiring
+from ._inputs import page_id as _page_id
+from ._page import Page
+from ._state import MMSBState
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
-               segment_bytes: int = 64 << 20, mesh=None) -> MMSBState:
-    """Start a new state.
+               segment_bytes: int = 64 << 20, mesh=None, exist_ok: bool = False,
+               keep_checkpoints: int | None = None) -> MMSBState:
+    """Start a new state (or, with ``exist_ok=True``, open the one already at ``path``).
 
     Args:
       path: the state's directory (its log and checkpoints live there). ``None``: a fresh
@@ -30,8 +44,9 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         falls back to the CPU with one ``GPUFallbackWarning``.
       semiring: the semiring of dependency propagation (a record or a standard name).
       fsync: log durability. ``"always"``: every commit is written and fsynced before it
-        returns. ``"batch"`` (group commit): buffered, then written and fsynced within about
-        5 ms (or when 1 MiB is buffered), so a crash loses at most those last milliseconds.
+        returns. ``"batch"`` (group commit): written to the OS at once and fsynced by a
+        background thread within about 5 ms, so a crash of the machine loses at most the
+        last few milliseconds (a crash of the process alone loses nothing written).
         ``"never"``: buffered in the process and written to the OS only when 1 MiB is
         buffered, on a checkpoint and on :func:`mmsb_stop`; never fsynced. A process killed
         without ``mmsb_stop`` loses what was still buffered (up to 1 MiB of records).
@@ -41,10 +56,16 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         writing only its own slots. Placement is not state: the log, checkpoints and
         :func:`state_digest` are the same with any mesh or none, and a state can be reopened
         with another one.
+      exist_ok: if ``path`` already holds a state, open it (:func:`mmsb_open`) instead of
+        refusing; its semiring must then be ``semiring``.
+      keep_checkpoints: keep only this many checkpoints under ``<path>/checkpoints`` (the
+        newest; older ones are deleted after each new one is complete). ``None``: keep all.
 
     Raises:
-      InvalidArgumentError: unknown ``fsync`` or ``semiring``; ``mesh`` not a ``Mesh``.
-      SerializationError: ``path`` already holds a state (open it with :func:`mmsb_open`).
+      InvalidArgumentError: unknown ``fsync`` or ``semiring``, ``mesh`` not a ``Mesh``, a bad
+        ``segment_bytes`` or ``keep_checkpoints``, or ``path`` is not a path.
+      SerializationError: ``path`` already holds a state (open it with :func:`mmsb_open`, or
+        pass ``exist_ok=True``), or with ``exist_ok`` the state there has another semiring.
 
     Example:
       >>> import mmsb_jax as mmsb
@@ -53,10 +74,25 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
       0
       >>> mmsb.mmsb_stop(state)
     """
-    if path is not None and (is_checkpoint(os.fspath(path)) or os.path.isdir(os.path.join(os.fspath(path), "log"))):
-        raise SerializationError(f"{os.fspath(path)!r} already holds an mmsb state; use mmsb_open to reopen it")
+    if path is not None:
+        path = _inputs.path(path)
+        if has_state(path):
+            if not exist_ok:
+                raise SerializationError(
+                    f"{path!r} already holds an mmsb state; use mmsb_open to reopen it (or mmsb_start(..., exist_ok=True))"
+                )
+            state = mmsb_open(path, enable_gpu=enable_gpu, fsync=fsync, segment_bytes=segment_bytes, mesh=mesh,
+                              semirings=(semiring,) if isinstance(semiring, Semiring) else (),
+                              keep_checkpoints=keep_checkpoints)
+            wanted = get_semiring(semiring).name
+            if state.semiring.name != wanted:
+                state.close()
+                raise SerializationError(
+                    f"the state at {path!r} propagates under semiring {state.semiring.name!r}, not {wanted!r}"
+                )
+            return state
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints)
     state.open_log()
     return state
 
@@ -68,30 +104,36 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
     temporary directory removed (the checkpoint, written elsewhere, stays).
 
     Raises:
-      InvalidArgumentError: ``checkpoint_path`` lies inside the temporary directory that
-        stopping removes (the state stays open).
+      InvalidArgumentError: ``state`` is not a state, or ``checkpoint_path`` is not a path or
+        lies inside the temporary directory that stopping removes (the state stays open).
+      SerializationError: ``checkpoint_path`` exists and is not a directory, or already holds
+        a checkpoint (the state stays open).
     """
+    if not isinstance(state, MMSBState):
+        raise InvalidArgumentError(f"state={state!r} is not an MMSBState")
     out = None
-    if checkpoint_path is not None and state._owns_dir:
-        target = os.path.abspath(os.fspath(checkpoint_path))
-        if os.path.commonpath([target, state.path]) == state.path:
+    if checkpoint_path is not None:
+        target = _inputs.path(checkpoint_path, "checkpoint_path")
+        if state._owns_dir and os.path.commonpath([target, state.path]) == state.path:
             raise InvalidArgumentError(
                 f"checkpoint_path={target!r} is inside the temporary state directory {state.path!r}, "
                 "which mmsb_stop removes; write the checkpoint elsewhere"
             )
-    if checkpoint_path is not None:
-        out = state.checkpoint(checkpoint_path)
+        out = state.checkpoint(target)
     state.close()
     return out
 
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
-              semirings=(), segment_bytes: int = 64 << 20, mesh=None) -> MMSBState:
+              semirings=(), segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
     (:func:`state_digest`). ``path`` is a state directory, or a checkpoint directory written
-    by ``mmsb_stop(state, checkpoint_path=...)`` (the reopened state then logs there).
+    by ``mmsb_stop(state, checkpoint_path=...)`` (the reopened state then logs there). A
+    damaged checkpoint is passed over for an older one or for the log alone, when they rebuild
+    the state at least as far; ``state.recovery_report.skipped_checkpoints`` says which and why.
+    Checkpoint directories that a crash left incomplete (no manifest) are removed.
 
     Args:
       recovery: how to treat a damaged log: ``"torn_tail"`` (default: only an incomplete last
@@ -101,24 +143,28 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         was dropped.
       semirings: user-defined semirings named in logged accumulate deltas.
       mesh: shard the pools over this mesh (see :func:`mmsb_start`).
+      keep_checkpoints: see :func:`mmsb_start`.
 
     Raises:
-      SerializationError: nothing to open at ``path``, an inconsistent checkpoint, or a log
-        that does not continue it; ``CorruptLogError`` (a subclass) names file and offset.
+      InvalidArgumentError: ``path`` is not a path, or a bad option.
+      SerializationError: nothing to open at ``path``, damaged settings or checkpoints that no
+        older checkpoint or log can stand in for, or a log that does not continue them;
+        ``CorruptLogError`` (a subclass) names file and offset.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = _inputs.path(path)
     require_state(path)
-    base, _ = newest_checkpoint(path)
-    semiring = resolve_semiring(state_semiring(path, base), semirings)
+    semiring = resolve_semiring(state_semiring(path), semirings)
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints)
     report = state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
     salvaged = recovery in ("point_in_time", "skip_corrupt") and not report.clean
     state.open_log(recovery="point_in_time" if salvaged else "torn_tail")
     if salvaged:
         # The writer cuts the log at the first damage; a checkpoint keeps what replay
-        # salvaged past it, so the next reopen sees the same state.
+        # salvaged past it, so the next reopen sees the same state, which is now the
+        # state of record (what it lost is in the report).
         state.checkpoint()
+        update_state_file(path, closed_at=state.epoch)
     return state
 
 
@@ -126,14 +172,14 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
     """A read-only snapshot of the state as it was right after ``epoch``.
 
     Built from the newest checkpoint at or before ``epoch`` plus the log records up to it
-    (batched through the router). Query it with :func:`query_page`; ``snap.epoch`` is the
-    last epoch at or before ``epoch`` that committed anything. Writes raise ``ReadOnlyError``.
-    ``epoch=None`` replays everything (the state's last epoch).
+    (batched through the router). Query it with :func:`query_page`; ``snap.epoch == epoch``.
+    Writes raise ``ReadOnlyError``. ``epoch=None`` replays everything (the state's last epoch).
 
     Raises:
       InvalidArgumentError: a negative epoch, or one past the state's last epoch (for a state
-        object and a path alike).
-      SerializationError: the epochs up to ``epoch`` were compacted away.
+        object and a path alike); a bad path.
+      SerializationError: the epochs up to ``epoch`` were compacted away, or the files needed
+        are damaged (``CorruptLogError`` names file and offset).
 
     Example:
       >>> import jax.numpy as jnp, mmsb_jax as mmsb
@@ -147,28 +193,34 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
       >>> mmsb.mmsb_stop(state)
     """
     if isinstance(path_or_state, MMSBState):
+        if path_or_state.closed:
+            raise StateClosedError(f"the state at {path_or_state.path!r} is stopped")
         path_or_state._flush_journal()
         path, last = path_or_state.path, path_or_state.epoch
         semiring = path_or_state.semiring
     else:
-        path, last, semiring = os.path.abspath(os.fspath(path_or_state)), None, None
+        path, last, semiring = _inputs.path(path_or_state, "path_or_state"), None, None
         require_state(path)
     if epoch is None:
         epoch = last
-    elif isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+    elif not is_int(epoch) or epoch < 0:
         raise InvalidArgumentError(f"epoch={epoch!r} must be a non-negative int (or None: the last epoch)")
     if last is not None and epoch > last:
         raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
     if semiring is None:
-        semiring = resolve_semiring(state_semiring(path, newest_checkpoint(path)[0]), semirings)
+        semiring = resolve_semiring(state_semiring(path), semirings)
     snap = MMSBState(path, semiring=semiring, _snapshot=True)
-    rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
+    snap.recovery_report = rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
     snap.read_only = True
-    log_dir = os.path.join(path, "log")
-    if epoch is not None and snap.epoch < epoch and not (
-        os.path.isdir(log_dir) and query_records(log_dir, epochs=(int(epoch), None))
-    ):  # nothing committed at or after ``epoch``
-        raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {snap.epoch}")
+    if epoch is not None and snap.epoch != epoch:
+        log_dir = os.path.join(path, "log")
+        later = os.path.isdir(log_dir) and query_records(log_dir, epochs=(int(epoch), None))
+        if not later and max(newest_checkpoint(path)[1], last_closed_epoch(path)) < epoch:
+            raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {snap.epoch}")
+        raise SerializationError(
+            f"epoch {epoch} of {path!r} cannot be rebuilt: its log and checkpoints reach epoch {snap.epoch} "
+            f"before it (the epochs between were compacted away or are missing)"
+        )
     return snap
 
 
@@ -178,12 +230,16 @@ def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list
     ``page_id``: records touching the page; ``epochs=(a, b)``: inclusive range; ``source``:
     the records' source tag; ``kinds``: e.g. ``"SPARSE"`` or ``["DENSE", "SPARSE_BATCH"]``.
     Each record has ``epoch``, ``kind``, ``timestamp`` (ns since the Unix epoch), ``source``.
+    ``state`` is a state or the path of one.
     """
     if page_id is not None:
         page_id = _page_id(page_id)  # a Page handle or an int id, as everywhere else
-    path = state.path if isinstance(state, MMSBState) else os.path.abspath(os.fspath(state))
     if isinstance(state, MMSBState):
         state._flush_journal()
+        path = state.path
+    else:
+        path = _inputs.path(state, "state")
+        require_state(path)
     return query_records(os.path.join(path, "log"), page_id=page_id, epochs=epochs, source=source, kinds=kinds)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from .. import adaptive
+from . import _inputs
 
-from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, check_delta_fits, touches_nothing
-from .._errors import InvalidDeltaError, PageNotFoundError
+from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_nothing
+from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
 from ..deltas._router import pad_rows, sparse_rows_keep
 from ..deltas._tree_ring import TreeRing
@@ -39,12 +41,18 @@ class BatchRouting:
         return adaptive.use_pallas("scatter_merge.sparse")
 
     def _check_sparse_batch(self, page_ids, indices, values):
-        pids = np.asarray(page_ids)
+        for what, x in (("page_ids", page_ids), ("indices", indices), ("values", values)):
+            _inputs.refuse_tracers(what, x)
+        try:
+            pids = np.asarray(page_ids)
+            ind = np.asarray(indices)
+            untyped = not isinstance(values, (np.ndarray, np.generic, jax.Array))
+            vals = np.asarray(values)
+        except Exception as e:  # noqa: BLE001 - ragged lists and the like
+            raise InvalidDeltaError(f"page_ids, indices and values must be arrays: {e}") from None
         if pids.ndim != 1 or (pids.size and not np.issubdtype(pids.dtype, np.integer)):
             raise InvalidDeltaError(f"page_ids must be a 1-D integer array, got {pids.dtype}{pids.shape}")
         pids = pids.astype(np.int64, copy=False)
-        ind = np.asarray(indices)
-        vals = np.asarray(values)
         if ind.ndim != 2 or ind.shape[0] != pids.shape[0] or (ind.size and not np.issubdtype(ind.dtype, np.integer)):
             raise InvalidDeltaError(
                 f"indices must be an integer array of shape (n, k) with n={pids.shape[0]}, got {ind.dtype}{ind.shape}"
@@ -61,6 +69,14 @@ class BatchRouting:
             raise PageNotFoundError(int(pids[i]), f"batch entry {i}: page_id={int(pids[i])} does not name a live page")
         pool_idx = self._table.pool[pids]
         lo, hi = int(pool_idx.min()), int(pool_idx.max())
+        if untyped:  # Python data takes the pages' dtype (one dtype: one values array is logged)
+            dtypes = {self._pools[pi].dtype for pi in ([lo] if lo == hi else np.unique(pool_idx).tolist())}
+            if len(dtypes) > 1:
+                raise InvalidDeltaError(
+                    f"values given as Python data for pages of several dtypes ({sorted(map(str, dtypes))}); "
+                    "pass an array of one dtype"
+                )
+            vals = _inputs.cast_untyped(vals, dtypes.pop(), "values")
         for pi in [lo] if lo == hi else np.unique(pool_idx).tolist():
             pool = self._pools[pi]
             rows = slice(None) if lo == hi else pool_idx == pi
@@ -156,11 +172,18 @@ class BatchRouting:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
-        from ..deltas._ring import ring_cleared, ring_contents
+        from ..deltas._ring import DeltaRing, ring_cleared, ring_contents
 
         if isinstance(ring, TreeRing):
+            _inputs.refuse_tracers("the ring", ring)
             return self._drain_tree_ring(ring)
-
+        if not isinstance(ring, DeltaRing):
+            raise InvalidArgumentError(
+                f"ring={ring!r} is not a DeltaRing or a TreeRing (see mmsb_jax.delta_ring, mmsb_jax.tree_ring)"
+            )
+        _inputs.refuse_tracers("the ring", ring)
+        with self._lock:
+            self._check_open()
         pids, ind, vals = ring_contents(ring)
         with self._lock:
             self._source = "jit-ring"
@@ -174,6 +197,10 @@ class BatchRouting:
         """Route ``[(page_id, delta), ...]`` in one epoch; see :func:`mmsb_jax.batch_route_deltas`."""
         with self._lock:
             self._check_open()
+            if isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
+                raise InvalidArgumentError(
+                    f"entries={entries!r} is not an iterable of (page_id, delta) pairs"
+                )
             entries = list(entries)
             checked = []
             for i, entry in enumerate(entries):
@@ -185,9 +212,7 @@ class BatchRouting:
                     pid, pool, slot = self._locate(page_id)
                 except PageNotFoundError as e:
                     raise PageNotFoundError(page_id, f"batch entry {i}: {e}") from None
-                check_delta_fits(delta, pool.shape, pool.dtype, where=f"batch entry {i}, page {pid}")
-                if isinstance(delta, SparseDelta):
-                    self._check_sparse_indices(delta, pool, pid, where=f"batch entry {i}, ")
+                delta = _inputs.delta(delta, pool, pid, where=f"batch entry {i}, page {pid}")
                 if not touches_nothing(delta):  # an empty delta changes nothing: no epoch, no record
                     checked.append((pid, pool, slot, delta))
             all_sparse = all(isinstance(d, SparseDelta) for *_, d in checked) and len(

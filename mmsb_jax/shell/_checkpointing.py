@@ -8,8 +8,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from .._errors import InvalidArgumentError, MMSBError, SerializationError, StateClosedError
+from ._tree_restore import check_checkpoint_trees
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
-from .._errors import InvalidArgumentError, SerializationError, StateClosedError
+from ..log._directory import prune_checkpoints
+from . import _inputs
+from ._restore import check_checkpoint
 
 
 def _once_set(ready, fn, *args):
@@ -58,17 +62,19 @@ class Checkpointing:
                 if self._snapshot:
                     raise InvalidArgumentError("a snapshot's checkpoint needs an explicit directory")
                 directory = os.path.join(self.path, "checkpoints", f"epoch-{self._epoch:012d}")
-            directory = os.path.abspath(os.fspath(directory))
-            joined = next((f for d, e, f in self._ckpt_pending if d == directory and e == self._epoch), None)
+            directory = _inputs.path(directory, "directory")
+            if os.path.lexists(directory) and not os.path.isdir(directory):
+                raise SerializationError(f"directory={directory!r} exists and is not a directory")
+            joined = next((f for d, e, f, _ in self._ckpt_pending if d == directory and e == self._epoch), None)
             if joined is None:
-                if block and any(d == directory for d, _, _ in self._ckpt_pending):
+                if block and any(d == directory for d, *_ in self._ckpt_pending):
                     raise SerializationError(
                         f"{directory!r} is being written by a background checkpoint of another epoch; "
                         "choose a new directory"
                     )
                 if default and is_checkpoint(directory):  # it already holds this state
                     return directory if block else _done(directory)
-                return self._write_checkpoint(directory, block)
+                return self._write_checkpoint(directory, block, prune=default)
             if not block:
                 return joined
         # Wait without the lock (the writer never takes it; other threads may go on).
@@ -78,9 +84,13 @@ class Checkpointing:
             raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
-    def _write_checkpoint(self, directory: str, block: bool, ready=None):
-        """Copy the state to host memory and write it (now, or in the background). Under the lock.
+    def _write_checkpoint(self, directory: str, block: bool, prune: bool = False, ready=None):
+        """Copy the state to host memory and hand it to the checkpoint writer; wait for it
+        unless ``block=False``. Under the lock.
 
+        Every checkpoint, blocking or not, is written by the one writer thread, one after
+        another: orbax's checkpointers are not safe to run side by side in one process (two
+        at once failed with ``File exists`` on orbax's temporary directory, or hung).
         ``ready`` (background only): a ``threading.Event`` the writer waits for before it
         touches ``directory`` (orbax creates an item's directory after handing it over)."""
         self._flush_journal()
@@ -117,26 +127,39 @@ class Checkpointing:
         }
         self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
-        if block:
-            return save_checkpoint(directory, manifest, tree)
         if self._ckpt_pool is None:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
         job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
         future = self._ckpt_pool.submit(job, directory, manifest, tree)
-        self._ckpt_pending.append((directory, self._epoch, future))
+        if block:
+            out = future.result()  # raises its SerializationError; the writer never takes the lock
+            if prune:
+                self._prune_checkpoints()
+            return out
+        self._ckpt_pending.append((directory, self._epoch, future, prune))
         return future
+
+    def _prune_checkpoints(self) -> None:
+        """Keep only the newest ``keep_checkpoints`` checkpoints of this state (on the caller's
+        thread, under the lock: never while the writer thread writes one)."""
+        if self.keep_checkpoints is not None and not self._snapshot:
+            prune_checkpoints(self.path, self.keep_checkpoints)
 
     def _raise_failed_checkpoint(self) -> None:
         """Forget finished background checkpoints; raise (once) if any of them failed."""
         with self._lock:
-            running, failed = [], []
-            for entry in self._ckpt_pending:  # (directory, epoch, future)
+            running, failed, finished = [], [], False
+            for entry in self._ckpt_pending:  # (directory, epoch, future, prune)
                 future = entry[2]
                 if not future.done():
                     running.append(entry)
                 elif future.exception() is not None:
                     failed.append(future.exception())
+                else:
+                    finished = finished or entry[3]
             self._ckpt_pending = running
+            if finished:
+                self._prune_checkpoints()
         if failed:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise SerializationError(f"a background checkpoint failed: {failed[0]}{more}") from failed[0]
@@ -144,42 +167,49 @@ class Checkpointing:
     def wait_for_checkpoints(self) -> None:
         """Wait for background checkpoints; raise if one failed."""
         with self._lock:
-            pending = [f for _, _, f in self._ckpt_pending]
+            pending = [f for _, _, f, _ in self._ckpt_pending]
         for f in pending:
             f.exception()  # waits
         self._raise_failed_checkpoint()
 
     def _restore_checkpoint(self, directory: str) -> None:
-        """Load a checkpoint into this (empty) state."""
+        """Load a checkpoint into this (empty) state: all of it, or (on any failure) nothing.
+
+        Raises:
+          SerializationError: the checkpoint is damaged, edited or inconsistent (see
+            :func:`~mmsb_jax.shell._restore.check_checkpoint`), or does not fit in memory.
+        """
         manifest = read_manifest(directory)
-        tree = load_arrays(directory)
+        arrays = load_arrays(directory)
+        checked = check_checkpoint(directory, manifest, arrays, self.semiring.name)
+        trees = check_checkpoint_trees(directory, manifest, arrays, checked)
         try:
-            for desc in manifest["pools"]:
-                pool, _ = self._resolve_spec(None, tuple(desc["shape"]), np.dtype(desc["dtype"]), desc["location"])
-                if pool.index != int(desc["index"]):
-                    raise SerializationError(f"pool order in {directory!r} is inconsistent")
-            empty = np.zeros(0, np.int64)
-            table = tree.get("page_table") or {"id": empty, "pool": empty, "slot": empty, "epoch": empty}
-            ids = np.asarray(table["id"], np.int64)
-            self._table.next_id = int(manifest["next_page_id"])
-            self._table.ensure(self._table.next_id)
-            self._table.pool[ids] = table["pool"]
-            self._table.slot[ids] = table["slot"]
-            self._table.epoch[ids] = table["epoch"]
-            for desc, pool in zip(manifest["pools"], self._pools):
-                arr = tree["pools"][f"pool_{pool.index}"]
-                if tuple(arr.shape[1:]) != pool.shape or np.dtype(arr.dtype) != pool.dtype:
-                    raise SerializationError(
-                        f"pool_{pool.index} in {directory!r} has {arr.dtype}{arr.shape}; "
-                        f"expected pages of {pool.dtype}{pool.shape}"
-                    )
-                used = table["slot"][table["pool"] == pool.index]
-                pool.restore(arr, int(desc["high_water"]), used)
-            self._epoch = int(manifest["epoch"])
-            self._restore_extra(manifest, tree)
-            self._restore_trees(manifest, tree)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise SerializationError(f"checkpoint {directory!r} is inconsistent: {e!r}") from None
+            self._install(checked)
+            self._install_trees(trees)
+        except (MMSBError, ValueError, TypeError, KeyError, IndexError) as e:
+            self._init_content()  # back to empty: the caller may try another checkpoint
+            raise SerializationError(f"checkpoint {directory!r} cannot be restored: {e}") from e
+
+    def _install(self, ck) -> None:
+        for p in ck.pools:
+            pool, _ = self._resolve_spec(None, p.shape, p.dtype, p.location)
+            if pool.index != p.index:  # e.g. two descriptions of one (shape, dtype, location)
+                raise SerializationError(f"pool {p.index} repeats the spec of pool {pool.index}")
+        self._table.ensure(ck.next_page_id)
+        self._table.next_id = ck.next_page_id
+        self._table.pool[ck.ids] = ck.pool
+        self._table.slot[ck.ids] = ck.slot
+        self._table.epoch[ck.ids] = ck.page_epoch
+        for p, pool in zip(ck.pools, self._pools):
+            pool.restore(p.array, p.high_water, ck.slot[ck.pool == p.index])
+        self._epoch = ck.epoch
+        log, self._log = self._log, None
+        try:
+            for u, v, w, t in ck.edges:  # in the order propagation sums them
+                self.add_dependency(u, v, weight=w, edge_type=t)
+                self._epoch = ck.epoch  # restoring is not a new operation
+        finally:
+            self._log = log
 
     @staticmethod
     def _edge_arrays(deps) -> dict:
@@ -192,18 +222,3 @@ class Checkpointing:
                 "type": np.array([types.index(e[3]) for e in deps], np.int32),
             }
         } if deps else {}
-
-    def _restore_extra(self, manifest: dict, tree: dict) -> None:
-        g = tree.get("graph")
-        if not g:
-            return
-        types = manifest["edge_types"]
-        log, self._log = self._log, None
-        try:
-            for u, v, w, t in zip(g["parent"].tolist(), g["child"].tolist(), g["weight"].tolist(), g["type"].tolist()):
-                epoch = self._epoch
-                self.add_dependency(u, v, weight=None if np.isnan(w) else w, edge_type=types[t])
-                self._epoch = epoch  # restoring is not a new operation
-        finally:
-            self._log = log
-

@@ -5,23 +5,48 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InvalidArgumentError
+from ..log._directory import update_state_file
 
 
 def compact_log(state) -> dict:
-    """Fold the log into a checkpoint: write one now, then drop every whole log segment
-    whose records it covers (the original's ``compress_log!``).
+    """Fold the log into a checkpoint: write one now, then drop every log segment whose
+    records it covers (the original's ``compress_log!``).
 
-    Replaying to any epoch at or after the checkpoint gives exactly what it gave before;
-    epochs before it are no longer reachable (``replay_to_epoch`` raises for them).
+    The active segment is closed first, so every record up to now can go. Replaying to any
+    epoch at or after the checkpoint gives exactly what it gave before; epochs before it are
+    no longer reachable (``replay_to_epoch`` raises for them, naming compaction), and the
+    state's settings file records how far the log was compacted, so a replay never mistakes
+    the shortened log for a whole one.
 
     Returns ``{"checkpoint": dir, "epoch": E, "dropped_segments": [...], "bytes_freed": n}``.
+
+    Raises:
+      StateClosedError / ReadOnlyError: the state is stopped, or a snapshot.
+
+    Example:
+      >>> import numpy as np, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> page = mmsb.create_page(state, size=4)
+      >>> _ = mmsb.update_page(state, page.id, np.arange(4, dtype=np.uint8))
+      >>> out = mmsb.compact_log(state)
+      >>> out["epoch"], len(out["dropped_segments"])
+      (2, 1)
+      >>> mmsb.replay_to_epoch(state, 1)
+      Traceback (most recent call last):
+      ...
+      mmsb_jax.SerializationError: ...compacted away...
+      >>> mmsb.mmsb_stop(state)
     """
     with state._lock:
+        state._check_open()
         directory = state.checkpoint()
         epoch = state.epoch
         log = state._log
         before = log.stats()["bytes"]
-        state._flush_journal()
+        log.seal()  # every record so far now lies in a closed segment
+        # recorded first: a crash between the two leaves a log that says it lacks epochs it
+        # still has (replays of them are refused), never one that passes for whole
+        update_state_file(state.path, compacted_through=epoch)
         dropped = log.drop_segments_through(epoch)
         after = log.stats()["bytes"]
         return {
@@ -30,13 +55,6 @@ def compact_log(state) -> dict:
             "dropped_segments": [str(p) for p in dropped],
             "bytes_freed": int(before - after),
         }
-
-
-def page_history(state, page_id) -> list:
-    """Every log record that touched ``page_id`` (create, deltas, batches, edges, delete), in order."""
-    from ._api import query_log
-
-    return query_log(state, page_id=page_id)
 
 
 def diff(state, epoch_a: int, epoch_b: int) -> dict:

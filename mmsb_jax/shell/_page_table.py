@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._errors import ResourceLimitError
+
 
 class PageTable:
     """Columns ``pool`` (int32), ``slot`` (int64) and ``epoch`` (int64) over ids ``[0, next_id)``."""
 
-    __slots__ = ("next_id", "pool", "slot", "epoch")
+    __slots__ = ("next_id", "pool", "slot", "epoch", "budget")
 
-    def __init__(self, capacity: int = 1024):
+    #: bytes per id (int32 pool, int64 slot, int64 epoch)
+    ID_BYTES = 20
+
+    def __init__(self, capacity: int = 1024, budget=None):
+        self.budget = budget  # a pages.MemoryBudget the columns claim from as they grow (None: unlimited)
         self.next_id = 0
         self.pool = np.full(capacity, -1, np.int32)
         self.slot = np.zeros(capacity, np.int64)
         self.epoch = np.zeros(capacity, np.int64)
+
+    def growth_bytes(self, n_ids: int) -> int:
+        """Bytes :meth:`ensure` would add to hold ``n_ids`` ids (pure)."""
+        cap = self.pool.shape[0]
+        if n_ids <= cap:
+            return 0
+        new_cap = max(n_ids, 2 * cap)
+        if self.budget is not None:
+            new_cap = max(n_ids, min(new_cap, cap + self.budget.available() // self.ID_BYTES))
+        return (new_cap - cap) * self.ID_BYTES
 
     def ensure(self, n_ids: int) -> None:
         """Grow the columns (geometrically) to hold ids ``[0, n_ids)``."""
@@ -27,6 +43,12 @@ class PageTable:
         if n_ids <= cap:
             return
         new_cap = max(n_ids, 2 * cap)
+        if self.budget is not None:
+            new_cap = max(n_ids, min(new_cap, cap + self.budget.available() // self.ID_BYTES))
+            try:
+                self.budget.claim((new_cap - cap) * self.ID_BYTES)
+            except ResourceLimitError as e:
+                raise ResourceLimitError(f"a page table of {n_ids:,} page ids does not fit: {e}") from None
         for name, fill in (("pool", -1), ("slot", 0), ("epoch", 0)):
             old = getattr(self, name)
             new = np.full(new_cap, fill, old.dtype)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ..log._checkpoint import read_manifest
-from ..log._directory import newest_checkpoint
+from ..log._directory import epoch_of_name, last_closed_epoch, list_checkpoints, log_floor
 from ..log._decode import (
     Accumulate,
     AddDep,
@@ -21,14 +21,24 @@ from ..log._decode import (
     DeletePages,
     Dense,
     RemoveDep,
+    Rows,
     Sparse,
     SparseBatch,
+    TreeDef,
+    TreeStep,
 )
-from ._tree_replay import TREE_RECORDS, TreeRun
+from ._tree_replay import TreeRun
 from ..deltas._delta import AccumulateDelta
-from .._errors import InvalidArgumentError, SerializationError
+from .._errors import (
+    CorruptLogError,
+    InvalidArgumentError,
+    InvalidDeltaError,
+    MMSBError,
+    PageNotFoundError,
+    SerializationError,
+)
 from ..deltas._router import pad_rows
-from ..log import first_logged_epoch, read_records
+from ..log import SkippedRange, read_records, segment_path
 from ..semirings import Semiring, get_semiring
 
 
@@ -52,28 +62,32 @@ class _SparseRun:
     A dense record is the sparse delta of its changed positions. Rows of different lengths
     share one array by repeating each short row's last entry (a no-op: same value, same
     index, still last). A run is flushed when the dtype changes or it grows past ~4M entries.
+    Rows are checked when the run is flushed; if a check fails, the rows are checked record
+    by record to name the record at fault.
     """
 
     _MAX_ENTRIES = 1 << 22
 
-    def __init__(self, state):
+    def __init__(self, state, replay):
         self.state = state
-        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self.replay = replay
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, object]] = []
         self.entries = 0
         self.dtype = None
 
-    def add(self, pids, ind, vals, epoch):
+    def add(self, rec, pids, ind, vals):
+        state = self.state
         if pids.shape[0] == 0:
             return
         if ind.shape[1] == 0:  # an empty delta writes nothing but still stamps its pages
             self.flush()
-            self.state._table.epoch[pids] = epoch
-            self.state._epoch = epoch
+            state._check_sparse_batch(pids, ind, vals)
+            state._table.epoch[pids] = rec.epoch
             return
         if self.dtype is not None and vals.dtype != self.dtype:
             self.flush()
         self.dtype = vals.dtype
-        self.rows.append((pids, ind, vals, epoch))
+        self.rows.append((pids, ind, vals, rec))
         self.entries += ind.size
         if self.entries >= self._MAX_ENTRIES:
             self.flush()
@@ -81,90 +95,290 @@ class _SparseRun:
     def flush(self) -> None:
         if not self.rows:
             return
+        rows, self.rows, self.entries, self.dtype = self.rows, [], 0, None
         state = self.state
-        k = max(r[1].shape[1] for r in self.rows)
-        pids = np.concatenate([r[0] for r in self.rows]).astype(np.int64)
-        ind = pad_rows([r[1] for r in self.rows], k, 0).astype(np.int32)
-        vals = pad_rows([r[2] for r in self.rows], k, 0)
-        epochs = np.concatenate([np.full(r[0].shape[0], r[3], np.int64) for r in self.rows])
-        state._epoch = int(epochs[-1])
-        state._check_sparse_batch(pids, ind, vals)
+        k = max(r[1].shape[1] for r in rows)
+        pids = np.concatenate([r[0] for r in rows])
+        ind = pad_rows([r[1] for r in rows], k, 0).astype(np.int32)
+        vals = pad_rows([r[2] for r in rows], k, 0)
+        try:
+            state._check_sparse_batch(pids, ind, vals)
+        except MMSBError:
+            rows = self._drop_bad(rows)  # raises in strict replay; drops the bad records otherwise
+            if not rows:
+                return
+            k = max(r[1].shape[1] for r in rows)
+            pids = np.concatenate([r[0] for r in rows])
+            ind = pad_rows([r[1] for r in rows], k, 0).astype(np.int32)
+            vals = pad_rows([r[2] for r in rows], k, 0)
+        epochs = np.concatenate([np.full(r[0].shape[0], r[3].epoch, np.int64) for r in rows])
+        state._continue_at(int(epochs[-1]))
         state._apply_sparse_rows(pids, ind, vals, state._sparse_kernel())
         state._table.epoch[pids] = 0
         np.maximum.at(state._table.epoch, pids, epochs)
-        self.rows, self.entries, self.dtype = [], 0, None
+
+    def _drop_bad(self, rows):
+        kept = []
+        for pids, ind, vals, rec in rows:
+            try:
+                self.state._check_sparse_batch(pids, ind, vals)
+            except MMSBError as e:
+                self.replay.refuse(rec, e)
+                continue
+            kept.append((pids, ind, vals, rec))
+        return kept
 
 
-def apply_records(state, records, *, semirings=()) -> None:
-    """Apply decoded log records to ``state`` in order (its journal must be off)."""
+#: The largest epoch (and page id) a replayed record may carry: far past any real state, and
+#: small enough for int64 arithmetic.
+MAX_EPOCH = 2**62
+
+
+def _as_ids(rec, ids) -> np.ndarray:
+    """Logged page ids (u64) as int64, refusing any that no page could have."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and int(ids.max()) >= MAX_EPOCH:
+        raise PageNotFoundError(int(ids.max()), f"page id {int(ids.max())} is past any page id this store can hold")
+    return ids.astype(np.int64)
+
+
+class _Replay:
+    """One pass of log records into a state: contiguity, dispatch, and errors that name the
+    record's file and offset."""
+
+    def __init__(self, state, log_dir, *, start_epoch: int, strict: bool, semirings=(), report=None):
+        self.state = state
+        self.log_dir = log_dir
+        self.epoch = start_epoch  # the last epoch applied (the checkpoint's, at first)
+        self.strict = strict
+        self.semirings = semirings
+        self.report = report
+        self.run = _SparseRun(state, self)
+        self.trees = TreeRun(state)  # tree-journal page writes, applied together
+
+    def error(self, rec, reason: str) -> CorruptLogError:
+        path = segment_path(self.log_dir, rec.segment) if rec.segment >= 0 else self.log_dir
+        return CorruptLogError(path, max(rec.offset, 0), f"{rec.kind.name} record of epoch {rec.epoch}: {reason}")
+
+    def refuse(self, rec, err: Exception) -> None:
+        """A record that cannot be applied: an error in strict replay, a skipped range otherwise."""
+        reason = f"{type(err).__name__}: {err}"
+        if self.strict or self.report is None:
+            raise self.error(rec, reason) from err
+        path = segment_path(self.log_dir, rec.segment) if rec.segment >= 0 else self.log_dir
+        self.report.skipped.append(SkippedRange(str(path), rec.offset, rec.offset, f"not applied: {reason}"))
+
+    def apply(self, records) -> None:
+        state = self.state
+        for rec in records:
+            if rec.epoch > MAX_EPOCH:  # no state gets here one epoch at a time
+                self.refuse(rec, InvalidArgumentError(f"epoch {rec.epoch} is past the largest epoch {MAX_EPOCH}"))
+                continue
+            if rec.epoch != self.epoch:
+                if rec.epoch != self.epoch + 1:
+                    missing = f"epochs {self.epoch + 1}..{rec.epoch - 1} are" if rec.epoch > self.epoch + 1 else "it is"
+                    reason = f"epoch {rec.epoch} follows epoch {self.epoch}: {missing} missing from the log"
+                    if self.strict:
+                        raise self.error(rec, reason + " (each operation takes the next epoch)")
+                    if self.report is not None:  # salvage: the gap is reported, the record applies
+                        path = segment_path(self.log_dir, rec.segment) if rec.segment >= 0 else self.log_dir
+                        self.report.skipped.append(SkippedRange(str(path), rec.offset, rec.offset, reason))
+                self.epoch = rec.epoch
+            elif not rec.batched:
+                raise self.error(rec, f"a second record of epoch {rec.epoch} outside a batch")
+            handler = _HANDLERS.get(type(rec))
+            try:
+                if handler is None:
+                    raise SerializationError(f"this build cannot replay {type(rec).__name__} records")
+                if handler not in _TREE_HANDLERS:
+                    self.trees.flush()
+                if handler is not _overwrite:
+                    self.run.flush()
+                    state._continue_at(rec.epoch)
+                handler(self, rec)
+            except CorruptLogError:
+                raise
+            except (MMSBError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as e:
+                self.refuse(rec, e)
+            state._continue_at(rec.epoch, done=True)
+        self.run.flush()
+        self.trees.flush()
+        state._continue_at(self.epoch, done=True)
+
+
+def _overwrite(replay: _Replay, rec) -> None:
+    """SPARSE, SPARSE_BATCH and DENSE records join the current run of overwrites."""
+    state = replay.state
+    if isinstance(rec, SparseBatch):
+        replay.run.add(rec, _as_ids(rec, rec.page_ids), rec.indices, rec.values)
+        return
+    (pid,) = _as_ids(rec, [rec.page_id])
+    if isinstance(rec, Sparse):
+        replay.run.add(rec, np.array([pid]), rec.indices.reshape(1, -1), rec.values.reshape(1, -1))
+        return
+    _, pool, _ = state._locate(pid)
+    if rec.mask.shape != pool.shape:
+        raise InvalidDeltaError(f"mask of shape {rec.mask.shape} for page {pid} of shape {pool.shape}")
+    idx = np.flatnonzero(np.asarray(rec.mask).reshape(-1)).astype(np.int32)
+    replay.run.add(rec, np.array([pid]), idx.reshape(1, -1), np.asarray(rec.values).reshape(1, -1))
+
+
+def _create(replay: _Replay, rec) -> None:
+    state = replay.state
+    if rec.first_page_id != state._table.next_id:
+        raise SerializationError(
+            f"it creates page {rec.first_page_id}, but the next page id is {state._table.next_id}: "
+            "the log does not continue this state"
+        )
+    if rec.count < 1:
+        raise InvalidArgumentError(f"count={rec.count}: a logged creation makes at least one page")
+    state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape))
+
+
+def _delete(replay: _Replay, rec) -> None:
+    state = replay.state
+    ids = _as_ids(rec, rec.page_ids)
+    if np.unique(ids).size != ids.size:
+        raise InvalidArgumentError(f"page ids {ids.tolist()} repeat")
+    for pid in ids.tolist():
+        state._locate(pid)  # every id is live: checked before the first delete
+    for pid in ids.tolist():
+        state._continue_at(rec.epoch)
+        state.delete_page(pid)
+
+
+def _accumulate(replay: _Replay, rec) -> None:
+    sr = resolve_semiring(rec.semiring, replay.semirings)
+    replay.state.route_delta(rec.page_id, AccumulateDelta(np.asarray(rec.payload), sr))
+
+
+def _add_dep(replay: _Replay, rec) -> None:
+    replay.state.add_dependency(rec.parent, rec.child, weight=rec.weight, edge_type=rec.edge_type or "data")
+
+
+def _remove_dep(replay: _Replay, rec) -> None:
+    replay.state.remove_dependency(rec.parent, rec.child)
+
+
+def _rows(replay: _Replay, rec) -> None:
+    """ROWS joins the run of tree-journal writes (applied before any other kind of record)."""
+    (pid,) = _as_ids(rec, [rec.page_id])
+    replay.trees.add_rows(rec, pid)
+
+
+def _tree_def(replay: _Replay, rec) -> None:
+    replay.trees.define(rec, _as_ids(rec, rec.page_ids))
+
+
+def _tree_step(replay: _Replay, rec) -> None:
+    replay.trees.tag(rec)
+
+
+#: How each record type is replayed: ``handler(replay, record)``, raising an ``MMSBError`` when
+#: the record cannot apply (replay wraps it with the record's file and offset).
+_HANDLERS = {
+    Sparse: _overwrite,
+    SparseBatch: _overwrite,
+    Dense: _overwrite,
+    CreatePages: _create,
+    DeletePages: _delete,
+    Accumulate: _accumulate,
+    AddDep: _add_dep,
+    RemoveDep: _remove_dep,
+    Rows: _rows,
+    TreeDef: _tree_def,
+    TreeStep: _tree_step,
+}
+_TREE_HANDLERS = (_rows, _tree_def, _tree_step)
+
+
+def apply_records(state, records, *, log_dir, start_epoch: int = 0, strict: bool = True, semirings=(),
+                  report=None) -> None:
+    """Apply decoded log records to ``state`` in order (its journal must be off).
+
+    ``strict`` (the ``torn_tail`` and ``absolute`` recovery modes): epochs must continue
+    ``start_epoch`` one by one, and a record that cannot apply raises :class:`CorruptLogError`
+    naming its file and offset. Otherwise (salvage modes) such a record is skipped and listed
+    in ``report.skipped``.
+    """
     assert state._log is None, "replay must not journal"
-    run = _SparseRun(state)
-    trees = TreeRun(state)
-    for rec in records:
-        if isinstance(rec, TREE_RECORDS):
-            run.flush()
-            trees.add(rec)
-            continue
-        trees.flush()
-        if isinstance(rec, Sparse):
-            run.add(np.array([rec.page_id], np.int64), rec.indices.reshape(1, -1), rec.values.reshape(1, -1), rec.epoch)
-            continue
-        if isinstance(rec, SparseBatch):
-            run.add(np.asarray(rec.page_ids, np.int64), rec.indices, rec.values, rec.epoch)
-            continue
-        if isinstance(rec, Dense):
-            idx = np.flatnonzero(np.asarray(rec.mask).reshape(-1)).astype(np.int32)
-            run.add(np.array([rec.page_id], np.int64), idx.reshape(1, -1), np.asarray(rec.values).reshape(1, -1), rec.epoch)
-            continue
-        run.flush()
-        state._epoch = rec.epoch - 1  # each public operation takes the next epoch
-        if isinstance(rec, CreatePages):
-            if rec.first_page_id != state._table.next_id:
-                raise SerializationError(
-                    f"log record at epoch {rec.epoch} creates page {rec.first_page_id}, but the next "
-                    f"page id is {state._table.next_id}: the log does not continue this state"
-                )
-            state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape))
-        elif isinstance(rec, DeletePages):
-            for pid in np.asarray(rec.page_ids).tolist():
-                state._epoch = rec.epoch - 1
-                state.delete_page(int(pid))
-        elif isinstance(rec, Accumulate):
-            sr = resolve_semiring(rec.semiring, semirings)
-            state.route_delta(rec.page_id, AccumulateDelta(np.asarray(rec.payload), sr))
-        elif isinstance(rec, AddDep):
-            state.add_dependency(rec.parent, rec.child, weight=rec.weight, edge_type=rec.edge_type or "data")
-        elif isinstance(rec, RemoveDep):
-            state.remove_dependency(rec.parent, rec.child)
-        state._epoch = rec.epoch
-    run.flush()
-    trees.flush()
+    _Replay(state, log_dir, start_epoch=start_epoch, strict=strict, semirings=semirings, report=report).apply(records)
 
 
 def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),
             checkpoint: str | None = "newest"):
     """Fill an empty, journal-less ``state`` from ``path``: a checkpoint, then the log after it.
 
-    ``checkpoint``: ``"newest"`` (the newest usable one at or before ``end_epoch``), a
-    checkpoint directory, or ``None`` (replay the whole log). Returns the log's
-    :class:`RecoveryReport`.
+    ``checkpoint``: ``"newest"``: the newest checkpoint at or before ``end_epoch`` that
+    restores cleanly and that the log continues; a damaged one is skipped for the next older
+    one, and finally for the log alone (when it still starts at epoch 1); each skip is listed
+    in the report's ``skipped_checkpoints`` as ``(directory, reason)``. A checkpoint
+    directory: that one (an error if it cannot be restored). ``None``: the whole log.
+
+    Returns the log's :class:`~mmsb_jax.log.RecoveryReport`.
+
+    Raises:
+      SerializationError: no checkpoint can be restored and the log does not start at epoch
+        1 (compacted); ``CorruptLogError`` (a subclass) names the file and offset of a damaged
+        or impossible record.
     """
-    if checkpoint == "newest":
-        base, base_epoch = newest_checkpoint(path, end_epoch)
-    elif checkpoint is None:
-        base, base_epoch = None, 0
-    else:
-        base, base_epoch = checkpoint, int(read_manifest(checkpoint)["epoch"])
-    if base is not None:
-        state._restore_checkpoint(base)
     log_dir = os.path.join(path, "log")
-    first = first_logged_epoch(log_dir)
-    if first is not None and first > base_epoch + 1 and (end_epoch is None or end_epoch > base_epoch):
-        raise SerializationError(
-            f"the log at {log_dir!r} starts at epoch {first}, but the newest usable checkpoint "
-            f"{'at or before epoch ' + str(end_epoch) + ' ' if end_epoch is not None else ''}ends at "
-            f"epoch {base_epoch}: the epochs between were compacted away"
-        )
+    first = log_floor(path)  # the log cannot rebuild the epochs before this one (compacted)
+    skipped, claims = [], []  # claims: epochs that damaged checkpoints say they held
+    if checkpoint == "newest":
+        found = list_checkpoints(path)
+        candidates = [c for c in found if c[1] >= 0 and (end_epoch is None or c[1] <= end_epoch)]
+        candidates.sort(key=lambda c: -c[1])
+        candidates.append((None, 0))
+        for d, e in found:
+            if e < 0:  # unreadable manifest: the epoch its name claims, if any
+                claim = epoch_of_name(d)
+                if end_epoch is None or (claim is not None and claim <= end_epoch):
+                    skipped.append((d, "its manifest cannot be read"))
+                    claims.append((d, claim))
+    elif checkpoint is None:
+        candidates = [(None, 0)]
+    else:
+        candidates = [(checkpoint, int(read_manifest(checkpoint)["epoch"]))]
+    for base, base_epoch in candidates:
+        if first > base_epoch + 1 and (end_epoch is None or end_epoch > base_epoch):
+            why = f"the log starts at epoch {first}: the epochs after {base_epoch} were compacted away"
+            if base is None:
+                raise SerializationError(
+                    f"cannot rebuild {path!r}: {why}, and no usable checkpoint covers them"
+                    + "".join(f"; skipped checkpoint {d}: {r}" for d, r in skipped)
+                )
+            skipped.append((base, why))
+            continue
+        if base is None:
+            break
+        try:
+            state._restore_checkpoint(base)  # all or nothing: a failure leaves the state empty
+        except SerializationError as e:
+            if len(candidates) == 1:
+                raise
+            skipped.append((base, str(e)))
+            claims.append((base, base_epoch))
+            continue
+        break
+    strict = mode in ("torn_tail", "absolute", "tolerate_corrupted_tail_records", "absolute_consistency")
     res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
-    apply_records(state, res.records, semirings=semirings)
+    res.report.skipped_checkpoints = skipped
+    apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict, semirings=semirings,
+                  report=res.report)
+    closed = last_closed_epoch(path)
+    if end_epoch is None and strict and state.epoch < closed:
+        raise SerializationError(
+            f"the state at {path!r} was stopped at epoch {closed}, but its log and checkpoints now reach only "
+            f"epoch {state.epoch}: records made durable were lost (a truncated or missing log file?); "
+            "mmsb_open(..., recovery='point_in_time') opens what is left"
+        )
+    for d, claim in claims:  # what stands in for a damaged checkpoint must reach as far as it did
+        if claim is None or state.epoch < claim:
+            reason = dict(skipped)[d]
+            raise SerializationError(
+                f"checkpoint {d!r} cannot be used ({reason}), and the older checkpoints and the log "
+                f"rebuild the state only to epoch {state.epoch}"
+                + (f", not to its epoch {claim}" if claim is not None else " (its epoch is unknown)")
+            )
     return res.report

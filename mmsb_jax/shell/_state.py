@@ -20,27 +20,30 @@ import numpy as np
 
 from ..adaptive import backend_report
 
-from ..log._checkpoint import STATE_FILE, write_json_atomic
+from ..log._directory import read_state_file, remove_incomplete_checkpoints, update_state_file, write_state_file
+from ..log._writer import FSYNC_MODES, MIN_SEGMENT_BYTES
 from ..deltas._delta import (
     DenseDelta,
     SparseDelta,
-    check_delta_fits,
     touches_nothing,
 )
+from .._checks import is_int
 from .._errors import (
     GPUFallbackWarning,
     InvalidArgumentError,
-    InvalidDeltaError,
     PageNotFoundError,
     ReadOnlyError,
+    ResourceLimitError,
     StateClosedError,
     UnsupportedLocationError,
 )
-from ..pages import MAX_PAGE_ELEMS, PagePool, page_sharding
+from ..pages import MAX_PAGE_ELEMS, MemoryBudget, PagePool, device_memory_bytes, host_memory_bytes, page_sharding
 from ..deltas._pool_ops import SINGLE_DEVICE, sharded_ops
 from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
+from . import _inputs
+from ._page import Page
 from ._page_table import PageTable
 from ._tree_writer import HostBuffers, JournalLock
 from ._tree_writes import PageWrites
@@ -48,60 +51,6 @@ from ._trees import TreeJournal
 from ..semirings import get_semiring
 
 _LOCATIONS = ("cpu", "gpu")
-_FSYNC = ("always", "batch", "never")
-
-
-# --------------------------------------------------------------------------- page handle
-class Page:
-    """A handle to one page: its id and what it holds. Read it with :func:`query_page`.
-
-    Attributes:
-      id: the page id (an int, never reused within a state).
-      shape, dtype: the page's shape and numpy dtype.
-      location: ``"cpu"`` or ``"gpu"``, where the page really lives.
-      device: the ``jax.Device`` holding it; for a pool sharded over a mesh (``mesh=`` of
-        :func:`mmsb_start`), the pool's ``NamedSharding``.
-    """
-
-    __slots__ = ("id", "shape", "dtype", "location", "device")
-
-    def __init__(self, id: int, shape: tuple, dtype, location: str, device):
-        self.id = id
-        self.shape = shape
-        self.dtype = dtype
-        self.location = location
-        self.device = device
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
-
-    def __repr__(self) -> str:
-        return f"Page(id={self.id}, shape={self.shape}, dtype={np.dtype(self.dtype).name}, location={self.location!r})"
-
-    def __int__(self) -> int:
-        return self.id
-
-    def __index__(self) -> int:
-        return self.id
-
-
-def _page_id(page_id) -> int:
-    if isinstance(page_id, Page):
-        return page_id.id
-    if isinstance(page_id, (int, np.integer)) and not isinstance(page_id, (bool, np.bool_)):
-        return int(page_id)
-    if isinstance(page_id, (np.ndarray, jax.Array)) and page_id.ndim == 0 and np.dtype(page_id.dtype).kind in "iu":
-        try:
-            return int(page_id)  # a 0-d integer array, e.g. jnp.asarray(ids)[0]
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
-            pass  # traced: the shell needs a concrete id
-    raise PageNotFoundError(page_id, f"page_id={page_id!r} is not a page id (expected an int or a Page)")
 
 
 # --------------------------------------------------------------------------- the state
@@ -123,20 +72,24 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
     """
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
-                 segment_bytes: int = 64 << 20, mesh=None, _snapshot: bool = False):
-        if fsync not in _FSYNC:
-            raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {_FSYNC}")
+                 segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
+                 _snapshot: bool = False):
+        if not isinstance(fsync, str) or fsync not in FSYNC_MODES:
+            raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {FSYNC_MODES}")
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
         self.mesh = mesh
         self.semiring = get_semiring(semiring)
         self._check_semiring_name(self.semiring)
         self.fsync = fsync
-        self.segment_bytes = segment_bytes
+        if not is_int(segment_bytes) or segment_bytes < MIN_SEGMENT_BYTES:
+            raise InvalidArgumentError(f"segment_bytes={segment_bytes!r} must be an int >= {MIN_SEGMENT_BYTES}")
+        self.segment_bytes = int(segment_bytes)
+        if keep_checkpoints is not None and (not is_int(keep_checkpoints) or keep_checkpoints < 1):
+            raise InvalidArgumentError(f"keep_checkpoints={keep_checkpoints!r} must be None or an int >= 1")
+        self.keep_checkpoints = keep_checkpoints
         self._owns_dir = path is None
-        if path is None:
-            path = tempfile.mkdtemp(prefix="mmsb-")
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = _inputs.path(path) if path is not None else tempfile.mkdtemp(prefix="mmsb-")
         self._snapshot = _snapshot  # a replayed view: never writes into its path
         if not _snapshot:
             try:
@@ -145,8 +98,6 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
         # reentrant; waits for the background tree writer, then applies its deferred page writes
         self._lock = JournalLock(self._apply_tree_writes)
-        self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
-        self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
         self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps
         self._tree_zeros: dict = {}  # unused zero step counts for drained tree rings, by sharding
         self._tree_spares: dict = {}  # drained tree rings read through, by spare key: the next drains' rings
@@ -159,11 +110,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         if enable_gpu and self._gpu is None:
             self._warn_gpu("mmsb_start(enable_gpu=True) found no usable GPU; pages will live on the CPU")
         self.enable_gpu = self._gpu is not None
-        self._pools: list[PagePool] = []
-        self._pool_by_key: dict[tuple, PagePool] = {}
-        self._spec_cache: dict[tuple, tuple[PagePool, tuple, Any]] = {}
-        self._table = PageTable()  # page id -> pool, slot, epoch (ids are never reused)
-        self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
+        self._init_content()
         self._observers: dict[int, list] = {}  # page id -> callbacks
         self._observed: dict[int, bytes] = {}  # page id -> its visible bytes at the last notification
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
@@ -181,6 +128,19 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             "batches": 0,
             "checkpoints": 0,
         }
+
+    def _init_content(self) -> None:
+        """Empty pools, page table and graphs at epoch 0 (also what a failed restore returns to)."""
+        self._epoch = 0
+        self._pools: list[PagePool] = []
+        self._pool_by_key: dict[tuple, PagePool] = {}
+        self._spec_cache: dict[tuple, tuple[PagePool, tuple, Any]] = {}
+        self._host_budget = MemoryBudget(host_memory_bytes(), "the host")
+        self._budgets: dict[tuple, MemoryBudget] = {}  # accelerator device ids -> their budget
+        self._table = PageTable(budget=self._host_budget)  # page id -> pool, slot, epoch (ids never reused)
+        self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
+        self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
+        self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
 
     # ------------------------------------------------------------------ properties
     @property
@@ -235,7 +195,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             raise ReadOnlyError(f"this is a read-only snapshot at epoch {self._epoch}; write to the live state")
 
     def _locate(self, page_id) -> tuple[int, PagePool, int]:
-        pid = _page_id(page_id)
+        pid = _inputs.page_id(page_id)
         if pid < 0 or pid >= self._table.next_id or self._table.pool[pid] < 0:
             raise PageNotFoundError(pid)
         return pid, self._pools[self._table.pool[pid]], int(self._table.slot[pid])
@@ -275,12 +235,52 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         if pool is None:
             sharding = self._pool_sharding(real_location)
             ops = SINGLE_DEVICE if sharding is None else sharded_ops(sharding)
-            pool = PagePool(len(self._pools), shape, np_dtype, device, real_location, sharding, ops)
+            pool = PagePool(len(self._pools), shape, np_dtype, device, real_location, sharding, ops,
+                            budget=self._budget_for(device, sharding))
             self._pools.append(pool)
             self._pool_by_key[pool_key] = pool
         if key is not None:
             self._spec_cache[key] = (pool, shape, dtype)
         return pool, shape
+
+    def _budget_for(self, device, sharding) -> MemoryBudget:
+        """The memory budget pools on this placement share: one for the host (CPU devices, the
+        page table), one per set of accelerator devices."""
+        devices = sorted(sharding.device_set, key=lambda d: d.id) if sharding is not None else [device]
+        if all(d.platform == "cpu" for d in devices):
+            return self._host_budget
+        key = tuple(d.id for d in devices)
+        budget = self._budgets.get(key)
+        if budget is None:
+            limit = sum(device_memory_bytes(d) for d in devices)
+            budget = self._budgets[key] = MemoryBudget(limit, ", ".join(str(d) for d in devices))
+        return budget
+
+    def _check_room(self, pool: PagePool, n: int) -> None:
+        """Raise ResourceLimitError unless ``n`` more pages of ``pool`` (and their page ids) fit
+        in memory; pure (nothing is reserved)."""
+        fresh = max(0, n - pool.free_slots)
+        pool_bytes = (pool.capacity_for(pool.high_water + fresh) - pool.capacity) * pool.page_bytes
+        table_bytes = self._table.growth_bytes(self._table.next_id + n)
+        host = self._host_budget
+        if pool.budget is host:
+            pool_bytes, table_bytes = pool_bytes + table_bytes, 0
+        elif pool.budget is not None and pool_bytes > pool.budget.available():
+            host = pool.budget
+        if pool_bytes > host.available() or table_bytes > self._host_budget.available():
+            raise ResourceLimitError(
+                f"{n:,} pages of {pool.dtype.name}{pool.shape} ({n * pool.page_bytes:,} bytes) and their "
+                f"page ids do not fit in the memory of {host.where} ({host.limit:,} bytes, "
+                f"{host.reserved:,} already reserved)"
+            )
+
+    def _drop_new_pool(self, pool: PagePool) -> None:
+        """Undo the registration of a pool that never held a page (its first reservation was
+        refused), so a refused create leaves the state exactly as it was."""
+        if pool.high_water == 0 and self._pools and self._pools[-1] is pool:
+            self._pools.pop()
+            self._pool_by_key = {k: v for k, v in self._pool_by_key.items() if v is not pool}
+            self._spec_cache = {k: v for k, v in self._spec_cache.items() if v[0] is not pool}
 
     @staticmethod
     def _check_semiring_name(semiring) -> None:
@@ -315,17 +315,17 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             except TypeError:
                 raise InvalidArgumentError(f"shape={shape!r} is not a tuple of ints") from None
             for d in dims:
-                if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+                if not is_int(d):
                     raise InvalidArgumentError(f"shape={shape!r} has a non-integer dimension {d!r}")
             shape = tuple(int(d) for d in dims)
             if any(s <= 0 for s in shape):  # shape=() is a scalar page of one element
                 raise InvalidArgumentError(f"shape={shape} must have every dimension > 0")
-            if size is not None and (isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer))):
+            if size is not None and not is_int(size):
                 raise InvalidArgumentError(f"size={size!r} must be a positive int")
             if size is not None and int(size) != math.prod(shape):
                 raise InvalidArgumentError(f"size={size} does not match shape={shape} ({math.prod(shape)} elements)")
             return MMSBState._check_page_elems(shape)
-        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+        if not is_int(size):
             raise InvalidArgumentError(f"size={size!r} must be a positive int")
         if size <= 0:
             raise InvalidArgumentError(f"size={size} must be a positive number of elements")
@@ -347,7 +347,11 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         with self._lock:
             self._check_open()
             pool, shape = self._resolve_spec(size, shape, dtype, location)
-            slot = pool.alloc_one()
+            try:
+                slot = pool.alloc_one()
+            except ResourceLimitError:
+                self._drop_new_pool(pool)
+                raise
             t = self._table
             pid = t.next_id
             if pid >= t.pool.shape[0]:
@@ -363,7 +367,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> np.ndarray:
         """Create ``n`` zero-filled pages in one epoch; returns their ids (consecutive ints)."""
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+        if not is_int(n) or n < 0:
             raise InvalidArgumentError(f"n={n!r} must be a non-negative int")
         n = int(n)
         with self._lock:
@@ -371,9 +375,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             pool, _ = self._resolve_spec(size, shape, dtype, location, register=n > 0)
             if n == 0:  # validated, but nothing created: no pool, no epoch
                 return np.zeros(0, np.int64)
-            slots = pool.alloc(n)
             first = self._table.next_id
+            try:
+                self._check_room(pool, n)  # refuses before anything is allocated
+            except ResourceLimitError:
+                self._drop_new_pool(pool)
+                raise
             self._table.ensure(first + n)
+            slots = pool.alloc(n)
             self._table.next_id = first + n
             self._epoch += 1
             self._table.pool[first : first + n] = pool.index
@@ -421,54 +430,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             return int(self._table.epoch[pid])
 
     # ------------------------------------------------------------------ writes
-    def _coerce_page_data(self, data, pool: PagePool, pid: int):
-        if isinstance(data, (jax.Array, np.ndarray)):
-            arr = data
-        else:
-            try:
-                arr = np.asarray(data)
-            except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
-                raise InvalidDeltaError(f"data for page {pid} cannot be read as an array: {e}") from None
-            if not isinstance(data, np.generic) and arr.dtype != pool.dtype:
-                arr = self._cast_untyped(arr, pool, pid)
-        if tuple(arr.shape) != pool.shape:
-            if arr.size == pool.page_elems and arr.ndim == 1 and len(pool.shape) > 1:
-                arr = arr.reshape(pool.shape)
-            else:
-                raise InvalidDeltaError(
-                    f"data for page {pid} has shape {tuple(arr.shape)} ({arr.size} elements); "
-                    f"expected shape {pool.shape} ({pool.page_elems} elements)"
-                )
-        if np.dtype(arr.dtype) != pool.dtype:
-            raise InvalidDeltaError(f"data for page {pid} has dtype {np.dtype(arr.dtype)}; expected dtype {pool.dtype}")
-        return arr
-
-    @staticmethod
-    def _cast_untyped(arr: np.ndarray, pool: PagePool, pid: int) -> np.ndarray:
-        """Python data (lists, nested sequences) has no dtype of its own: take the page's, as
-        ``jnp.asarray(data, dtype)`` would, but refuse values that would change more than a float
-        rounds: wrap-around, truncation, or a finite value that overflows to infinity."""
-        if arr.dtype.kind not in "biuf":
-            return arr  # the dtype check reports it
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cast = arr.astype(pool.dtype)
-            if pool.dtype.kind == "f" or pool.dtype.name == "bfloat16":
-                ok = np.isfinite(cast) | ~np.isfinite(arr)
-            else:
-                back = cast.astype(arr.dtype)
-                ok = back == arr
-        if not ok.all():
-            bad = arr.reshape(-1)[np.flatnonzero(~ok.reshape(-1))[0]].item()
-            raise InvalidDeltaError(f"data for page {pid} holds {bad!r}, which dtype {pool.dtype} cannot represent")
-        return cast
-
     def update_page(self, page_id, data) -> int | None:
         """Replace a page's content; see :func:`mmsb_jax.update_page`."""
         with self._lock:
             self._check_open()
             pid, pool, slot = self._locate(page_id)
-            arr = self._coerce_page_data(data, pool, pid)
+            arr = _inputs.page_data(data, pool, pid)
             new_pool, packed = pool.ops.write_diff(pool.array, np.int32(slot), arr)
             pool.array = new_pool
             packed = np.asarray(packed)
@@ -489,9 +456,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         with self._lock:
             self._check_open()
             pid, pool, slot = self._locate(page_id)
-            check_delta_fits(delta, pool.shape, pool.dtype, where=f"page {pid}")
-            if isinstance(delta, SparseDelta):
-                self._check_sparse_indices(delta, pool, pid)
+            delta = _inputs.delta(delta, pool, pid, where=f"page {pid}")
             if touches_nothing(delta):
                 self._counters["noop_updates"] += 1
                 return None
@@ -502,15 +467,6 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._journal_delta(pid, delta)
             self._after_write(pool, [slot])
             return self._epoch
-
-    @staticmethod
-    def _check_sparse_indices(delta: SparseDelta, pool: PagePool, pid: int, where: str = "") -> None:
-        idx = np.asarray(delta.indices)
-        if idx.size and (idx.min() < 0 or idx.max() >= pool.page_elems):
-            bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-            raise InvalidDeltaError(
-                f"{where}sparse index {bad} is out of range for page {pid} of {pool.page_elems} elements"
-            )
 
     # ------------------------------------------------------------------ reads
     def query_page(self, page_id) -> jax.Array:
@@ -572,6 +528,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             if self._log is not None:
                 self._log.sync()
 
+    # ------------------------------------------------------------------ replay
+    def _continue_at(self, epoch: int, *, done: bool = False) -> None:
+        """Replay only (journal off): the next operation takes ``epoch``, the one its log record
+        carries; with ``done``, ``epoch`` is the last one applied."""
+        self._epoch = int(epoch) if done else int(epoch) - 1
+
     # ------------------------------------------------------------------ digest & stats
     def digest(self) -> str:
         """Hex digest of every live page (id, epoch, shape, dtype, bytes) and the epoch; for
@@ -624,11 +586,10 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
                          segment_bytes=self.segment_bytes)
-        if not os.path.exists(os.path.join(self.path, STATE_FILE)):
-            write_json_atomic(
-                os.path.join(self.path, STATE_FILE),
-                {"format": "mmsb-state", "version": 1, "semiring": self.semiring.name},
-            )
+        # the writer holds the log's lock: no one else is writing a checkpoint here
+        remove_incomplete_checkpoints(self.path)
+        if read_state_file(self.path) is None:
+            write_state_file(self.path, self.semiring.name)
 
     def close(self) -> None:
         with self._lock:
@@ -649,6 +610,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             if self._log is not None:
                 self._log.close()
                 self._log = None
+                if not self._owns_dir:  # every epoch is durable now: an open that finds fewer lost some
+                    update_state_file(self.path, closed_at=self._epoch)
             if self._owns_dir and not self._snapshot:
                 shutil.rmtree(self.path, ignore_errors=True)
 

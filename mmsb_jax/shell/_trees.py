@@ -488,18 +488,11 @@ class TreeJournal:
                 for i, n in enumerate(names)
             }
 
-    def _restore_trees(self, manifest: dict, arrays: dict) -> None:
-        for i, entry in enumerate(manifest.get("trees", [])):
-            a = arrays["trees"][f"tree_{i}"]
-            spec = codec.decode_structure(np.asarray(a["structure"], np.uint8).tobytes().decode("utf-8"))
-            try:
-                t = self._tree_define(str(entry["name"]), spec, np.asarray(entry["pages"], np.int64))
-            except (InvalidArgumentError, InvalidDeltaError, PageNotFoundError) as e:
-                raise SerializationError(f"tree {entry.get('name')!r} in the checkpoint is inconsistent: {e}") from None
-            steps, epochs = np.asarray(a["steps"], np.int64), np.asarray(a["epochs"], np.int64)
-            if steps.shape != epochs.shape or (steps.size > 1 and not (np.diff(steps) > 0).all()):
-                raise SerializationError(f"tree {t.name!r} in the checkpoint has a malformed step map")
-            t.steps, t.epochs = steps.tolist(), epochs.tolist()
+    def _install_trees(self, trees) -> None:
+        """Take a checkpoint's checked trees (see :mod:`._tree_restore`)."""
+        for ct in trees:
+            t = self._tree_define(ct.name, ct.spec, ct.page_ids)
+            t.steps, t.epochs = list(ct.steps), list(ct.epochs)
 
     def _digest_trees(self, h) -> None:
         for name in sorted(self._trees):

@@ -47,7 +47,7 @@ def _checkpoint_when_ready(state: MMSBState, directory: str, ready: threading.Ev
         if state.closed:
             raise StateClosedError(f"the state at {state.path!r} is stopped")
         state._raise_journal_failure()
-        return state._write_checkpoint(os.path.abspath(directory), False, ready)
+        return state._write_checkpoint(os.path.abspath(directory), False, ready=ready)
 
 
 class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):

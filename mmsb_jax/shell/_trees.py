@@ -3,10 +3,11 @@
 A tree (a params / optimizer pytree, any leaves) is kept as one page per leaf, created with
 its first step. Each step is one epoch, one log batch: the CREATE_PAGES + TREE_DEF records on
 the first step, then the ROWS / SPARSE records of the leaves that changed (bitwise, on the
-host) and a TREE_STEP tag. ``save_tree`` (host) and ``drain_ring`` of a tree ring (device)
-copy the values to host memory and hand change detection, encoding and writing to the
-background writer (:mod:`._tree_writer`), except under ``fsync="always"``, where they run
-before returning so the step is durable. Replay rebuilds trees through the same functions
+host) and a TREE_STEP tag. ``save_tree`` copies the leaves to (recycled) host memory and
+``drain_ring`` hands over the drained ring itself (returning a spare one to go on with); the
+background writer (:mod:`._tree_writer`) then compares, encodes and writes, except under
+``fsync="always"``, where that runs before returning so the step is durable. The pages take
+the journaled values later, when an operation needs them (:meth:`TreeJournal._apply_tree_writes`). Replay rebuilds trees through the same functions
 (:meth:`TreeJournal._tree_define`, :meth:`TreeJournal._tree_tag`, :class:`._tree_writes.PageWrites`).
 """
 

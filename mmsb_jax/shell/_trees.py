@@ -353,10 +353,14 @@ class TreeJournal:
                 raise InvalidArgumentError(f"this ring was made for another structure of tree {name!r}")
             else:
                 spec = t.spec
-            for b, leaf in zip(ring.buffers, spec.leaves):
-                if b.shape[1:] != leaf.shape or b.dtype != leaf.dtype:  # pragma: no cover - the ring's own spec
-                    raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {b.dtype}{list(b.shape[1:])}; "
-                                            f"the tree has {leaf.dtype}{list(leaf.shape)}")
+            key = spare_key(ring)
+            spares = self._tree_spares.get(key)
+            if spares is None:  # the first drain of this kind of ring: do its buffers fit the tree?
+                for b, leaf in zip(ring.buffers, spec.leaves):
+                    if b.shape[1:] != leaf.shape or b.dtype != leaf.dtype:
+                        raise InvalidDeltaError(f"ring buffer of leaf {leaf.path} is {b.dtype}{list(b.shape[1:])}; "
+                                                f"the tree has {leaf.dtype}{list(leaf.shape)}")
+                spares = self._tree_spares[key] = []
             last = t.steps[-1] if t is not None else None
             for i, s in enumerate(steps):
                 before = steps[i - 1] if i else last
@@ -375,8 +379,7 @@ class TreeJournal:
                 self._tree_tag(name, s, e)
             # the loop goes on with another ring while the writer reads this one (made before the
             # writer thread wakes up and takes the GIL)
-            key = spare_key(ring)
-            swapped = tree_ring_swapped(ring, self._tree_spares.setdefault(key, []), self._tree_zeros)
+            swapped = tree_ring_swapped(ring, spares, self._tree_zeros)
             job = _Job(t, list(ring.buffers), epochs, steps, first, "jit-ring", [], (key, (ring.buffers, ring.steps)))
             self._tree_submit(job, nbytes)
             return self._epoch, swapped

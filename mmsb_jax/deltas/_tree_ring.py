@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 from typing import Any
 
@@ -24,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._checks import is_int
 from .._errors import InvalidArgumentError
+from ._delta import _static
 
 Array = Any
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["buffers", "steps", "count"],
-                   meta_fields=["name", "structure", "treedef"])
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TreeRing:
     """Up to ``capacity`` recorded steps of the tree ``name``.
@@ -45,9 +45,9 @@ class TreeRing:
     buffers: tuple
     steps: Array
     count: Array
-    name: str
-    structure: str
-    treedef: Any
+    name: str = _static()
+    structure: str = _static()
+    treedef: Any = _static()
 
     @property
     def capacity(self) -> int:
@@ -64,7 +64,7 @@ class TreeRing:
 
 def empty_tree_ring(name: str, structure: str, treedef, shapes, dtypes, capacity: int, device=None) -> TreeRing:
     """A zeroed ring for ``capacity`` steps of leaves of ``shapes`` / ``dtypes`` (host side)."""
-    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+    if not is_int(capacity) or capacity <= 0:
         raise InvalidArgumentError(f"steps={capacity!r} must be a positive int (the ring's capacity)")
     if capacity >= 2**31:
         raise InvalidArgumentError(f"steps={capacity} must be < 2**31")

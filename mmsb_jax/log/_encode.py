@@ -16,6 +16,7 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
+from .._checks import is_int
 from .._errors import InvalidArgumentError
 
 crc32c = _crc32c.crc32c
@@ -382,7 +383,7 @@ def body_tree_step(name, step) -> tuple[int, list]:
     """TREE_STEP: the epoch (batch) it belongs to is step ``step`` of the tree ``name``."""
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError(f"tree name={name!r} must be a non-empty str")
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not -(2**63) <= int(step) < 2**63:
+    if not is_int(step) or not -(2**63) <= int(step) < 2**63:
         raise InvalidArgumentError(f"step={step!r} must be an int64")
     parts = [_q.pack(int(step))]
     _str_parts(name, parts, "name")

@@ -62,6 +62,15 @@ def tree_steps(state, name: str) -> list[tuple[int, int]]:
 
     Raises:
       InvalidArgumentError: no tree ``name``.
+
+    Example:
+      >>> import numpy as np, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> _ = mmsb.create_page(state, size=2)          # epoch 1: something else
+      >>> _ = mmsb.save_tree(state, "t", {"x": np.zeros(2, np.float32)}, step=10)
+      >>> mmsb.tree_steps(state, "t")
+      [(10, 2)]
+      >>> mmsb.mmsb_stop(state)
     """
     return state.tree_steps(name)
 

@@ -111,7 +111,13 @@ def tree_diff(state, name, step_a, step_b) -> dict:
 
 
 def any_nonfinite(tree) -> bool:
-    """Whether any floating-point leaf of ``tree`` holds a NaN or an infinity."""
+    """Whether any floating-point leaf of ``tree`` holds a NaN or an infinity (a ``find_step`` predicate).
+
+    Example:
+      >>> import numpy as np
+      >>> any_nonfinite({"w": np.ones(2, np.float32), "n": np.int32(3)}), any_nonfinite([np.float32("nan")])
+      (False, True)
+    """
     for x in codec.tu.tree_leaves(tree):
         x = np.asarray(x)
         if (x.dtype.kind == "f" or x.dtype.name == "bfloat16") and not np.isfinite(x.astype(np.float32)).all():

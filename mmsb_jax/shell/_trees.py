@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from .._checks import is_int
 from .._compat import is_tracer
 from .._errors import (
     InvalidArgumentError,
@@ -150,7 +151,7 @@ class TreeJournal:
         """``(step, epoch)`` of a step of ``t`` (None: the last)."""
         if step is None:
             return t.steps[-1], t.epochs[-1]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        if not is_int(step):
             raise InvalidArgumentError(f"step={step!r} must be an int (or None: the last step)")
         i = bisect.bisect_left(t.steps, int(step))
         if i == len(t.steps) or t.steps[i] != step:
@@ -200,7 +201,7 @@ class TreeJournal:
         last = t.steps[-1] if t is not None else None
         if step is None:
             return 0 if last is None else last + 1
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not -(2**63) <= step < 2**63:
+        if not is_int(step) or not -(2**63) <= step < 2**63:
             raise InvalidArgumentError(f"step={step!r} must be an int64 (or None: the last step + 1)")
         if last is not None and step <= last:
             raise InvalidArgumentError(f"step={step} of tree {name!r} must be greater than its last step {last}")

@@ -74,3 +74,27 @@ def run_and_kill(code: str, args, delay: float, started=lambda lines: any(ln.sta
         proc.wait(10)
         t.join(10)
     return lines
+
+
+#: Python source that a child process runs first and last to measure its own peak memory:
+#: ``PEAK_RESET`` clears the kernel's high-water mark (after fork/exec it can still hold the
+#: parent's size), ``peak_mb()`` then reads it (``VmHWM``), falling back to ``ru_maxrss``.
+PEAK_RESET = """
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+_reset_peak()
+
+def peak_mb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+"""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_and_kill
+from helpers import PEAK_RESET, run_and_kill
 
 import mmsb_jax as mmsb
 from mmsb_jax import CorruptLogError, MMSBError
@@ -274,10 +274,11 @@ def campaign(root: Path) -> dict:
 def test_damage_campaign(tmp_path):
     """The campaign, in a child process: no case may hang (a time limit) or allocate more than
     the files justify (its peak RSS is checked)."""
-    code = (f"import sys, json, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            "from pathlib import Path; import test_faults as t; "
-            f"out = t.campaign(Path({str(tmp_path)!r})); "
-            "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024; print(json.dumps(out))")
+    code = PEAK_RESET + (
+        f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path; import test_faults as t\n"
+        f"out = t.campaign(Path({str(tmp_path)!r}))\n"
+        "out['peak_rss_mb'] = peak_mb(); print(json.dumps(out))\n")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, env=env)

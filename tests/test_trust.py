@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import PEAK_RESET
+
 import mmsb_jax as mmsb
 from mmsb_jax import (
     CorruptLogError,
@@ -376,13 +378,13 @@ def test_a_forged_huge_create_allocates_nothing(tmp_path):
     s, _ = _small_state(tmp_path / "s")
     s.close()
     _forge(tmp_path / "s", lambda log, e: log.log_create_pages(e, 3, 10**8, (1024,), "uint8"))
-    code = textwrap.dedent(f"""
-        import resource, mmsb_jax as mmsb
+    code = PEAK_RESET + textwrap.dedent(f"""
+        import mmsb_jax as mmsb
         try:
             mmsb.mmsb_open({str(tmp_path / 's')!r})
         except mmsb.CorruptLogError as e:
             print("refused", e.offset)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        print(peak_mb())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -272,8 +272,12 @@ class TreeJournal:
             return t.mirror
 
     def _page_base(self, pid: int) -> np.ndarray:
+        """A host copy of what a page holds (its base, before any dependency)."""
         _, pool, slot = self._locate(pid)
-        return np.array(pool.ops.read_slot(pool.array, np.int32(slot)))
+        arena = pool.array
+        if pool.sharding is None and pool.location == "cpu":  # one copy out of a view of the arena
+            return np.array(np.asarray(arena)[slot])  # (the view is dropped at once: donation stays in place)
+        return np.array(pool.ops.read_slot(arena, np.int32(slot)))
 
     # ------------------------------------------------------------------ save_tree
     def save_tree(self, name, tree, *, step=None, location: str = "cpu") -> int:

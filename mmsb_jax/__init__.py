@@ -56,13 +56,32 @@ from .shell import (
     route_sparse_batch as route_sparse_batch,
     state_digest as state_digest,
     update_page as update_page,
+    save_tree as save_tree,
+    load_tree as load_tree,
+    tree_steps as tree_steps,
+    tree_ring as tree_ring,
+    tree_diff as tree_diff,
+    find_step as find_step,
 )
 from ._tools import inspect_state as inspect_state, verify_state as verify_state
 from .deltas import (
     DeltaRing as DeltaRing,
+    TreeRing as TreeRing,
     delta_ring as delta_ring,
+    record_tree as record_tree,
     ring_append as ring_append,
 )
 from .deltas import route_pool as route_pool, route_sparse as route_sparse
 
 __version__ = "0.1.0"
+
+_ORBAX = ("MMSBCheckpointHandler", "MMSBRestore", "MMSBSave")
+
+
+def __getattr__(name: str):
+    """The orbax handler and its args (``MMSBSave`` / ``MMSBRestore``), imported on first use."""
+    if name in _ORBAX:
+        from .shell import _orbax
+
+        return getattr(_orbax, name)
+    raise AttributeError(f"module 'mmsb_jax' has no attribute {name!r}")

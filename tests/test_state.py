@@ -633,7 +633,6 @@ BAD_CREATE = {
     "size-bool": ({"size": True}, InvalidArgumentError, ("True",)),
     "shape-zero-dim": ({"shape": (2, 0)}, InvalidArgumentError, ("(2, 0)",)),
     "shape-negative": ({"shape": (-1, 3)}, InvalidArgumentError, ("(-1, 3)",)),
-    "shape-empty": ({"shape": ()}, InvalidArgumentError, ("()",)),
     "shape-float": ({"shape": (2.5, 2)}, InvalidArgumentError, ("2.5",)),
     "shape-str": ({"shape": ("a", 2)}, InvalidArgumentError, ("'a'",)),
     "size-shape-mismatch": ({"size": 5, "shape": (2, 3)}, InvalidArgumentError, ("size=5", "(2, 3)")),

@@ -1,5 +1,5 @@
 """Layer 1 (page): deltas, their merge, the deterministic router, the in-jit delta ring, and
-the jitted arena operations of a pool (one device or sharded).
+the jitted arena operations of a pool (one device or sharded), and the in-jit tree ring.
 
 Everything here is pure and works under ``jit`` / ``vmap``, except the host-side helpers
 the shell uses to resolve last writers and read a drained ring. May import:
@@ -21,3 +21,4 @@ from ._delta import (
 )
 from ._ring import DeltaRing as DeltaRing, delta_ring as delta_ring, ring_append as ring_append
 from ._router import route_pool as route_pool, route_sparse as route_sparse
+from ._tree_ring import TreeRing as TreeRing, record_tree as record_tree

@@ -20,8 +20,11 @@ from ._decode import (
     Dense as Dense,
     LogRecord as LogRecord,
     RemoveDep as RemoveDep,
+    Rows as Rows,
     Sparse as Sparse,
     SparseBatch as SparseBatch,
+    TreeDef as TreeDef,
+    TreeStep as TreeStep,
 )
 from ._encode import Kind as Kind
 from ._reader import (

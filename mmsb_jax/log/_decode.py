@@ -28,11 +28,18 @@ from ._encode import (
     body_delete_pages,
     body_dense,
     body_remove_dep,
+    body_rows,
     body_sparse,
     body_sparse_batch,
+    body_tree_def,
+    body_tree_step,
     dtype_from_name,
     pad8,
 )
+
+#: The most elements a ROWS record may write to one page (pages hold at most 2**31 elements).
+MAX_ROWS_ELEMS = 2**31
+_q = struct.Struct("<q")
 
 # --------------------------------------------------------------------------------------------
 # decoded records
@@ -223,9 +230,58 @@ class Commit(LogRecord):
         return body_commit(self.count)
 
 
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Rows(LogRecord):
+    """Row ``rows[i]`` (``row_len`` elements) of the flat page becomes ``values[i*row_len:(i+1)*row_len]``.
+
+    ``rows=[0]`` with ``row_len`` = the page size is a whole-page write (raw bytes, no index).
+    """
+
+    kind: ClassVar[Kind] = Kind.ROWS
+    page_id: int
+    row_len: int
+    rows: np.ndarray
+    values: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return self.page_id == page_id
+
+    def _body(self):
+        return body_rows(self.page_id, self.row_len, self.rows, self.values)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class TreeDef(LogRecord):
+    """A journaled pytree: its ``name``, ``structure`` (canonical JSON) and leaf ``page_ids``."""
+
+    kind: ClassVar[Kind] = Kind.TREE_DEF
+    name: str
+    structure: str
+    page_ids: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return 0 <= page_id <= U64_MAX and bool(np.any(self.page_ids == np.uint64(page_id)))
+
+    def _body(self):
+        return body_tree_def(self.name, self.structure, self.page_ids)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class TreeStep(LogRecord):
+    """The tag of an epoch: it is step ``step`` of the tree ``name``."""
+
+    kind: ClassVar[Kind] = Kind.TREE_STEP
+    name: str
+    step: int
+
+    def _body(self):
+        return body_tree_step(self.name, self.step)
+
+
 RECORD_TYPES: dict[Kind, type[LogRecord]] = {
     cls.kind: cls
-    for cls in (CreatePages, DeletePages, Dense, Sparse, SparseBatch, Accumulate, AddDep, RemoveDep, Commit)
+    for cls in (CreatePages, DeletePages, Dense, Sparse, SparseBatch, Accumulate, AddDep, RemoveDep, Commit,
+                Rows, TreeDef, TreeStep)
 }
 
 # --------------------------------------------------------------------------------------------
@@ -374,4 +430,32 @@ def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dic
     if kind == Kind.COMMIT:
         _need(p, 8, end)
         return Commit(count=_Q.unpack_from(buf, p)[0], **common)
+    if kind == Kind.ROWS:
+        _need(p, 16, end)
+        pid, row_len = _QQ.unpack_from(buf, p)
+        if not 1 <= row_len <= MAX_ROWS_ELEMS:
+            raise BadRecord(f"ROWS row_len={row_len} is outside [1, 2**31]")
+        rows, p = _rd_arr(buf, p + 16, end, copy)
+        vals, p = _rd_arr(buf, p, end, copy)
+        if rows.dtype != np.int32 or rows.ndim != 1 or vals.ndim != 1:
+            raise BadRecord("inconsistent ROWS arrays")
+        if rows.shape[0] * row_len != vals.shape[0] or vals.shape[0] > MAX_ROWS_ELEMS:
+            raise BadRecord(f"ROWS holds {vals.shape[0]} values for {rows.shape[0]} rows of {row_len}")
+        if rows.size and int(rows.min()) < 0:
+            raise BadRecord("ROWS has a negative row index")
+        return Rows(page_id=pid, row_len=row_len, rows=rows, values=vals, **common)
+    if kind == Kind.TREE_DEF:
+        name, p = _rd_str(buf, p, end)
+        structure, p = _rd_str(buf, p, end)
+        pids, p = _rd_arr(buf, p, end, copy)
+        if not name or pids.dtype != np.uint64 or pids.ndim != 1:
+            raise BadRecord("inconsistent TREE_DEF fields")
+        return TreeDef(name=name, structure=structure, page_ids=pids, **common)
+    if kind == Kind.TREE_STEP:
+        _need(p, 8, end)
+        (step,) = _q.unpack_from(buf, p)
+        name, p = _rd_str(buf, p + 8, end)
+        if not name:
+            raise BadRecord("TREE_STEP without a tree name")
+        return TreeStep(name=name, step=step, **common)
     raise BadRecord(f"unknown record kind {kind}")

@@ -16,6 +16,7 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
+from .._checks import is_int
 from .._errors import InvalidArgumentError
 
 crc32c = _crc32c.crc32c
@@ -41,6 +42,7 @@ _STR = struct.Struct("<I4x")  # utf-8 byte length
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 _DEP = struct.Struct("<QQdB7x")  # parent, child, weight, has_weight
+_q = struct.Struct("<q")
 _ZEROS = bytes(8)
 _I32 = np.dtype("<i4")
 _LITTLE = sys.byteorder == "little"
@@ -58,6 +60,9 @@ class Kind(enum.IntEnum):
     ADD_DEP = 7
     REMOVE_DEP = 8
     COMMIT = 9
+    ROWS = 13
+    TREE_DEF = 14
+    TREE_STEP = 15
 
 
 KINDS = frozenset(int(k) for k in Kind)
@@ -341,6 +346,50 @@ def body_commit(count: int) -> tuple[int, list]:
     return Kind.COMMIT, [_Q.pack(count)]
 
 
+def body_rows(page_id, row_len, rows, values) -> tuple[int, list]:
+    """ROWS: rows ``rows[i]`` of ``row_len`` elements of the flat page are overwritten by the
+    ``i``-th chunk of ``values``; ``rows=[0], row_len=page size`` is a whole-page write."""
+    idx = rows if type(rows) is np.ndarray and rows.dtype == _I32 else _idx32(rows, "rows")
+    idx = idx.reshape(-1)
+    values = np.asarray(values).reshape(-1)
+    n = _u64(row_len, "row_len")
+    if n < 1:
+        raise InvalidArgumentError(f"row_len={row_len!r} must be >= 1")
+    if values.shape[0] != idx.shape[0] * n:
+        raise InvalidArgumentError(
+            f"{idx.shape[0]} rows of row_len={n} need {idx.shape[0] * n} values, got {values.shape[0]}"
+        )
+    if idx.size and int(idx.min()) < 0:
+        raise InvalidArgumentError(f"rows holds a negative row index ({int(idx.min())})")
+    parts = [_QQ.pack(_u64(page_id, "page_id"), n)]
+    _arr_parts(idx, parts)
+    _arr_parts(values, parts)
+    return Kind.ROWS, parts
+
+
+def body_tree_def(name, structure, page_ids) -> tuple[int, list]:
+    """TREE_DEF: a tree's ``name``, its ``structure`` (canonical JSON, no code) and the page
+    of each leaf, in leaf order."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"tree name={name!r} must be a non-empty str")
+    parts: list = []
+    _str_parts(name, parts, "name")
+    _str_parts(structure, parts, "structure")
+    _arr_parts(_ids(page_ids, "page_ids").reshape(-1), parts)
+    return Kind.TREE_DEF, parts
+
+
+def body_tree_step(name, step) -> tuple[int, list]:
+    """TREE_STEP: the epoch (batch) it belongs to is step ``step`` of the tree ``name``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"tree name={name!r} must be a non-empty str")
+    if not is_int(step) or not -(2**63) <= int(step) < 2**63:
+        raise InvalidArgumentError(f"step={step!r} must be an int64")
+    parts = [_q.pack(int(step))]
+    _str_parts(name, parts, "name")
+    return Kind.TREE_STEP, parts
+
+
 # --------------------------------------------------------------------------------------------
 # framing
 # --------------------------------------------------------------------------------------------
@@ -377,6 +426,31 @@ def frame(epoch: int, kind: int, flags: int, timestamp: int, source: str, parts:
     )
     _U32.pack_into(rec, 4, crc32c(memoryview(rec)[8:]))
     return rec
+
+
+_JOIN_LIMIT = 1 << 16  # records up to this size are joined into one buffer
+
+
+def frame_chunks(epoch: int, kind: int, flags: int, timestamp: int, source: str, parts: list) -> tuple[list, int]:
+    """:func:`frame` as ``(chunks, nbytes)`` to write one after another: one joined buffer for
+    a small record; for a large one, the header and the body parts themselves (no copy of the
+    payload; the CRC runs over them in order). The bytes are the same either way. The caller
+    must not change the parts until they are written."""
+    src, src_len = source_bytes(source)
+    body_len = 0
+    for p in parts:
+        body_len += len(p)
+    length = HEADER_SIZE + len(src) + body_len
+    if length <= _JOIN_LIMIT:
+        return [frame(epoch, kind, flags, timestamp, source, parts)], length
+    if length > MAX_RECORD_BYTES:
+        raise InvalidArgumentError(f"record of {length} bytes exceeds the 4 GiB record limit")
+    head = bytearray(RECORD_HEADER.pack(length, 0, epoch, timestamp, kind, flags, src_len, 0, body_len) + src)
+    crc = crc32c(memoryview(head)[8:])
+    for p in parts:
+        crc = crc32c(p, crc)
+    _U32.pack_into(head, 4, crc)
+    return [head, *parts], length
 
 
 def segment_header(index: int, first_epoch: int, created_ns: int) -> bytes:

@@ -48,9 +48,13 @@ from ._encode import (
     body_dense,
     body_dense_packed,
     body_remove_dep,
+    body_rows,
     body_sparse,
     body_sparse_batch,
+    body_tree_def,
+    body_tree_step,
     frame,
+    frame_chunks,
     segment_header,
     source_bytes,
 )
@@ -364,32 +368,41 @@ class TLog:
 
     # -- appending -------------------------------------------------------------------------
     def _push(self, epoch: int, recs: list, nbytes: int, kinds: list) -> None:
+        self._push_groups(((epoch, recs, nbytes, kinds),))
+
+    def _push_groups(self, groups) -> None:
+        """Append groups ``(epoch, records, nbytes, kinds)`` (each a record or a whole batch, never
+        split across segments) in order, then flush once if the policy asks for it."""
         with self._lock:
             if self._closed:
                 raise StateClosedError(f"TLog {self.directory} is closed")
             if self._failed is not None:
                 raise SerializationError(f"TLog {self.directory} failed earlier: {self._failed}") from self._failed
             last = self._last_epoch
-            if last is not None and epoch <= last:
-                raise InvalidArgumentError(
-                    f"epoch {epoch} is not after the last logged epoch {last}: each record or batch "
-                    "takes a new, larger epoch"
-                )
+            for epoch, *_ in groups:
+                if last is not None and epoch <= last:
+                    raise InvalidArgumentError(
+                        f"epoch {epoch} is not after the last logged epoch {last}: each record or batch "
+                        "takes a new, larger epoch"
+                    )
+                last = epoch
             buf = self._buf
-            if self._active is None or (
-                self._active_size + nbytes > self.segment_bytes and self._active_size > SEGMENT_HEADER_SIZE
-            ):
-                self._start_segment(epoch)
-            buf.extend(recs)
-            self._buf_bytes += nbytes
-            self._active_size += nbytes
+            counts = self._active_counts
+            for epoch, recs, nbytes, kinds in groups:
+                if self._active is None or (
+                    self._active_size + nbytes > self.segment_bytes and self._active_size > SEGMENT_HEADER_SIZE
+                ):
+                    self._start_segment(epoch)
+                    counts = self._active_counts
+                buf.extend(recs)
+                self._buf_bytes += nbytes
+                self._active_size += nbytes
+                self._appends += len(kinds)
+                for k in kinds:
+                    counts[k] = counts.get(k, 0) + 1
             self._seq += 1
             seq = self._seq
-            self._last_epoch = epoch
-            counts = self._active_counts
-            for k in kinds:
-                counts[k] = counts.get(k, 0) + 1
-            self._appends += len(recs)
+            self._last_epoch = last
             mode = self.fsync
             if mode == "always":
                 need = sync = True
@@ -474,6 +487,19 @@ class TLog:
         """REMOVE_DEP: edge ``parent -> child``."""
         self._emit(epoch, *body_remove_dep(parent, child), source)
 
+    def log_rows(self, epoch, page_id, row_len, rows, values, *, source=None):
+        """ROWS: rows ``rows`` (int32, (r,)) of ``row_len`` elements of the flat page become
+        ``values`` (r * row_len,); ``rows=[0]``, ``row_len`` = page size: a whole-page write."""
+        self._emit(epoch, *body_rows(page_id, row_len, rows, values), source)
+
+    def log_tree_def(self, epoch, name, structure, page_ids, *, source=None):
+        """TREE_DEF: tree ``name`` with ``structure`` (canonical JSON) and its leaf ``page_ids``."""
+        self._emit(epoch, *body_tree_def(name, structure, page_ids), source)
+
+    def log_tree_step(self, epoch, name, step, *, source=None):
+        """TREE_STEP: tag ``epoch`` as step ``step`` (int64) of tree ``name``."""
+        self._emit(epoch, *body_tree_step(name, step), source)
+
     def append_record(self, record: LogRecord) -> None:
         """Append a (decoded or hand-made) record as a single record; keeps its epoch, and
         its timestamp/source when set. COMMIT records cannot be appended this way."""
@@ -484,7 +510,7 @@ class TLog:
         rec = frame(epoch, kind, 0, record.timestamp or time.time_ns(), record.source or self.source, parts)
         self._push(epoch, [rec], len(rec), [kind])
 
-    def batch(self, epoch: int, *, source: str | None = None) -> TLogBatch:
+    def batch(self, epoch: int, *, source: str | None = None, zero_copy: bool = False) -> TLogBatch:
         """A multi-record batch sharing ``epoch``, written atomically on exit (or ``commit()``)::
 
             with log.batch(epoch) as b:
@@ -492,8 +518,23 @@ class TLog:
                 b.log_add_dep(page, other)
 
         An exception inside the ``with`` discards the batch (nothing is written).
+
+        ``zero_copy=True``: large records keep referring to the arrays they were given instead
+        of copying them (the caller must not change those arrays until they are written: use
+        :meth:`commit_batches`, which writes them out before returning).
         """
-        return TLogBatch(self, _epoch(epoch), self.source if source is None else source)
+        return TLogBatch(self, _epoch(epoch), self.source if source is None else source, zero_copy)
+
+    def commit_batches(self, batches) -> None:
+        """Commit several batches (epochs increasing) in one append: one flush, so one fsync
+        under ``"always"`` / ``"batch"`` for all of them. Each stays atomic on its own (records
+        + COMMIT, never split across segments); empty batches write nothing. Batches made with
+        ``zero_copy=True`` are written to the OS before this returns (synced as the policy says)."""
+        groups = [g for g in (b._seal() for b in batches) if g is not None]
+        if groups:
+            self._push_groups(groups)
+            if any(b._zero_copy for b in batches) and self._buf_bytes:  # ("never" buffers up to 1 MiB)
+                self._flush(False)
 
     # -- flushing --------------------------------------------------------------------------
     def _flush(self, fsync: bool, seq: int | None = None) -> None:
@@ -731,11 +772,12 @@ class TLogBatch:
     ``abort()`` (or an exception in the ``with``) discards. An empty batch writes nothing.
     """
 
-    def __init__(self, log: TLog, epoch: int, source: str):
+    def __init__(self, log: TLog, epoch: int, source: str, zero_copy: bool = False):
         self._log = log
         self.epoch = epoch
         self.source = source
-        self._recs: list = []
+        self._zero_copy = zero_copy
+        self._recs: list = []  # framed chunks (a large record is several)
         self._kinds: list = []
         self._nbytes = 0
         self._done = False
@@ -744,10 +786,16 @@ class TLogBatch:
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
         ts = timestamp or time.time_ns()
-        rec = frame(self.epoch, kind, FLAG_BATCH, ts, self.source if source is None else source, parts)
-        self._recs.append(rec)
+        src = self.source if source is None else source
+        if self._zero_copy:
+            chunks, nbytes = frame_chunks(self.epoch, kind, FLAG_BATCH, ts, src, parts)
+            self._recs.extend(chunks)
+        else:
+            rec = frame(self.epoch, kind, FLAG_BATCH, ts, src, parts)
+            nbytes = len(rec)
+            self._recs.append(rec)
         self._kinds.append(kind)
-        self._nbytes += len(rec)
+        self._nbytes += nbytes
 
     def log_create_pages(self, first_page_id, count, shape, dtype, location="cpu", *, source=None):
         self._add(*body_create_pages(first_page_id, count, shape, dtype, location), source)
@@ -776,28 +824,48 @@ class TLogBatch:
     def log_remove_dep(self, parent, child, *, source=None):
         self._add(*body_remove_dep(parent, child), source)
 
+    def log_rows(self, page_id, row_len, rows, values, *, source=None):
+        self._add(*body_rows(page_id, row_len, rows, values), source)
+
+    def log_tree_def(self, name, structure, page_ids, *, source=None):
+        self._add(*body_tree_def(name, structure, page_ids), source)
+
+    def log_tree_step(self, name, step, *, source=None):
+        self._add(*body_tree_step(name, step), source)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records added so far (without the closing COMMIT)."""
+        return self._nbytes
+
     def append_record(self, record: LogRecord) -> None:
         if isinstance(record, Commit) or not isinstance(record, LogRecord):
             raise InvalidArgumentError(f"cannot append {type(record).__name__} to a batch")
         self._add(*record._body(), record.source or None, record.timestamp)
 
     def __len__(self) -> int:
-        return len(self._recs)
+        return len(self._kinds)
 
     def commit(self) -> None:
+        group = self._seal()
+        if group is not None:
+            self._log._push_groups((group,))
+
+    def _seal(self):
+        """Close the batch: its ``(epoch, records + COMMIT, nbytes, kinds)``, or None if empty."""
         if self._done:
             raise InvalidArgumentError("this batch was already committed or aborted")
         self._done = True
-        if not self._recs:
-            return
-        kind, parts = body_commit(len(self._recs))
+        if not self._kinds:
+            return None
+        kind, parts = body_commit(len(self._kinds))
         end = frame(self.epoch, kind, FLAG_BATCH, time.time_ns(), self.source, parts)
         recs, self._recs = self._recs + [end], []
-        self._log._push(self.epoch, recs, self._nbytes + len(end), self._kinds + [kind])
+        return self.epoch, recs, self._nbytes + len(end), self._kinds + [kind]
 
     def abort(self) -> None:
         self._done = True
-        self._recs = []
+        self._recs, self._kinds = [], []
 
     def __enter__(self) -> Self:
         return self

@@ -29,3 +29,10 @@ from ._api import (
 from ._history import compact_log as compact_log, diff as diff
 from ._page import Page as Page
 from ._state import MMSBState as MMSBState
+from ._tree_api import save_tree as save_tree, tree_ring as tree_ring, tree_steps as tree_steps
+from ._tree_history import (
+    any_nonfinite as any_nonfinite,
+    find_step as find_step,
+    load_tree as load_tree,
+    tree_diff as tree_diff,
+)

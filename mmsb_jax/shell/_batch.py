@@ -12,6 +12,7 @@ from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_no
 from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
 from ..deltas._router import pad_rows, sparse_rows_keep
+from ..deltas._tree_ring import TreeRing
 
 
 class BatchRouting:
@@ -163,14 +164,23 @@ class BatchRouting:
         """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
         ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
 
+        A :class:`~mmsb_jax.deltas.TreeRing` (from :func:`mmsb_jax.tree_ring`) becomes one
+        epoch per recorded step, each tagged with its step; the returned epoch is the last one
+        (see :func:`mmsb_jax.tree_ring`).
+
         Raises:
           RingOverflowError: the ring overflowed; nothing is applied.
           PageNotFoundError / InvalidDeltaError: a bad row; nothing is applied.
         """
         from ..deltas._ring import DeltaRing, ring_cleared, ring_contents
 
+        if isinstance(ring, TreeRing):
+            _inputs.refuse_tracers("the ring", ring)
+            return self._drain_tree_ring(ring)
         if not isinstance(ring, DeltaRing):
-            raise InvalidArgumentError(f"ring={ring!r} is not a DeltaRing (see mmsb_jax.delta_ring)")
+            raise InvalidArgumentError(
+                f"ring={ring!r} is not a DeltaRing or a TreeRing (see mmsb_jax.delta_ring, mmsb_jax.tree_ring)"
+            )
         _inputs.refuse_tracers("the ring", ring)
         with self._lock:
             self._check_open()

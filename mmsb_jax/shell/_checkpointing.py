@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from .._errors import InvalidArgumentError, MMSBError, SerializationError, StateClosedError
+from ._tree_restore import check_checkpoint_trees
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ..log._directory import prune_checkpoints
 from . import _inputs
 from ._restore import check_checkpoint
+
+
+def _once_set(ready, fn, *args):
+    """``fn(*args)`` once ``ready`` is set (given up after 5 minutes: nobody will set it)."""
+    if not ready.wait(300):
+        raise SerializationError("a checkpoint waited 5 minutes for its directory to be made; giving up")
+    return fn(*args)
 
 
 def _done(value) -> Future:
@@ -75,13 +84,15 @@ class Checkpointing:
             raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
-    def _write_checkpoint(self, directory: str, block: bool, prune: bool = False):
+    def _write_checkpoint(self, directory: str, block: bool, prune: bool = False, ready=None):
         """Copy the state to host memory and hand it to the checkpoint writer; wait for it
         unless ``block=False``. Under the lock.
 
         Every checkpoint, blocking or not, is written by the one writer thread, one after
         another: orbax's checkpointers are not safe to run side by side in one process (two
-        at once failed with ``File exists`` on orbax's temporary directory, or hung)."""
+        at once failed with ``File exists`` on orbax's temporary directory, or hung).
+        ``ready`` (background only): a ``threading.Event`` the writer waits for before it
+        touches ``directory`` (orbax creates an item's directory after handing it over)."""
         self._flush_journal()
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
@@ -114,10 +125,12 @@ class Checkpointing:
             "edge_types": sorted({e[3] for e in deps}),
             "dependencies": len(deps),
         }
+        self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
         if self._ckpt_pool is None:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
-        future = self._ckpt_pool.submit(save_checkpoint, directory, manifest, tree)
+        job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
+        future = self._ckpt_pool.submit(job, directory, manifest, tree)
         if block:
             out = future.result()  # raises its SerializationError; the writer never takes the lock
             if prune:
@@ -167,9 +180,12 @@ class Checkpointing:
             :func:`~mmsb_jax.shell._restore.check_checkpoint`), or does not fit in memory.
         """
         manifest = read_manifest(directory)
-        checked = check_checkpoint(directory, manifest, load_arrays(directory), self.semiring.name)
+        arrays = load_arrays(directory)
+        checked = check_checkpoint(directory, manifest, arrays, self.semiring.name)
+        trees = check_checkpoint_trees(directory, manifest, arrays, checked)
         try:
             self._install(checked)
+            self._install_trees(trees)
         except (MMSBError, ValueError, TypeError, KeyError, IndexError) as e:
             self._init_content()  # back to empty: the caller may try another checkpoint
             raise SerializationError(f"checkpoint {directory!r} cannot be restored: {e}") from e

@@ -21,9 +21,13 @@ from ..log._decode import (
     DeletePages,
     Dense,
     RemoveDep,
+    Rows,
     Sparse,
     SparseBatch,
+    TreeDef,
+    TreeStep,
 )
+from ._tree_replay import TreeRun
 from ..deltas._delta import AccumulateDelta
 from .._errors import (
     CorruptLogError,
@@ -150,6 +154,7 @@ class _Replay:
         self.semirings = semirings
         self.report = report
         self.run = _SparseRun(state, self)
+        self.trees = TreeRun(state)  # tree-journal page writes, applied together
 
     def error(self, rec, reason: str) -> CorruptLogError:
         path = segment_path(self.log_dir, rec.segment) if rec.segment >= 0 else self.log_dir
@@ -185,6 +190,8 @@ class _Replay:
             try:
                 if handler is None:
                     raise SerializationError(f"this build cannot replay {type(rec).__name__} records")
+                if handler not in _TREE_HANDLERS:
+                    self.trees.flush()
                 if handler is not _overwrite:
                     self.run.flush()
                     state._continue_at(rec.epoch)
@@ -195,6 +202,7 @@ class _Replay:
                 self.refuse(rec, e)
             state._continue_at(rec.epoch, done=True)
         self.run.flush()
+        self.trees.flush()
         state._continue_at(self.epoch, done=True)
 
 
@@ -252,6 +260,20 @@ def _remove_dep(replay: _Replay, rec) -> None:
     replay.state.remove_dependency(rec.parent, rec.child)
 
 
+def _rows(replay: _Replay, rec) -> None:
+    """ROWS joins the run of tree-journal writes (applied before any other kind of record)."""
+    (pid,) = _as_ids(rec, [rec.page_id])
+    replay.trees.add_rows(rec, pid)
+
+
+def _tree_def(replay: _Replay, rec) -> None:
+    replay.trees.define(rec, _as_ids(rec, rec.page_ids))
+
+
+def _tree_step(replay: _Replay, rec) -> None:
+    replay.trees.tag(rec)
+
+
 #: How each record type is replayed: ``handler(replay, record)``, raising an ``MMSBError`` when
 #: the record cannot apply (replay wraps it with the record's file and offset).
 _HANDLERS = {
@@ -263,7 +285,11 @@ _HANDLERS = {
     Accumulate: _accumulate,
     AddDep: _add_dep,
     RemoveDep: _remove_dep,
+    Rows: _rows,
+    TreeDef: _tree_def,
+    TreeStep: _tree_step,
 }
+_TREE_HANDLERS = (_rows, _tree_def, _tree_step)
 
 
 def apply_records(state, records, *, log_dir, start_epoch: int = 0, strict: bool = True, semirings=(),

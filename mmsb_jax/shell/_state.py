@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from typing import Any
 
@@ -46,13 +45,16 @@ from ._deps import Dependencies
 from . import _inputs
 from ._page import Page
 from ._page_table import PageTable
+from ._tree_writer import HostBuffers, JournalLock
+from ._tree_writes import PageWrites
+from ._trees import TreeJournal
 from ..semirings import get_semiring
 
 _LOCATIONS = ("cpu", "gpu")
 
 
 # --------------------------------------------------------------------------- the state
-class MMSBState(BatchRouting, Dependencies, Checkpointing):
+class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
     """A state store: pages, epochs, the transaction log and the dependency graph.
 
     Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
@@ -94,7 +96,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 os.makedirs(self.path, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
-        self._lock = threading.RLock()
+        # reentrant; waits for the background tree writer, then applies its deferred page writes
+        self._lock = JournalLock(self._apply_tree_writes)
+        self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps
+        self._tree_zeros: dict = {}  # unused zero step counts for drained tree rings, by sharding
+        self._tree_spares: dict = {}  # drained tree rings read through, by spare key: the next drains' rings
+        self._tree_failure = None  # a failed background/inline tree write: the state must be reopened
         self._closed = False
         self._epoch = 0
         self._warned_gpu = False
@@ -132,6 +139,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         self._budgets: dict[tuple, MemoryBudget] = {}  # accelerator device ids -> their budget
         self._table = PageTable(budget=self._host_budget)  # page id -> pool, slot, epoch (ids never reused)
         self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
+        self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
+        self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,6 +190,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
     def _check_open(self) -> None:
         if self._closed:
             raise StateClosedError(f"the state at {self.path!r} is stopped")
+        self._raise_journal_failure()
         if self.read_only:
             raise ReadOnlyError(f"this is a read-only snapshot at epoch {self._epoch}; write to the live state")
 
@@ -308,8 +318,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
                 if not is_int(d):
                     raise InvalidArgumentError(f"shape={shape!r} has a non-integer dimension {d!r}")
             shape = tuple(int(d) for d in dims)
-            if not shape or any(s <= 0 for s in shape):
-                raise InvalidArgumentError(f"shape={shape} must have at least one dimension, each > 0")
+            if any(s <= 0 for s in shape):  # shape=() is a scalar page of one element
+                raise InvalidArgumentError(f"shape={shape} must have every dimension > 0")
             if size is not None and not is_int(size):
                 raise InvalidArgumentError(f"size={size!r} must be a positive int")
             if size is not None and int(size) != math.prod(shape):
@@ -387,6 +397,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
         with self._lock:
             self._check_open()
             pid, pool, slot = self._locate(page_id)
+            if self._trees:
+                self._refuse_tree_page(pid)
             pg = self._pool_graphs.get(pool.index)
             if pg is not None and pg.graph.has_node(slot):
                 pg.graph.remove_node(slot)
@@ -512,8 +524,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             txn.commit()
 
     def _flush_journal(self) -> None:
-        if self._log is not None:
-            self._log.sync()
+        with self._lock:  # after the background tree writer's queued steps
+            if self._log is not None:
+                self._log.sync()
 
     # ------------------------------------------------------------------ replay
     def _continue_at(self, epoch: int, *, done: bool = False) -> None:
@@ -532,6 +545,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             h.update(ids.tobytes())
             h.update(self._table.epoch[ids].tobytes())
             h.update(repr(self.dependencies()).encode())
+            self._digest_trees(h)
             for pool in self._pools:
                 sel = ids[self._table.pool[ids] == pool.index]
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
@@ -584,9 +598,11 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing):
             try:
                 self.wait_for_checkpoints()
             finally:
+                self._close_trees()
                 if self._ckpt_pool is not None:
                     self._ckpt_pool.shutdown(wait=True)
                 self._close_now()
+            self._raise_journal_failure()  # closed, but a tree step never reached the log
 
     def _close_now(self) -> None:
         with self._lock:

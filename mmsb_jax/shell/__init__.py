@@ -26,6 +26,7 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
+from ._distributed import init_distributed as init_distributed
 from ._history import compact_log as compact_log, diff as diff
 from ._page import Page as Page
 from ._state import MMSBState as MMSBState

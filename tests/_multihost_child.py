@@ -1,0 +1,222 @@
+"""One process of a multi-process test run (tests/test_multihost.py launches 2 or 4 of these).
+
+``python tests/_multihost_child.py <scenario> <process id> <processes> <port> <workdir> [args]``:
+starts JAX's multi-controller runtime over loopback (2 virtual CPU devices per process, gloo
+collectives), runs the scenario on a state whose mesh spans every process's devices, and
+writes what it saw to ``<workdir>/<scenario>.<process id>.json`` (process 0 also writes page
+contents as ``.npz``). :func:`script` is also what the parent runs in one process, to compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def script(mmsb, state, semiring_zero, ring=True):
+    """Every kind of write, across shards: creates, page rewrites, sparse / dense / accumulate
+    deltas, sparse batches (also whole-page rows), mixed batches, a drained delta ring,
+    deletes with slot reuse, pool growth, dependencies and propagation. Returns the page ids."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    ids = mmsb.create_pages(state, 20, size=16, dtype=jnp.float32).tolist()
+    flags = mmsb.create_pages(state, 5, shape=(2, 3), dtype=jnp.bool_).tolist()
+    for i in ids:
+        mmsb.update_page(state, i, rng.random(16).astype(np.float32))
+    mmsb.route_delta(state, ids[3], mmsb.sparse_delta([0, 5, 0], jnp.array([1.0, 2.0, 9.0]), 16))
+    mmsb.route_delta(state, ids[17], mmsb.dense_delta(jnp.arange(16) < 4, jnp.ones(16)))
+    mmsb.route_delta(state, ids[9], mmsb.accumulate_delta(jnp.ones(16)))
+    mmsb.route_sparse_batch(state, [ids[1], ids[18], ids[1]], np.array([[0, 1], [2, 3], [1, 4]]),
+                            np.arange(6, dtype=np.float32).reshape(3, 2))
+    mmsb.route_sparse_batch(state, [ids[4], ids[4]], np.tile(np.arange(16), (2, 1)),  # whole-page rows
+                            np.stack([np.zeros(16, np.float32), np.full(16, 5.0, np.float32)]))
+    mmsb.batch_route_deltas(state, [(ids[2], mmsb.sparse_delta([1], jnp.array([3.0]), 16)),
+                                    (ids[19], mmsb.dense_delta(jnp.arange(16) > 10, jnp.zeros(16))),
+                                    (ids[2], mmsb.accumulate_delta(jnp.full(16, 2.0)))])
+    mmsb.update_page(state, flags[4], np.ones((2, 3), bool))
+    if ring:
+        r = mmsb.delta_ring(capacity=8, k=2, dtype=jnp.float32)
+        r = mmsb.ring_append(r, jnp.array([ids[6], ids[7]], jnp.int32), jnp.array([[0, 1], [2, 3]]),
+                             jnp.array([[7.0, 8.0], [9.0, 10.0]]))
+        state.drain_ring(r)
+    mmsb.delete_page(state, ids[5])
+    ids[5] = mmsb.create_page(state, size=16, dtype=jnp.float32).id  # reuses the zeroed slot
+    more = mmsb.create_pages(state, 40, size=16, dtype=jnp.float32).tolist()  # the pool grows
+    mmsb.update_page(state, more[-1], np.full(16, 4.0, np.float32))
+    mmsb.update_page(state, ids[19], np.full(16, semiring_zero, np.float32))
+    mmsb.add_dependency(state, ids[0], ids[19], weight=2.0)
+    mmsb.add_dependency(state, more[-1], ids[19])
+    mmsb.update_page(state, ids[0], np.full(16, 3.0, np.float32))  # propagates
+    mmsb.remove_dependency(state, more[-1], ids[19])
+    mmsb.route_delta(state, ids[0], mmsb.sparse_delta([2], jnp.array([-1.0]), 16))  # propagates again
+    return ids + more + flags
+
+
+def record(rec) -> dict:
+    """A log record as comparable data (timestamps left out)."""
+    out = {"kind": rec.kind.name, "epoch": int(rec.epoch), "source": rec.source}
+    for name in sorted(f.name for f in dataclasses.fields(rec)):
+        if name in ("kind", "epoch", "source", "timestamp", "segment", "offset"):
+            continue
+        v = getattr(rec, name)
+        if isinstance(v, np.ndarray):
+            out[name] = [str(v.dtype), list(v.shape), v.tobytes().hex()]
+        elif isinstance(v, (int, float, str, bool, type(None), tuple, list)):
+            out[name] = repr(v)
+        else:
+            out[name] = repr(type(v))
+    return out
+
+
+def pages_of(mmsb, state, ids) -> dict:
+    return {str(i): np.asarray(mmsb.query_page(state, i)) for i in ids}
+
+
+# --------------------------------------------------------------------------- scenarios
+def scenario_script(mmsb, mesh, me, work, args):
+    """The script under real and tropical, a checkpoint in the middle, replay, reopen N -> N,
+    and a state the parent wrote alone reopened here (1 -> N)."""
+    out = {}
+    for semiring in ("real", "tropical"):
+        path = os.path.join(work, f"n-{semiring}")
+        state = mmsb.mmsb_start(path, semiring=semiring, mesh=mesh, peer_timeout=30)
+        zero = float(mmsb.semirings.get_semiring(semiring).zero)
+        ids = script(mmsb, state, zero)
+        mid = state.epoch
+        mmsb.checkpoint(state)
+        mmsb.update_page(state, ids[1], np.full(16, 6.0, np.float32))  # a log tail after the checkpoint
+        pages = pages_of(mmsb, state, ids)
+        snap = mmsb.replay_to_epoch(state, mid - 3)
+        res = {
+            "ids": ids,
+            "epoch": state.epoch,
+            "digest": mmsb.state_digest(state),
+            "snap_digest": mmsb.state_digest(snap),
+            "snap_epoch": snap.epoch,
+            "log": [record(r) for r in mmsb.query_log(state)],
+            "local_shards": [len(p.array.addressable_shards) for p in state._pools],
+            "global_devices": [len(p.sharding.device_set) for p in state._pools if p.sharding is not None],
+        }
+        mmsb.mmsb_stop(state)
+        again = mmsb.mmsb_open(path, mesh=mesh, peer_timeout=30)
+        res["reopened_digest"] = mmsb.state_digest(again)
+        res["reopened_from_checkpoint"] = again.recovery_report is not None
+        mmsb.mmsb_stop(again)
+        if me == 0:
+            np.savez(os.path.join(work, f"pages-{semiring}.npz"), **pages)
+        out[semiring] = res
+    one = args[0] if args else None  # a directory the parent wrote in one process
+    if one:
+        st = mmsb.mmsb_open(one, mesh=mesh, peer_timeout=30)
+        out["from_one"] = {"digest": mmsb.state_digest(st), "epoch": st.epoch}
+        mmsb.mmsb_stop(st)
+    return out
+
+
+def scenario_diverge(mmsb, mesh, me, work, args):
+    """Processes asked different things: each kind is refused in every process, before it is
+    logged."""
+    import jax.numpy as jnp
+
+    out = {}
+    state = mmsb.mmsb_start(os.path.join(work, "div"), mesh=mesh, peer_timeout=30)
+    page = mmsb.create_page(state, size=8, dtype=jnp.float32)
+    mmsb.update_page(state, page.id, np.arange(8, dtype=np.float32))
+    before = state.epoch
+    try:  # process 1 writes other data
+        mmsb.update_page(state, page.id, np.full(8, 1.0 + (me == 1), np.float32))
+        out["data"] = "no error"
+    except mmsb.MMSBError as e:
+        out["data"] = [type(e).__name__, str(e)]
+    out["epoch_after"] = state.epoch
+    try:
+        mmsb.update_page(state, page.id, np.zeros(8, np.float32))
+        out["after"] = "no error"
+    except mmsb.MMSBError as e:
+        out["after"] = type(e).__name__
+    mmsb.mmsb_stop(state)
+    out["before"] = before
+    # another kind of operation in one process
+    state = mmsb.mmsb_start(os.path.join(work, "div2"), mesh=mesh, peer_timeout=30)
+    page = mmsb.create_page(state, size=8, dtype=jnp.float32)
+    try:
+        if me == 0:
+            mmsb.delete_page(state, page.id)
+        else:
+            mmsb.update_page(state, page.id, np.ones(8, np.float32))
+        out["kind"] = "no error"
+    except mmsb.MMSBError as e:
+        out["kind"] = [type(e).__name__, str(e)]
+    out["kind_epoch"] = state.epoch
+    mmsb.mmsb_stop(state)
+    return out
+
+
+def scenario_kill(mmsb, mesh, me, work, args):
+    """Process ``victim`` dies after ``k`` operations; the others must raise within the bound."""
+    import jax.numpy as jnp
+
+    victim, k, timeout = int(args[0]), int(args[1]), float(args[2])
+    state = mmsb.mmsb_start(os.path.join(work, "kill"), mesh=mesh, peer_timeout=timeout, fsync="always")
+    ids = mmsb.create_pages(state, 8, size=16, dtype=jnp.float32).tolist()
+    while state.epoch < k:
+        mmsb.update_page(state, ids[state.epoch % 8], np.full(16, float(state.epoch), np.float32))
+    if me == victim:
+        os.kill(os.getpid(), 9)
+    t0 = time.monotonic()
+    out = {"committed": state.epoch}
+    try:
+        mmsb.update_page(state, ids[0], np.full(16, -1.0, np.float32))
+        out["error"] = None
+    except mmsb.MMSBError as e:
+        out["error"] = [type(e).__name__, str(e), getattr(e, "processes", None)]
+    out["seconds"] = time.monotonic() - t0
+    try:
+        mmsb.update_page(state, ids[0], np.full(16, -2.0, np.float32))
+        out["then"] = None
+    except mmsb.MMSBError as e:
+        out["then"] = type(e).__name__
+    mmsb.mmsb_stop(state)
+    out["stopped"] = True
+    return out
+
+
+SCENARIOS = {"script": scenario_script, "diverge": scenario_diverge, "kill": scenario_kill}
+
+
+def main(argv):
+    scenario, me, n, port, work, *args = argv
+    me, n = int(me), int(n)
+    import jax
+
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    import mmsb_jax as mmsb
+
+    mmsb.init_distributed(f"127.0.0.1:{port}", n, me, heartbeat_timeout=int(os.environ.get("MMSB_TEST_HEARTBEAT", "60")),
+                          initialization_timeout=60)
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()), ("pages",))
+    result_file = os.path.join(work, f"{scenario}.{me}.json")
+    try:
+        out = SCENARIOS[scenario](mmsb, mesh, me, work, args)
+        out["ok"] = True
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    with open(result_file + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(result_file + ".tmp", result_file)
+    sys.stdout.flush()
+    os._exit(0)  # skip the runtime's shutdown barrier: a peer may be gone on purpose
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

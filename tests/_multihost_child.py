@@ -79,14 +79,28 @@ def pages_of(mmsb, state, ids) -> dict:
     return {str(i): np.asarray(mmsb.query_page(state, i)) for i in ids}
 
 
+def short_script(mmsb, state):
+    """A few writes of each kind and a propagation (the 4-process run)."""
+    import jax.numpy as jnp
+
+    ids = mmsb.create_pages(state, 12, size=16, dtype=jnp.float32).tolist()
+    for i in ids[:6]:
+        mmsb.update_page(state, i, np.full(16, float(i), np.float32))
+    mmsb.route_sparse_batch(state, ids[6:9], np.array([[0, 1], [2, 3], [4, 5]]), np.ones((3, 2), np.float32))
+    mmsb.route_delta(state, ids[9], mmsb.accumulate_delta(jnp.full(16, 2.0)))
+    mmsb.add_dependency(state, ids[0], ids[11], weight=3.0)
+    mmsb.update_page(state, ids[0], np.full(16, 5.0, np.float32))
+    return ids
+
+
 # --------------------------------------------------------------------------- scenarios
-def scenario_script(mmsb, mesh, me, work, args):
+def scenario_script(mmsb, mesh, me, work, params):
     """The script under real and tropical, a checkpoint in the middle, replay, reopen N -> N,
     and a state the parent wrote alone reopened here (1 -> N)."""
     out = {}
     for semiring in ("real", "tropical"):
         path = os.path.join(work, f"n-{semiring}")
-        state = mmsb.mmsb_start(path, semiring=semiring, mesh=mesh, peer_timeout=30)
+        state = mmsb.mmsb_start(path, semiring=semiring, mesh=mesh, peer_timeout=60)
         zero = float(mmsb.semirings.get_semiring(semiring).zero)
         ids = script(mmsb, state, zero)
         mid = state.epoch
@@ -103,55 +117,53 @@ def scenario_script(mmsb, mesh, me, work, args):
             "log": [record(r) for r in mmsb.query_log(state)],
             "local_shards": [len(p.array.addressable_shards) for p in state._pools],
             "global_devices": [len(p.sharding.device_set) for p in state._pools if p.sharding is not None],
+            "fully_addressable": [p.array.is_fully_addressable for p in state._pools],
         }
         mmsb.mmsb_stop(state)
-        again = mmsb.mmsb_open(path, mesh=mesh, peer_timeout=30)
+        again = mmsb.mmsb_open(path, mesh=mesh, peer_timeout=60)
         res["reopened_digest"] = mmsb.state_digest(again)
-        res["reopened_from_checkpoint"] = again.recovery_report is not None
+        res["reopened_skipped"] = [list(x) for x in again.recovery_report.skipped_checkpoints]
         mmsb.mmsb_stop(again)
         if me == 0:
             np.savez(os.path.join(work, f"pages-{semiring}.npz"), **pages)
         out[semiring] = res
-    one = args[0] if args else None  # a directory the parent wrote in one process
-    if one:
-        st = mmsb.mmsb_open(one, mesh=mesh, peer_timeout=30)
+    if params.get("one"):  # a directory the parent wrote in one process
+        st = mmsb.mmsb_open(params["one"], mesh=mesh, peer_timeout=60)
         out["from_one"] = {"digest": mmsb.state_digest(st), "epoch": st.epoch}
         mmsb.mmsb_stop(st)
     return out
 
 
-def scenario_diverge(mmsb, mesh, me, work, args):
-    """Processes asked different things: each kind is refused in every process, before it is
-    logged."""
+def scenario_diverge(mmsb, mesh, me, work, params):
+    """Processes asked different things (other data; another operation): refused in every
+    process, before anything is logged or applied."""
     import jax.numpy as jnp
 
     out = {}
-    state = mmsb.mmsb_start(os.path.join(work, "div"), mesh=mesh, peer_timeout=30)
+    state = mmsb.mmsb_start(os.path.join(work, "div"), mesh=mesh, peer_timeout=60)
     page = mmsb.create_page(state, size=8, dtype=jnp.float32)
     mmsb.update_page(state, page.id, np.arange(8, dtype=np.float32))
-    before = state.epoch
+    out["before"] = state.epoch
     try:  # process 1 writes other data
         mmsb.update_page(state, page.id, np.full(8, 1.0 + (me == 1), np.float32))
-        out["data"] = "no error"
+        out["data"] = None
     except mmsb.MMSBError as e:
         out["data"] = [type(e).__name__, str(e)]
     out["epoch_after"] = state.epoch
     try:
         mmsb.update_page(state, page.id, np.zeros(8, np.float32))
-        out["after"] = "no error"
+        out["then"] = None
     except mmsb.MMSBError as e:
-        out["after"] = type(e).__name__
+        out["then"] = type(e).__name__
     mmsb.mmsb_stop(state)
-    out["before"] = before
-    # another kind of operation in one process
-    state = mmsb.mmsb_start(os.path.join(work, "div2"), mesh=mesh, peer_timeout=30)
+    state = mmsb.mmsb_start(os.path.join(work, "div2"), mesh=mesh, peer_timeout=60)
     page = mmsb.create_page(state, size=8, dtype=jnp.float32)
-    try:
+    try:  # another operation in one process
         if me == 0:
             mmsb.delete_page(state, page.id)
         else:
             mmsb.update_page(state, page.id, np.ones(8, np.float32))
-        out["kind"] = "no error"
+        out["kind"] = None
     except mmsb.MMSBError as e:
         out["kind"] = [type(e).__name__, str(e)]
     out["kind_epoch"] = state.epoch
@@ -159,15 +171,63 @@ def scenario_diverge(mmsb, mesh, me, work, args):
     return out
 
 
-def scenario_kill(mmsb, mesh, me, work, args):
-    """Process ``victim`` dies after ``k`` operations; the others must raise within the bound."""
+def scenario_bad_input(mmsb, mesh, me, work, params):
+    """Bad input to a distributed state: a clear error in every process, nothing created or
+    changed (a wrong page id inside an agreed operation, options only a distributed state has)."""
     import jax.numpy as jnp
 
-    victim, k, timeout = int(args[0]), int(args[1]), float(args[2])
+    out = {}
+    for name, call in [
+        ("path_none", lambda: mmsb.mmsb_start(None, mesh=mesh)),
+        ("peer_timeout", lambda: mmsb.mmsb_start(os.path.join(work, "bad"), mesh=mesh, peer_timeout=-1)),
+    ]:
+        try:
+            call()
+            out[name] = None
+        except mmsb.MMSBError as e:
+            out[name] = [type(e).__name__, str(e)]
+    out["bad_dir_created"] = os.path.exists(os.path.join(work, "bad", "mmsb-state.json"))
+    state = mmsb.mmsb_start(os.path.join(work, "good"), mesh=mesh, peer_timeout=60)
+    page = mmsb.create_page(state, size=4, dtype=jnp.float32)
+    digest = mmsb.state_digest(state)
+    try:
+        mmsb.update_page(state, page.id + 7, np.ones(4, np.float32))
+        out["page"] = None
+    except mmsb.MMSBError as e:
+        out["page"] = [type(e).__name__, str(e)]
+    out["unchanged"] = mmsb.state_digest(state) == digest  # and the state still works
+    out["after"] = mmsb.update_page(state, page.id, np.ones(4, np.float32))
+    mmsb.mmsb_stop(state)
+    return out
+
+
+def scenario_four(mmsb, mesh, me, work, params):
+    """4 processes: a state written by 2 reopened here (N -> M), the short script on a new
+    state, its checkpoint, reopen (N -> N)."""
+    out = {}
+    for name in params.get("reopen", []):
+        st = mmsb.mmsb_start(name, mesh=mesh, exist_ok=True, semiring=os.path.basename(name).split("-")[-1])
+        out[name] = {"digest": mmsb.state_digest(st), "epoch": st.epoch}
+        mmsb.mmsb_stop(st)
+    path = os.path.join(work, "four")
+    state = mmsb.mmsb_start(path, mesh=mesh, peer_timeout=60)
+    ids = short_script(mmsb, state)
+    mmsb.checkpoint(state)
+    out["digest"] = mmsb.state_digest(state)
+    out["pages"] = {str(i): np.asarray(mmsb.query_page(state, i)).tolist() for i in ids}
+    mmsb.mmsb_stop(state)
+    again = mmsb.mmsb_open(path, mesh=mesh)
+    out["reopened_digest"] = mmsb.state_digest(again)
+    mmsb.mmsb_stop(again)
+    return out
+
+
+def scenario_kill(mmsb, mesh, me, work, params):
+    """Process ``victim`` dies after epoch ``k``; the others must raise within the bound."""
+
+    victim, k, timeout = params["victim"], params["k"], params["timeout"]
     state = mmsb.mmsb_start(os.path.join(work, "kill"), mesh=mesh, peer_timeout=timeout, fsync="always")
-    ids = mmsb.create_pages(state, 8, size=16, dtype=jnp.float32).tolist()
-    while state.epoch < k:
-        mmsb.update_page(state, ids[state.epoch % 8], np.full(16, float(state.epoch), np.float32))
+    ids = kill_script(mmsb, state, k)
     if me == victim:
         os.kill(os.getpid(), 9)
     t0 = time.monotonic()
@@ -188,32 +248,55 @@ def scenario_kill(mmsb, mesh, me, work, args):
     return out
 
 
-SCENARIOS = {"script": scenario_script, "diverge": scenario_diverge, "kill": scenario_kill}
+def kill_script(mmsb, state, k):
+    """Writes up to epoch ``k`` (the same in the parent, to compare)."""
+    import jax.numpy as jnp
+
+    ids = mmsb.create_pages(state, 8, size=16, dtype=jnp.float32).tolist()
+    while state.epoch < k:
+        mmsb.update_page(state, ids[state.epoch % 8], np.full(16, float(state.epoch), np.float32))
+    return ids
+
+
+SCENARIOS = {"script": scenario_script, "diverge": scenario_diverge, "bad_input": scenario_bad_input,
+             "four": scenario_four, "kill": scenario_kill}
 
 
 def main(argv):
-    scenario, me, n, port, work, *args = argv
-    me, n = int(me), int(n)
+    scenarios, me, n, port, work, params = argv
+    me, n, params = int(me), int(n), json.loads(params)
     import jax
 
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     jax.config.update("jax_numpy_rank_promotion", "raise")
     import mmsb_jax as mmsb
 
-    mmsb.init_distributed(f"127.0.0.1:{port}", n, me, heartbeat_timeout=int(os.environ.get("MMSB_TEST_HEARTBEAT", "60")),
-                          initialization_timeout=60)
-    from jax.sharding import Mesh
+    mmsb.init_distributed(f"127.0.0.1:{port}", n, me, heartbeat_timeout=params.get("heartbeat", 60),
+                          initialization_timeout=60, recoverable=params.get("recoverable", False))
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(jax.devices()), ("pages",))
-    result_file = os.path.join(work, f"{scenario}.{me}.json")
-    try:
-        out = SCENARIOS[scenario](mmsb, mesh, me, work, args)
-        out["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    with open(result_file + ".tmp", "w") as f:
-        json.dump(out, f)
-    os.replace(result_file + ".tmp", result_file)
+    # multi-process collectives work here: one psum over every process's devices
+    ones = jax.make_array_from_callback((len(jax.devices()),), NamedSharding(mesh, PartitionSpec("pages")),
+                                        lambda idx: np.ones(1, np.int32))
+    total = int(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(ones))
+    with open(os.path.join(work, f"ready.{me}"), "w") as f:
+        f.write(str(total))
+    for scenario in scenarios.split(","):
+        t0 = time.monotonic()
+        try:
+            out = SCENARIOS[scenario](mmsb, mesh, me, work, params)
+            out["ok"] = True
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        out["wall"] = time.monotonic() - t0
+        result = os.path.join(work, f"{scenario}.{me}.json")
+        with open(result + ".tmp", "w") as f:
+            json.dump(out, f)
+        os.replace(result + ".tmp", result)
+        if not out["ok"]:
+            break
     sys.stdout.flush()
     os._exit(0)  # skip the runtime's shutdown barrier: a peer may be gone on purpose
 

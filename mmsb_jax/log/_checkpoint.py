@@ -155,9 +155,7 @@ def restore_arrays(directory: str, target=None, *, strict: bool = True, **option
     arrays = os.path.join(directory, ARRAYS)
     ckptr = ocp.StandardCheckpointer(**options)
     try:
-        if target is None:
-            return ckptr.restore(arrays)
-        return ckptr.restore(arrays, args=ocp.args.StandardRestore(item=target, strict=strict))
+        return ckptr.restore(arrays) if target is None else ckptr.restore(arrays, target, strict=strict)
     except Exception as e:
         raise SerializationError(f"restoring checkpoint arrays from {arrays!r} failed: {e}") from e
     finally:

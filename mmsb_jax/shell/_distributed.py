@@ -282,7 +282,7 @@ class Coordinator:
     def agree(self, kind: str, print_: str) -> None:
         """Exchange this operation's fingerprint and the previous operation's outcome; raise
         :class:`DivergenceError` (in every process) unless all are equal."""
-        what = f"{kind} (operation #{self.seq + 1})"
+        what = f"{kind} (step {self.seq + 1} of this state)"
         got = [p.split("|", 2) for p in self.exchange(what, f"{kind}|{print_}|{self.last}")]
         if all(g == got[0] for g in got):
             return

@@ -4,7 +4,7 @@
 starts JAX's multi-controller runtime over loopback (2 virtual CPU devices per process, gloo
 collectives), runs the scenario on a state whose mesh spans every process's devices, and
 writes what it saw to ``<workdir>/<scenario>.<process id>.json`` (process 0 also writes page
-contents as ``.npz``). :func:`script` is also what the parent runs in one process, to compare.
+contents as ``.npz``). :func:`run_script` is also what the parent runs in one process, to compare.
 """
 
 from __future__ import annotations
@@ -17,46 +17,7 @@ import time
 import traceback
 
 import numpy as np
-
-
-def script(mmsb, state, semiring_zero, ring=True):
-    """Every kind of write, across shards: creates, page rewrites, sparse / dense / accumulate
-    deltas, sparse batches (also whole-page rows), mixed batches, a drained delta ring,
-    deletes with slot reuse, pool growth, dependencies and propagation. Returns the page ids."""
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(0)
-    ids = mmsb.create_pages(state, 20, size=16, dtype=jnp.float32).tolist()
-    flags = mmsb.create_pages(state, 5, shape=(2, 3), dtype=jnp.bool_).tolist()
-    for i in ids:
-        mmsb.update_page(state, i, rng.random(16).astype(np.float32))
-    mmsb.route_delta(state, ids[3], mmsb.sparse_delta([0, 5, 0], jnp.array([1.0, 2.0, 9.0]), 16))
-    mmsb.route_delta(state, ids[17], mmsb.dense_delta(jnp.arange(16) < 4, jnp.ones(16)))
-    mmsb.route_delta(state, ids[9], mmsb.accumulate_delta(jnp.ones(16)))
-    mmsb.route_sparse_batch(state, [ids[1], ids[18], ids[1]], np.array([[0, 1], [2, 3], [1, 4]]),
-                            np.arange(6, dtype=np.float32).reshape(3, 2))
-    mmsb.route_sparse_batch(state, [ids[4], ids[4]], np.tile(np.arange(16), (2, 1)),  # whole-page rows
-                            np.stack([np.zeros(16, np.float32), np.full(16, 5.0, np.float32)]))
-    mmsb.batch_route_deltas(state, [(ids[2], mmsb.sparse_delta([1], jnp.array([3.0]), 16)),
-                                    (ids[19], mmsb.dense_delta(jnp.arange(16) > 10, jnp.zeros(16))),
-                                    (ids[2], mmsb.accumulate_delta(jnp.full(16, 2.0)))])
-    mmsb.update_page(state, flags[4], np.ones((2, 3), bool))
-    if ring:
-        r = mmsb.delta_ring(capacity=8, k=2, dtype=jnp.float32)
-        r = mmsb.ring_append(r, jnp.array([ids[6], ids[7]], jnp.int32), jnp.array([[0, 1], [2, 3]]),
-                             jnp.array([[7.0, 8.0], [9.0, 10.0]]))
-        state.drain_ring(r)
-    mmsb.delete_page(state, ids[5])
-    ids[5] = mmsb.create_page(state, size=16, dtype=jnp.float32).id  # reuses the zeroed slot
-    more = mmsb.create_pages(state, 40, size=16, dtype=jnp.float32).tolist()  # the pool grows
-    mmsb.update_page(state, more[-1], np.full(16, 4.0, np.float32))
-    mmsb.update_page(state, ids[19], np.full(16, semiring_zero, np.float32))
-    mmsb.add_dependency(state, ids[0], ids[19], weight=2.0)
-    mmsb.add_dependency(state, more[-1], ids[19])
-    mmsb.update_page(state, ids[0], np.full(16, 3.0, np.float32))  # propagates
-    mmsb.remove_dependency(state, more[-1], ids[19])
-    mmsb.route_delta(state, ids[0], mmsb.sparse_delta([2], jnp.array([-1.0]), 16))  # propagates again
-    return ids + more + flags
+from helpers import every_write
 
 
 def record(rec) -> dict:
@@ -94,6 +55,25 @@ def short_script(mmsb, state):
 
 
 # --------------------------------------------------------------------------- scenarios
+def run_script(mmsb, state, semiring: str):
+    """:func:`helpers.every_write`, a checkpoint, a write after it (a log tail), and what a
+    reader sees: ``(result, pages)``. The parent runs the same in one process."""
+    ids = every_write(state, float(mmsb.semirings.get_semiring(semiring).zero))
+    mid = state.epoch
+    mmsb.checkpoint(state)
+    mmsb.update_page(state, ids[1], np.full(16, 6.0, np.float32))  # a log tail after the checkpoint
+    pages = pages_of(mmsb, state, ids)
+    snap = mmsb.replay_to_epoch(state, mid - 3)
+    result = {
+        "ids": ids,
+        "epoch": state.epoch,
+        "digest": mmsb.state_digest(state),
+        "snap_digest": mmsb.state_digest(snap),
+        "log": [record(r) for r in mmsb.query_log(state)],
+    }
+    return result, pages
+
+
 def scenario_script(mmsb, mesh, me, work, params):
     """The script under real and tropical, a checkpoint in the middle, replay, reopen N -> N,
     and a state the parent wrote alone reopened here (1 -> N)."""
@@ -101,24 +81,10 @@ def scenario_script(mmsb, mesh, me, work, params):
     for semiring in ("real", "tropical"):
         path = os.path.join(work, f"n-{semiring}")
         state = mmsb.mmsb_start(path, semiring=semiring, mesh=mesh, peer_timeout=60)
-        zero = float(mmsb.semirings.get_semiring(semiring).zero)
-        ids = script(mmsb, state, zero)
-        mid = state.epoch
-        mmsb.checkpoint(state)
-        mmsb.update_page(state, ids[1], np.full(16, 6.0, np.float32))  # a log tail after the checkpoint
-        pages = pages_of(mmsb, state, ids)
-        snap = mmsb.replay_to_epoch(state, mid - 3)
-        res = {
-            "ids": ids,
-            "epoch": state.epoch,
-            "digest": mmsb.state_digest(state),
-            "snap_digest": mmsb.state_digest(snap),
-            "snap_epoch": snap.epoch,
-            "log": [record(r) for r in mmsb.query_log(state)],
-            "local_shards": [len(p.array.addressable_shards) for p in state._pools],
-            "global_devices": [len(p.sharding.device_set) for p in state._pools if p.sharding is not None],
-            "fully_addressable": [p.array.is_fully_addressable for p in state._pools],
-        }
+        res, pages = run_script(mmsb, state, semiring)
+        res["local_shards"] = [len(p.array.addressable_shards) for p in state._pools]
+        res["global_devices"] = [len(p.sharding.device_set) for p in state._pools if p.sharding is not None]
+        res["fully_addressable"] = [p.array.is_fully_addressable for p in state._pools]
         mmsb.mmsb_stop(state)
         again = mmsb.mmsb_open(path, mesh=mesh, peer_timeout=60)
         res["reopened_digest"] = mmsb.state_digest(again)
@@ -129,7 +95,8 @@ def scenario_script(mmsb, mesh, me, work, params):
         out[semiring] = res
     if params.get("one"):  # a directory the parent wrote in one process
         st = mmsb.mmsb_open(params["one"], mesh=mesh, peer_timeout=60)
-        out["from_one"] = {"digest": mmsb.state_digest(st), "epoch": st.epoch}
+        out["from_one"] = {"digest": mmsb.state_digest(st), "epoch": st.epoch,
+                           "skipped": [list(x) for x in st.recovery_report.skipped_checkpoints]}
         mmsb.mmsb_stop(st)
     return out
 

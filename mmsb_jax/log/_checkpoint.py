@@ -41,7 +41,7 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
     """
     directory = prepare_directory(directory)
     write_arrays(os.path.join(directory, ARRAYS), tree)
-    write_manifest(directory, manifest, {key: crc_hex(array_crc(arr)) for key, arr in _leaves(tree)})
+    write_manifest(directory, manifest, {key: crc_hex(array_crc(arr)) for key, arr in leaves_by_key(tree)})
     return directory
 
 
@@ -105,13 +105,14 @@ def read_manifest(directory: str) -> dict:
     return manifest
 
 
-def _leaves(tree, prefix=""):
+def leaves_by_key(tree, prefix=""):
+    """``(key, leaf)`` of a checkpoint tree, keys as ``"group/name"``, in sorted order."""
     for k in sorted(tree):
         v = tree[k]
         if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}/")
+            yield from leaves_by_key(v, f"{prefix}{k}/")
         else:
-            yield f"{prefix}{k}", np.asarray(v)
+            yield f"{prefix}{k}", v
 
 
 def checked_rows(manifest: dict, key: str) -> int | None:
@@ -178,7 +179,7 @@ def load_arrays(directory: str) -> dict:
     expected = manifest.get("checksums")
     if not isinstance(expected, dict):
         raise SerializationError(f"checkpoint {directory!r} has no array checksums in its manifest")
-    got = dict(_leaves(tree))
+    got = dict(leaves_by_key(tree))
     if sorted(got) != sorted(expected):
         raise SerializationError(
             f"checkpoint {directory!r} holds arrays {sorted(got)}, but its manifest lists {sorted(expected)}"

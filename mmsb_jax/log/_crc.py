@@ -48,24 +48,15 @@ def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
       >>> crc32c_combine(crc32c.crc32c(a), crc32c.crc32c(b), len(b)) == crc32c.crc32c(a + b)
       True
     """
-    if len2 <= 0:
-        return crc1
-    odd = [_POLY] + [1 << n for n in range(31)]  # one zero bit
-    even = _square(odd)  # two zero bits
-    odd = _square(even)  # four
-    while True:  # apply len2 zero bytes to crc1, squaring the operator bit by bit of len2
-        even = _square(odd)
+    op = [_POLY] + [1 << n for n in range(31)]  # appending one zero bit, as a GF(2) matrix
+    for _ in range(3):
+        op = _square(op)  # ... one zero byte
+    while len2 > 0:  # append len2 zero bytes to crc1: the operator squared bit by bit of len2
         if len2 & 1:
-            crc1 = _times(even, crc1)
+            crc1 = _times(op, crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _square(even)
-        if len2 & 1:
-            crc1 = _times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        if len2:
+            op = _square(op)
     return crc1 ^ crc2
 
 

@@ -34,6 +34,7 @@ from .._errors import MMSBError, SerializationError
 from ..log._checkpoint import (
     ARRAYS,
     checked_rows,
+    leaves_by_key,
     prepare_directory,
     restore_arrays,
     saved_leaves,
@@ -42,15 +43,6 @@ from ..log._checkpoint import (
 )
 from ..log._crc import array_crc, combine_parts, crc_hex
 from ..pages import restore_capacity
-
-
-def _walk(tree, prefix=""):
-    for k in sorted(tree):
-        v = tree[k]
-        if isinstance(v, dict):
-            yield from _walk(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def _is_global(x) -> bool:
@@ -94,7 +86,7 @@ def _write(dist, ticket: str, directory: str, manifest: dict, tree: dict) -> str
     error = None
     try:
         write_arrays(os.path.join(directory, ARRAYS), tree, **_orbax_options(dist, ticket))
-        parts = {key: _shard_crcs(arr, checked_rows(manifest, key)) for key, arr in _walk(tree) if _is_global(arr)}
+        parts = {key: _shard_crcs(arr, checked_rows(manifest, key)) for key, arr in leaves_by_key(tree) if _is_global(arr)}
     except SerializationError as e:
         error, parts = e, {}
     got = [json.loads(g) for g in dist.exchange(
@@ -109,7 +101,7 @@ def _write(dist, ticket: str, directory: str, manifest: dict, tree: dict) -> str
     if dist.is_writer:
         try:
             checksums = {}
-            for key, arr in _walk(tree):
+            for key, arr in leaves_by_key(tree):
                 if _is_global(arr):
                     rows = checked_rows(manifest, key) or arr.shape[0]
                     pieces = [tuple(p) for g in got for p in g["parts"][key]]
@@ -166,7 +158,7 @@ def load(state, directory: str, manifest: dict) -> dict:
     error, tree, parts = None, {}, {}
     try:
         tree = _restore(state, directory, manifest)
-        for key, arr in _walk(tree):
+        for key, arr in leaves_by_key(tree):
             if _is_global(arr):
                 parts[key] = _shard_crcs(arr, checked_rows(manifest, key))
     except SerializationError as e:
@@ -179,10 +171,10 @@ def load(state, directory: str, manifest: dict) -> dict:
     if failed:
         raise SerializationError(f"checkpoint {directory!r} cannot be restored in process {failed[0][0]}: {failed[0][1]}")
     expected = manifest.get("checksums")
-    if not isinstance(expected, dict) or sorted(expected) != sorted(k for k, _ in _walk(tree)):
+    if not isinstance(expected, dict) or sorted(expected) != sorted(k for k, _ in leaves_by_key(tree)):
         raise SerializationError(f"checkpoint {directory!r}: its manifest's checksums do not list its arrays")
     out = {}
-    for key, arr in _walk(tree):
+    for key, arr in leaves_by_key(tree):
         rows = checked_rows(manifest, key)
         if _is_global(arr):
             crc = combine_parts([tuple(p) for g in got for p in g["parts"][key]])

@@ -168,6 +168,41 @@ def scenario_bad_input(mmsb, mesh, me, work, params):
     return out
 
 
+def tools_script(mmsb, state):
+    """Observers, diffs between epochs, a page's history, compaction and replay after it."""
+    import jax.numpy as jnp
+
+    seen = []
+    ids = mmsb.create_pages(state, 4, size=8, dtype=jnp.float32).tolist()
+    mmsb.add_dependency(state, ids[0], ids[3])
+    state.observe(ids[3], lambda pid, epoch: seen.append([pid, epoch]))
+    for k in range(4):
+        mmsb.update_page(state, ids[k % 3], np.full(8, float(k + 1), np.float32))
+    out = {
+        "seen": seen,
+        "diff": {str(k): v for k, v in mmsb.diff(state, 2, state.epoch)["changed"].items()},
+        "history": [r.epoch for r in mmsb.query_log(state, page_id=ids[1])],
+    }
+    compacted = mmsb.compact_log(state)
+    out["compacted"] = [compacted["epoch"], len(compacted["dropped_segments"])]
+    mmsb.update_page(state, ids[2], np.full(8, 9.0, np.float32))
+    out["replayed"] = mmsb.state_digest(mmsb.replay_to_epoch(state, state.epoch))
+    out["digest"] = mmsb.state_digest(state)
+    try:
+        mmsb.replay_to_epoch(state, 2)
+        out["before_compaction"] = None
+    except mmsb.MMSBError as e:
+        out["before_compaction"] = type(e).__name__
+    return out
+
+
+def scenario_tools(mmsb, mesh, me, work, params):
+    state = mmsb.mmsb_start(os.path.join(work, "tools"), mesh=mesh, peer_timeout=60)
+    out = tools_script(mmsb, state)
+    mmsb.mmsb_stop(state)
+    return out
+
+
 def scenario_four(mmsb, mesh, me, work, params):
     """4 processes: a state written by 2 reopened here (N -> M), the short script on a new
     state, its checkpoint, reopen (N -> N)."""
@@ -226,7 +261,7 @@ def kill_script(mmsb, state, k):
 
 
 SCENARIOS = {"script": scenario_script, "diverge": scenario_diverge, "bad_input": scenario_bad_input,
-             "four": scenario_four, "kill": scenario_kill}
+             "tools": scenario_tools, "four": scenario_four, "kill": scenario_kill}
 
 
 def main(argv):

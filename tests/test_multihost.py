@@ -21,15 +21,23 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import _multihost_child as child
 import mmsb_jax as mmsb
+from mmsb_jax import DivergenceError, InvalidArgumentError, PeerLostError
+from mmsb_jax._compat import RuntimeFailure
 from mmsb_jax.log._checkpoint import load_arrays
+from mmsb_jax.log._crc import array_crc, combine_parts
+from mmsb_jax.shell._distributed import Coordinator, FollowerLog, coordinator_for, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("_multihost_child.py")
@@ -121,7 +129,7 @@ def two(tmp_path_factory):
     same script run here in one process, whose directory the children reopen (1 -> N)."""
     work = tmp_path_factory.mktemp("two")
     alone = {s: _one_process(work / f"one-{s}", s) for s in ("real", "tropical")}
-    run = launch(2, "script,diverge,bad_input", work / "run", {"one": str(work / "one-real")})
+    run = launch(2, "script,diverge,bad_input,tools", work / "run", {"one": str(work / "one-real")})
     return work, alone, run
 
 
@@ -199,6 +207,17 @@ def test_bad_input_to_a_distributed_state(two):
         assert not res["bad_dir_created"]
         assert res["page"][0] == "PageNotFoundError" and "page_id=7" in res["page"][1]
         assert res["unchanged"] and res["after"] == 2
+
+
+def test_observers_diffs_history_and_compaction(two, tmp_path):
+    _, _, run = two
+    state = mmsb.mmsb_start(tmp_path / "alone")
+    want = child.tools_script(mmsb, state)
+    mmsb.mmsb_stop(state)
+    assert want["seen"] and want["diff"] and want["compacted"][1] >= 1 and want["before_compaction"] == "SerializationError"
+    for res in _ok(run, "tools"):
+        res.pop("ok"), res.pop("wall")
+        assert res == want
 
 
 def test_four_processes(two, tmp_path):
@@ -279,3 +298,185 @@ def test_four_processes_whole_script(tmp_path, two):
         for s in ("real", "tropical"):
             assert res[s]["digest"] == alone[s]["digest"] and res[s]["log"] == alone[s]["log"]
             assert res[s]["reopened_digest"] == alone[s]["digest"]
+
+
+# --------------------------------------------------------------------------- in one process
+# The agreement logic against an in-process stand-in for the coordination service's
+# key-value store, one thread per "process": fast, and runs wherever the suite runs.
+
+
+class FakeStore:
+    """The key-value calls a Coordinator makes, over a dict (a blocking get waits on a condition)."""
+
+    def __init__(self):
+        self.data, self.cv = {}, threading.Condition()
+
+    def key_value_set(self, key, value):
+        with self.cv:
+            self.data[key] = value
+            self.cv.notify_all()
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        with self.cv:
+            if not self.cv.wait_for(lambda: key in self.data, timeout_ms / 1000):
+                raise RuntimeFailure(f"DEADLINE_EXCEEDED: GetKeyValue() timed out with key: {key}")
+            return self.data[key]
+
+    def key_value_try_get(self, key):
+        with self.cv:
+            if key not in self.data:
+                raise RuntimeFailure(f"NOT_FOUND: {key}")
+            return self.data[key]
+
+    def key_value_delete(self, key):
+        with self.cv:
+            for k in [k for k in self.data if k == key or k.startswith(key + "/")]:
+                del self.data[k]
+
+
+def _pair(timeout=5.0):
+    store = FakeStore()
+    return store, [Coordinator(store, timeout, "t", index=i, count=2) for i in range(2)]
+
+
+def _both(fn0, fn1):
+    """Run fn0 and fn1 side by side (two 'processes'); returns what each returned or raised."""
+    out = [None, None]
+
+    def go(i, fn):
+        try:
+            out[i] = ("ok", fn())
+        except Exception as e:  # noqa: BLE001
+            out[i] = ("raised", e)
+
+    threads = [threading.Thread(target=go, args=(i, fn)) for i, fn in enumerate((fn0, fn1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_agreement_passes_and_refuses_divergence_everywhere():
+    _, (a, b) = _pair()
+    assert _both(lambda: a.agree("update_page", "f1"), lambda: b.agree("update_page", "f1")) == [("ok", None)] * 2
+    got = _both(lambda: a.agree("update_page", "f2"), lambda: b.agree("update_page", "f3"))
+    for _, e in got:
+        assert isinstance(e, DivergenceError) and "process 0 asked for update_page" in str(e)
+        assert "process 1 asked for update_page" in str(e) and set(e.processes) == {0, 1}
+    got = _both(lambda: a.agree("delete_page", "f"), lambda: b.agree("delete_page", "f"))
+    assert all(isinstance(e, DivergenceError) for _, e in got)  # the state stays refused
+
+
+def test_agreement_compares_how_the_previous_operation_ended():
+    _, (a, b) = _pair()
+
+    class Fake:
+        epoch = 4
+
+    a.settle(Fake, None)
+    b.settle(Fake, MemoryError("only here"))
+    got = _both(lambda: a.agree("create_page", "f"), lambda: b.agree("create_page", "f"))
+    for _, e in got:
+        assert isinstance(e, DivergenceError) and "ended their previous operation differently" in str(e)
+        assert "MemoryError at epoch 4" in str(e) and "epoch 4" in str(e)
+
+
+def test_a_silent_peer_is_named_within_the_timeout():
+    _, (a, _) = _pair(timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(PeerLostError, match="process 1 did not reach this operation within peer_timeout=0.3 s") as e:
+        a.agree("update_page", "f")
+    assert 0.25 < time.monotonic() - t0 < 3 and e.value.processes == [1]
+    with pytest.raises(PeerLostError):  # every later operation, at once
+        a.barrier("next")
+
+
+def test_everywhere_compares_outcomes():
+    _, (a, b) = _pair()
+
+    def fails():
+        raise InvalidArgumentError("bad here")
+
+    got = _both(lambda: a.everywhere("x", lambda: 1, share=str), lambda: b.everywhere("x", lambda: 2, share=str))
+    assert got == [("ok", (1, ["1", "2"])), ("ok", (2, ["1", "2"]))]
+    got = _both(lambda: a.everywhere("y", fails), lambda: b.everywhere("y", fails))  # the same error everywhere
+    assert all(isinstance(e, InvalidArgumentError) and str(e) == "bad here" for _, e in got)
+    got = _both(lambda: a.everywhere("z", fails), lambda: b.everywhere("z", lambda: 3))
+    for _, e in got:
+        assert isinstance(e, DivergenceError) and "process 0: InvalidArgumentError" in str(e) and "succeeded" in str(e)
+
+
+def test_exchange_keys_are_dropped_behind():
+    store, (a, b) = _pair()
+    _both(lambda: [a.barrier("s") for _ in range(300)], lambda: [b.barrier("s") for _ in range(300)])
+    assert a.seq == b.seq == 300 and len(store.data) <= 2 * 3 * 64  # at most ~3 blocks of keys, not 600
+
+
+def test_fingerprints():
+    from mmsb_jax import semirings
+
+    x = np.arange(4096, dtype=np.float32)
+    assert fingerprint(1, x, "a") == fingerprint(1, x.copy(), "a") == fingerprint(1, jax.numpy.asarray(x), "a")
+    y = x.copy()
+    y[4000] = -1
+    assert len({fingerprint(x), fingerprint(y), fingerprint(x.astype(np.float64)), fingerprint(x.reshape(64, 64)),
+                fingerprint(x[:10]), fingerprint(list(x[:10]))}) == 6
+    d = mmsb.sparse_delta([1, 2], np.array([1.0, 2.0], np.float32), 8)
+    assert fingerprint(d) == fingerprint(mmsb.sparse_delta([1, 2], np.array([1.0, 2.0], np.float32), 8))
+    assert fingerprint(d) != fingerprint(mmsb.sparse_delta([1, 3], np.array([1.0, 2.0], np.float32), 8))
+    # records of functions by name, not by address
+    assert fingerprint(semirings.TROPICAL) == fingerprint(semirings.get_semiring("tropical")) != fingerprint(semirings.REAL)
+
+
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=6))
+def test_crc_of_parts_is_the_crc_of_the_whole(data, cuts):
+    import crc32c
+
+    cuts = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    parts = [(lo, hi - lo, crc32c.crc32c(data[lo:hi])) for lo, hi in zip(cuts, cuts[1:])]
+    assert combine_parts(parts[::-1]) == crc32c.crc32c(data)
+    arr = np.frombuffer(data, np.uint8)
+    assert array_crc(arr) == crc32c.crc32c(data)
+
+
+def test_padding_rows_of_a_checkpoint_are_never_restored(tmp_path):
+    """A checkpoint several processes wrote pads its pools to whole shards; one process opens
+    it, and the padding (not checksummed) is dropped, whatever it holds."""
+    import shutil
+
+    from mmsb_jax.log._checkpoint import ARRAYS, write_arrays
+
+    state = mmsb.mmsb_start(tmp_path / "s")
+    ids = mmsb.create_pages(state, 5, size=4, dtype=np.float32)
+    for i in ids:
+        mmsb.update_page(state, int(i), np.full(4, float(i) + 1, np.float32))
+    mmsb.checkpoint(state)
+    digest = mmsb.state_digest(state)
+    mmsb.mmsb_stop(state)
+    ckpt = _newest_checkpoint(tmp_path / "s")
+    tree = load_arrays(ckpt)
+    tree["pools"]["pool_0"] = np.concatenate([tree["pools"]["pool_0"], np.full((3, 4), 7.0, np.float32)])  # not zeros
+    shutil.rmtree(os.path.join(ckpt, ARRAYS))
+    write_arrays(os.path.join(ckpt, ARRAYS), tree)  # the manifest and its checksums are left as they were
+    state = mmsb.mmsb_open(tmp_path / "s")
+    try:
+        assert state.recovery_report.skipped_checkpoints == [] and mmsb.state_digest(state) == digest
+        page = mmsb.create_page(state, size=4, dtype=np.float32)  # takes slot 5, a padding row
+        assert mmsb.query_page(state, page.id).tolist() == [0.0] * 4
+    finally:
+        mmsb.mmsb_stop(state)
+
+
+def test_one_process_states_are_untouched():
+    from jax.sharding import Mesh
+
+    assert coordinator_for(Mesh(np.array(jax.devices()), ("pages",)), None, 60) is None  # this process's devices
+    assert coordinator_for(None, None, 60) is None and coordinator_for("not a mesh", None, 60) is None
+    for bad in (0, -1.0, "60", True, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="peer_timeout="):
+            mmsb.mmsb_start(peer_timeout=bad)
+    log = FollowerLog()
+    assert log.log_dense(1, 2, 3) is None and log.batch(3).commit() is None and log.drop_segments_through(3) == []
+    with pytest.raises(AttributeError):
+        log.read

@@ -21,7 +21,8 @@ operation ended (its epoch, or its error). Any difference raises :class:`Diverge
 every process before the operation is logged or applied; a previous operation that ended
 differently (e.g. a memory check that failed on one host only) is found by the next one. One
 exchange per operation (a ``key_value_set`` and one blocking get per other process, no XLA
-collective): on loopback it costs about a millisecond, see ``benchmarks/bench_multihost.py``.
+collective): 1.5-1.7 ms over loopback on the 2 shared cores of the test machine, see
+``benchmarks/bench_multihost.py``.
 The key-value store rather than a gloo/NCCL all-gather because its waits take a timeout, and
 a dead peer must not hang the others (a collective with a dead peer waits until JAX's
 heartbeat ends the job).
@@ -83,6 +84,16 @@ def init_distributed(coordinator_address: str, num_processes: int, process_id: i
         on one machine).
       num_processes: how many processes the job has.
       process_id: this process's index, ``0 .. num_processes - 1``.
+      heartbeat_timeout, initialization_timeout: seconds, passed to ``jax.distributed.initialize``.
+      recoverable: set ``jax_enable_recoverability`` first.
+      cpu_collectives: the CPU collectives implementation (``"gloo"``; ``"mpi"`` where built).
+
+    Example (each of two processes on one machine, ``i`` being 0 or 1)::
+
+        import jax, numpy as np, mmsb_jax as mmsb
+        mmsb.init_distributed("127.0.0.1:12345", num_processes=2, process_id=i)
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("pages",))  # both processes' devices
+        state = mmsb.mmsb_start("/shared/state", mesh=mesh)             # one state, two processes
     """
     if recoverable:
         jax.config.update("jax_enable_recoverability", True)
@@ -100,10 +111,10 @@ def processes_of(mesh) -> list[int]:
 def coordinator_for(mesh, path, peer_timeout) -> Coordinator | None:
     """A :class:`Coordinator` for a state on ``mesh`` when the mesh spans several processes,
     else ``None`` (a state of this process alone)."""
-    if not isinstance(mesh, jax.sharding.Mesh) or len(processes_of(mesh)) <= 1:
-        return None  # no mesh, a bad one (MMSBState names it), or this process's devices alone
     if isinstance(peer_timeout, bool) or not isinstance(peer_timeout, (int, float)) or not peer_timeout > 0:
         raise InvalidArgumentError(f"peer_timeout={peer_timeout!r} must be a number of seconds > 0")
+    if not isinstance(mesh, jax.sharding.Mesh) or len(processes_of(mesh)) <= 1:
+        return None  # no mesh, a bad one (MMSBState names it), or this process's devices alone
     if processes_of(mesh) != list(range(jax.process_count())):
         raise InvalidArgumentError(
             f"the mesh holds devices of processes {processes_of(mesh)}; a distributed state needs a mesh "
@@ -189,10 +200,11 @@ class Coordinator:
       timeout: ``peer_timeout``, the longest wait for another process at one exchange.
     """
 
-    def __init__(self, client, timeout: float, namespace: str):
-        self.client = client
-        self.index = jax.process_index()
-        self.count = jax.process_count()
+    def __init__(self, client, timeout: float, namespace: str, *, index: int | None = None,
+                 count: int | None = None):
+        self.client = client  # the coordination service's client (its key-value store)
+        self.index = jax.process_index() if index is None else index
+        self.count = jax.process_count() if count is None else count
         self.timeout = timeout
         self.namespace = namespace
         self.seq = 0  # exchanges made (the same sequence in every process)
@@ -379,6 +391,15 @@ class Coordinator:
         self.everywhere("check the shared directory", check_stamp)
 
 
+_PEER_WORDS = ("gloo", "nccl", "connection", "unavailable", "deadline_exceeded", "coordination service", "peer")
+
+
+def _peer_failure(error) -> bool:
+    """Whether a runtime error says a peer or the link to it failed (not, e.g., out of memory)."""
+    text = str(error).lower()
+    return any(w in text for w in _PEER_WORDS)
+
+
 def _first_line(error) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -441,9 +462,11 @@ def collective(kind: str):
                 dist.depth += 1
                 try:
                     out = fn(state, *args, **kwargs)
-                except RuntimeFailure as e:  # a collective failed under us: a peer left
+                except RuntimeFailure as e:
                     dist.settle(state, e)
-                    raise dist.lost_in_collective(kind, e) from e
+                    if _peer_failure(e):  # a collective failed under us: a peer left
+                        raise dist.lost_in_collective(kind, e) from e
+                    raise
                 except BaseException as e:
                     dist.settle(state, e)
                     raise

@@ -183,6 +183,10 @@ def tools_script(mmsb, state):
         "diff": {str(k): v for k, v in mmsb.diff(state, 2, state.epoch)["changed"].items()},
         "history": [r.epoch for r in mmsb.query_log(state, page_id=ids[1])],
     }
+    pending = mmsb.checkpoint(state, block=False)  # orbax writes on the state's thread while writes go on
+    for k in range(3):
+        mmsb.update_page(state, ids[1], np.full(8, 10.0 + k, np.float32))
+    out["background"] = os.path.basename(pending.result(120))
     compacted = mmsb.compact_log(state)
     out["compacted"] = [compacted["epoch"], len(compacted["dropped_segments"])]
     mmsb.update_page(state, ids[2], np.full(8, 9.0, np.float32))
@@ -199,7 +203,10 @@ def tools_script(mmsb, state):
 def scenario_tools(mmsb, mesh, me, work, params):
     state = mmsb.mmsb_start(os.path.join(work, "tools"), mesh=mesh, peer_timeout=60)
     out = tools_script(mmsb, state)
-    mmsb.mmsb_stop(state)
+    mmsb.mmsb_stop(state, checkpoint_path=os.path.join(work, "tools-stopped"))
+    again = mmsb.mmsb_open(os.path.join(work, "tools-stopped"), mesh=mesh)  # a checkpoint directory
+    out["stopped_digest"] = mmsb.state_digest(again)
+    mmsb.mmsb_stop(again)
     return out
 
 

@@ -217,6 +217,7 @@ def test_observers_diffs_history_and_compaction(two, tmp_path):
     assert want["seen"] and want["diff"] and want["compacted"][1] >= 1 and want["before_compaction"] == "SerializationError"
     for res in _ok(run, "tools"):
         res.pop("ok"), res.pop("wall")
+        assert res.pop("stopped_digest") == want["digest"]  # mmsb_stop(checkpoint_path=...) reopened
         assert res == want
 
 

@@ -15,12 +15,14 @@ from .deltas import (
 )
 from ._errors import (
     CorruptLogError as CorruptLogError,
+    DivergenceError as DivergenceError,
     GPUFallbackWarning as GPUFallbackWarning,
     GraphCycleError as GraphCycleError,
     InvalidArgumentError as InvalidArgumentError,
     InvalidDeltaError as InvalidDeltaError,
     MMSBError as MMSBError,
     PageNotFoundError as PageNotFoundError,
+    PeerLostError as PeerLostError,
     RingOverflowError as RingOverflowError,
     ReadOnlyError as ReadOnlyError,
     ResourceLimitError as ResourceLimitError,
@@ -45,6 +47,7 @@ from .shell import (
     delete_page as delete_page,
     diff as diff,
     get_stats as get_stats,
+    init_distributed as init_distributed,
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,
     mmsb_stop as mmsb_stop,

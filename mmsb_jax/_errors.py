@@ -83,6 +83,38 @@ class RingOverflowError(MMSBError, RuntimeError):
     """More deltas were appended to a :class:`~mmsb_jax.DeltaRing` than it holds; nothing was applied."""
 
 
+class DivergenceError(MMSBError, RuntimeError):
+    """The processes of a state spread over several JAX processes were asked different things
+    (another operation, other arguments, or an operation that ended differently), found before
+    the operation was logged or applied; the state refuses every operation after it.
+
+    Attributes:
+      operation: the operation (kind and sequence number) where the processes parted.
+      processes: per process, what it was asked (or how its previous operation ended).
+    """
+
+    def __init__(self, message, operation: str = "", processes=None):
+        self.operation = operation
+        self.processes = dict(processes or {})
+        super().__init__(message)
+
+
+class PeerLostError(MMSBError, RuntimeError):
+    """Another process of a distributed state died, hung, or stopped calling the same
+    operations, found within the state's ``peer_timeout``; the state refuses every
+    operation after it (``mmsb_stop`` still closes it here).
+
+    Attributes:
+      processes: the ids of the processes that did not answer.
+      operation: the operation they did not reach.
+    """
+
+    def __init__(self, message, processes=(), operation: str = ""):
+        self.processes = list(processes)
+        self.operation = operation
+        super().__init__(message)
+
+
 class GPUFallbackWarning(UserWarning):
     """A GPU was asked for but none is usable; pages live on the CPU instead."""
 

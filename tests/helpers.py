@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: random page contents, bit-exact comparison, the no-op rule."""
+"""Helpers shared by the test modules: random page contents, bit-exact comparison, the no-op rule,
+a script of every kind of write."""
 
 import numpy as np
 
@@ -98,3 +99,45 @@ def peak_mb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 """
+
+
+def every_write(state, semiring_zero):
+    """Every kind of write, across shards: creates, page rewrites, sparse / dense / accumulate
+    deltas, sparse batches (also whole-page rows), mixed batches, a drained delta ring,
+    deletes with slot reuse, pool growth, dependencies added and removed, propagation.
+    Returns the page ids. (The sharded and the multi-process tests run it against one device.)"""
+    import jax.numpy as jnp
+
+    import mmsb_jax as mmsb
+
+    rng = np.random.default_rng(0)
+    ids = mmsb.create_pages(state, 20, size=16, dtype=jnp.float32).tolist()
+    flags = mmsb.create_pages(state, 5, shape=(2, 3), dtype=jnp.bool_).tolist()
+    for i in ids:
+        mmsb.update_page(state, i, rng.random(16).astype(np.float32))
+    mmsb.route_delta(state, ids[3], mmsb.sparse_delta([0, 5, 0], jnp.array([1.0, 2.0, 9.0]), 16))
+    mmsb.route_delta(state, ids[17], mmsb.dense_delta(jnp.arange(16) < 4, jnp.ones(16)))
+    mmsb.route_delta(state, ids[9], mmsb.accumulate_delta(jnp.ones(16)))
+    mmsb.route_sparse_batch(state, [ids[1], ids[18], ids[1]], np.array([[0, 1], [2, 3], [1, 4]]),
+                            np.arange(6, dtype=np.float32).reshape(3, 2))
+    mmsb.route_sparse_batch(state, [ids[4], ids[4]], np.tile(np.arange(16), (2, 1)),  # whole-page rows
+                            np.stack([np.zeros(16, np.float32), np.full(16, 5.0, np.float32)]))
+    mmsb.batch_route_deltas(state, [(ids[2], mmsb.sparse_delta([1], jnp.array([3.0]), 16)),
+                                    (ids[19], mmsb.dense_delta(jnp.arange(16) > 10, jnp.zeros(16))),
+                                    (ids[2], mmsb.accumulate_delta(jnp.full(16, 2.0)))])
+    mmsb.update_page(state, flags[4], np.ones((2, 3), bool))
+    ring = mmsb.delta_ring(capacity=8, k=2, dtype=jnp.float32)
+    ring = mmsb.ring_append(ring, jnp.array([ids[6], ids[7]], jnp.int32), jnp.array([[0, 1], [2, 3]]),
+                            jnp.array([[7.0, 8.0], [9.0, 10.0]]))
+    state.drain_ring(ring)
+    mmsb.delete_page(state, ids[5])
+    ids[5] = mmsb.create_page(state, size=16, dtype=jnp.float32).id  # reuses the zeroed slot
+    more = mmsb.create_pages(state, 40, size=16, dtype=jnp.float32).tolist()  # the pool grows
+    mmsb.update_page(state, more[-1], np.full(16, 4.0, np.float32))
+    mmsb.update_page(state, ids[19], np.full(16, semiring_zero, np.float32))
+    mmsb.add_dependency(state, ids[0], ids[19], weight=2.0)
+    mmsb.add_dependency(state, more[-1], ids[19])
+    mmsb.update_page(state, ids[0], np.full(16, 3.0, np.float32))  # propagates
+    mmsb.remove_dependency(state, more[-1], ids[19])
+    mmsb.route_delta(state, ids[0], mmsb.sparse_delta([2], jnp.array([-1.0]), 16))  # propagates again
+    return ids + more + flags

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_bits_equal
+from helpers import every_write as scripted
 from jax.sharding import Mesh
 
 import mmsb_jax as mmsb
@@ -12,35 +13,6 @@ from mmsb_jax import InvalidArgumentError
 
 MESH = Mesh(np.array(jax.devices()), ("pages",))
 MESH_2D = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
-
-
-def scripted(state, semiring_zero):
-    """Every kind of write, across shards, with deletes, slot reuse, growth and dependencies."""
-    rng = np.random.default_rng(0)
-    ids = mmsb.create_pages(state, 20, size=16, dtype=jnp.float32).tolist()
-    flags = mmsb.create_pages(state, 5, shape=(2, 3), dtype=jnp.bool_).tolist()
-    for i in ids:
-        mmsb.update_page(state, i, rng.random(16).astype(np.float32))
-    mmsb.route_delta(state, ids[3], mmsb.sparse_delta([0, 5, 0], jnp.array([1.0, 2.0, 9.0]), 16))
-    mmsb.route_delta(state, ids[17], mmsb.dense_delta(jnp.arange(16) < 4, jnp.ones(16)))
-    mmsb.route_delta(state, ids[9], mmsb.accumulate_delta(jnp.ones(16)))
-    mmsb.route_sparse_batch(state, [ids[1], ids[18], ids[1]], np.array([[0, 1], [2, 3], [1, 4]]),
-                            np.arange(6, dtype=np.float32).reshape(3, 2))
-    mmsb.route_sparse_batch(state, [ids[4], ids[4]], np.tile(np.arange(16), (2, 1)),  # whole-page rows
-                            np.stack([np.zeros(16, np.float32), np.full(16, 5.0, np.float32)]))
-    mmsb.batch_route_deltas(state, [(ids[2], mmsb.sparse_delta([1], jnp.array([3.0]), 16)),
-                                    (ids[19], mmsb.dense_delta(jnp.arange(16) > 10, jnp.zeros(16))),
-                                    (ids[2], mmsb.accumulate_delta(jnp.full(16, 2.0)))])
-    mmsb.update_page(state, flags[4], np.ones((2, 3), bool))
-    mmsb.delete_page(state, ids[5])
-    ids[5] = mmsb.create_page(state, size=16, dtype=jnp.float32).id  # reuses the zeroed slot
-    more = mmsb.create_pages(state, 40, size=16, dtype=jnp.float32).tolist()  # the pool grows
-    mmsb.update_page(state, more[-1], np.full(16, 4.0, np.float32))
-    mmsb.update_page(state, ids[19], np.full(16, semiring_zero, np.float32))
-    mmsb.add_dependency(state, ids[0], ids[19], weight=2.0)
-    mmsb.add_dependency(state, more[-1], ids[19])
-    mmsb.update_page(state, ids[0], np.full(16, 3.0, np.float32))  # propagates
-    return ids + more + flags
 
 
 @pytest.mark.parametrize("semiring", ["real", "tropical"])

@@ -5,7 +5,8 @@
   types (:class:`LogRecord` and one class per :class:`Kind`); the byte format is specified in
   ``docs/tlog-format.md``;
 * checkpoints: plain orbax arrays plus a JSON manifest (:mod:`mmsb_jax.log._checkpoint`) and
-  the directory helpers that find them.
+  the directory helpers that find them; CRC-32Cs of arrays, also put together from the
+  checksums of their parts (:mod:`mmsb_jax.log._crc`: shards written by several processes).
 
 Pure Python + numpy + ``crc32c`` (orbax for checkpoint arrays): no jax arrays, never
 pickles, never trusts a length field beyond the bytes present. May import ``mmsb_jax._errors``.

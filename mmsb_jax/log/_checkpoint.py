@@ -8,7 +8,10 @@ A checkpoint directory holds::
                        "page_table": {"pool": int32[n], "slot": int64[n], "epoch": int64[n]}}
 
 ``arrays/`` is restorable with orbax alone
-(``orbax.checkpoint.StandardCheckpointer().restore(path / "arrays")``). The manifest is
+(``orbax.checkpoint.StandardCheckpointer().restore(path / "arrays")``; a checkpoint written by
+several processes, whose pools name the devices they came from, with a target tree:
+``restore(path / "arrays", target)``, e.g. NumPy arrays of the shapes ``metadata`` gives, or
+``jax.ShapeDtypeStruct`` with shardings). The manifest is
 written last and atomically (write to a temporary name, fsync, rename), so a directory whose
 manifest exists holds a complete checkpoint; a crash mid-write leaves no manifest.
 """
@@ -21,6 +24,7 @@ import shutil
 import numpy as np
 
 from .._errors import SerializationError
+from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
 
 FORMAT = "mmsb-checkpoint"
@@ -35,8 +39,19 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
     Raises:
       SerializationError: the directory exists and already holds a checkpoint, or orbax fails.
     """
-    import orbax.checkpoint as ocp
+    directory = prepare_directory(directory)
+    write_arrays(os.path.join(directory, ARRAYS), tree)
+    write_manifest(directory, manifest, {key: crc_hex(array_crc(arr)) for key, arr in leaves_by_key(tree)})
+    return directory
 
+
+def prepare_directory(directory: str) -> str:
+    """Make ``directory`` ready for a new checkpoint (removing arrays a crashed attempt left);
+    returns it as an absolute path.
+
+    Raises:
+      SerializationError: it already holds a checkpoint.
+    """
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, MANIFEST)):
         raise SerializationError(f"{directory!r} already holds a checkpoint; choose a new directory")
@@ -44,7 +59,19 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
     arrays = os.path.join(directory, ARRAYS)
     if os.path.exists(arrays):  # left over from a crashed attempt: no manifest, so not valid
         shutil.rmtree(arrays)
-    ckptr = ocp.StandardCheckpointer()
+    return directory
+
+
+def write_arrays(arrays: str, tree: dict, **options) -> None:
+    """Save ``tree`` with orbax's ``StandardCheckpointer`` (``options``: its constructor's, e.g.
+    ``multiprocessing_options`` for a save by several processes, each writing its shards).
+
+    Raises:
+      SerializationError: orbax fails.
+    """
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer(**options)
     try:
         ckptr.save(arrays, tree)
         ckptr.wait_until_finished()
@@ -52,12 +79,14 @@ def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
         raise SerializationError(f"writing checkpoint arrays to {arrays!r} failed: {e}") from e
     finally:
         ckptr.close()
-    checksums = {key: _crc(arr) for key, arr in _leaves(tree)}
+
+
+def write_manifest(directory: str, manifest: dict, checksums: dict) -> None:
+    """Write the manifest (with the arrays' CRC-32Cs) atomically: the checkpoint is complete."""
     write_checked_json(
         os.path.join(directory, MANIFEST),
         {"format": FORMAT, "version": VERSION, **manifest, "checksums": checksums},
     )
-    return directory
 
 
 def read_manifest(directory: str) -> dict:
@@ -76,19 +105,62 @@ def read_manifest(directory: str) -> dict:
     return manifest
 
 
-def _leaves(tree, prefix=""):
+def leaves_by_key(tree, prefix=""):
+    """``(key, leaf)`` of a checkpoint tree, keys as ``"group/name"``, in sorted order."""
     for k in sorted(tree):
         v = tree[k]
         if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}/")
+            yield from leaves_by_key(v, f"{prefix}{k}/")
         else:
-            yield f"{prefix}{k}", np.asarray(v)
+            yield f"{prefix}{k}", v
 
 
-def _crc(arr: np.ndarray) -> str:
-    import crc32c
+def checked_rows(manifest: dict, key: str) -> int | None:
+    """How many leading rows of the array ``key`` its checksum covers: for a pool, the pages
+    its manifest entry counts (at least one); ``None`` (all of it) for every other array.
 
-    return f"{crc32c.crc32c(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)):08x}"
+    A checkpoint written by several processes holds its pools padded with zero rows to whole
+    shards (JAX shards only evenly); the padding is not checksummed and never restored."""
+    if not key.startswith("pools/pool_"):
+        return None
+    try:
+        desc = manifest["pools"][int(key[len("pools/pool_"):])]
+        return max(int(desc["high_water"]), 1)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None  # a manifest that does not say: check_checkpoint refuses it
+
+
+def saved_leaves(directory: str) -> dict:
+    """The orbax metadata tree of a checkpoint's arrays (shapes, dtypes, shardings)."""
+    import orbax.checkpoint as ocp
+
+    arrays = os.path.join(directory, ARRAYS)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        return ckptr.metadata(arrays).item_metadata.tree
+    except Exception as e:
+        raise SerializationError(f"reading the metadata of checkpoint arrays {arrays!r} failed: {e}") from e
+    finally:
+        ckptr.close()
+
+
+def restore_arrays(directory: str, target=None, *, strict: bool = True, **options) -> dict:
+    """Restore a checkpoint's orbax tree (``target``: orbax's abstract tree, e.g. shardings to
+    restore into; ``strict=False`` pads or truncates to the target's shapes).
+
+    Raises:
+      SerializationError: orbax fails.
+    """
+    import orbax.checkpoint as ocp
+
+    arrays = os.path.join(directory, ARRAYS)
+    ckptr = ocp.StandardCheckpointer(**options)
+    try:
+        return ckptr.restore(arrays) if target is None else ckptr.restore(arrays, target, strict=strict)
+    except Exception as e:
+        raise SerializationError(f"restoring checkpoint arrays from {arrays!r} failed: {e}") from e
+    finally:
+        ckptr.close()
 
 
 def load_arrays(directory: str) -> dict:
@@ -98,29 +170,39 @@ def load_arrays(directory: str) -> dict:
     Raises:
       SerializationError: orbax fails, or an array's bytes differ from what was written.
     """
-    import orbax.checkpoint as ocp
-
-    arrays = os.path.join(directory, ARRAYS)
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        tree = ckptr.restore(arrays)
-    except Exception as e:
-        raise SerializationError(f"restoring checkpoint arrays from {arrays!r} failed: {e}") from e
-    finally:
-        ckptr.close()
-    tree = _to_numpy(tree)
-    expected = read_manifest(directory).get("checksums")
+    meta = saved_leaves(directory)
+    sharded = any(getattr(m, "sharding", None) is not None for m in _meta_leaves(meta))
+    # arrays that several processes wrote name their devices: restore them as numpy here
+    target = _numpy_target(meta) if sharded else None
+    tree = _to_numpy(restore_arrays(directory, target))
+    manifest = read_manifest(directory)
+    expected = manifest.get("checksums")
     if not isinstance(expected, dict):
         raise SerializationError(f"checkpoint {directory!r} has no array checksums in its manifest")
-    got = dict(_leaves(tree))
+    got = dict(leaves_by_key(tree))
     if sorted(got) != sorted(expected):
         raise SerializationError(
             f"checkpoint {directory!r} holds arrays {sorted(got)}, but its manifest lists {sorted(expected)}"
         )
     for key, arr in got.items():
-        if _crc(arr) != expected[key]:
+        rows = checked_rows(manifest, key)
+        if crc_hex(array_crc(arr if rows is None else arr[:rows])) != expected[key]:
             raise SerializationError(f"checkpoint {directory!r}: array {key!r} fails its CRC-32C check (corrupted)")
     return tree
+
+
+def _meta_leaves(meta):
+    if isinstance(meta, dict):
+        for v in meta.values():
+            yield from _meta_leaves(v)
+    else:
+        yield meta
+
+
+def _numpy_target(meta):
+    if isinstance(meta, dict):
+        return {k: _numpy_target(v) for k, v in meta.items()}
+    return np.empty(tuple(meta.shape), np.dtype(meta.dtype))
 
 
 def _to_numpy(tree):

@@ -12,5 +12,6 @@ from ._pool import (
     PagePool as PagePool,
     bucket as bucket,
     page_sharding as page_sharding,
+    restore_capacity as restore_capacity,
     pool_jit as pool_jit,
 )

@@ -118,6 +118,12 @@ class MemoryBudget:
         self.reserved = max(0, self.reserved - nbytes)
 
 
+def restore_capacity(high_water: int, shards: int = 1) -> int:
+    """The capacity of a pool restored from a checkpoint with ``high_water`` pages, split over
+    ``shards`` devices (a restore straight into shards allocates this many rows)."""
+    return -(-max(int(high_water), 1) // shards) * shards
+
+
 def page_sharding(mesh):
     """The sharding of a pool over every device of ``mesh``, along the page (slot) axis."""
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
@@ -279,22 +285,30 @@ class PagePool:
             "free_slots": len(self._free),
         }
 
-    def restore(self, array: jax.Array, high_water: int, used_slots: np.ndarray) -> None:
+    def restore(self, array, high_water: int, used_slots: np.ndarray) -> None:
         """Install a restored arena (checkpoint) and rebuild the free list from the used slots.
 
-        The capacity is the arena's own (whole shards): the next page past it grows the arena
-        as usual. (Rounding it up to 16 slots here made the first read of a restored pool of
-        25 MB pages allocate and copy a 410 MB arena.)"""
-        capacity = self._round(max(int(array.shape[0]), 1))
+        ``array`` holds at least ``max(high_water, 1)`` rows; rows from ``high_water`` on are
+        not pages (padding a multi-process checkpoint adds) and read as zeros. A
+        ``jax.Array`` already placed with this pool's sharding and :func:`restore_capacity`
+        rows, zero from ``high_water`` on, is installed as it is (a restore into the shards of
+        several processes). The capacity is the
+        pages' own, in whole shards: the next page past it grows the arena as usual. (A
+        16-slot minimum here made the first read of a restored pool of 25 MB pages allocate
+        and copy a 410 MB arena.)"""
+        capacity = restore_capacity(high_water, self.shards)
         if self.budget is not None:
             self.budget.claim((capacity - self.capacity) * self.page_bytes)
         self.capacity = capacity
-        if self.sharding is not None:
+        rows = max(int(high_water), 1)
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            self._array = array
+        elif self.sharding is not None:
             full = np.zeros((self.capacity, *self.shape), self.dtype)  # whole shards
-            full[: array.shape[0]] = np.asarray(array)
+            full[:high_water] = np.asarray(array[:high_water])
             self._array = jax.device_put(full, self.sharding)
         else:
-            self._array = jax.device_put(array, self.device)
+            self._array = jax.device_put(np.asarray(array[:rows]), self.device)
         self.high_water = int(high_water)
         used = np.zeros(self.high_water, bool)
         used[np.asarray(used_slots, np.int64)] = True

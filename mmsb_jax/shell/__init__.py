@@ -2,7 +2,8 @@
 
 The one place with side effects: it owns the page table, epochs, the transaction log,
 checkpoints, the dependency graph of each pool, observers and locks, and replays a state
-from its files. May import every layer below it (``pages``, ``deltas``, ``log``,
+from its files; a state over several JAX processes agrees on each operation across them
+(``_distributed``) and checkpoints with orbax's multi-process save (``_dist_checkpoint``). May import every layer below it (``pages``, ``deltas``, ``log``,
 ``semirings``, ``graph``, ``adaptive``, ``telemetry``); only ``cli`` and ``_tools`` sit above.
 """
 
@@ -26,6 +27,7 @@ from ._api import (
     state_digest as state_digest,
     update_page as update_page,
 )
+from ._distributed import init_distributed as init_distributed
 from ._history import compact_log as compact_log, diff as diff
 from ._page import Page as Page
 from ._state import MMSBState as MMSBState

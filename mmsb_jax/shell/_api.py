@@ -26,6 +26,7 @@ from ..log._directory import (
 )
 from ..semirings import Semiring, get_semiring
 from . import _inputs
+from ._distributed import collective, coordinator_for, fingerprint, paused, same_everywhere
 from ._replay import rebuild, resolve_semiring
 from ._inputs import page_id as _page_id
 from ._page import Page
@@ -34,7 +35,7 @@ from ._state import MMSBState
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
                segment_bytes: int = 64 << 20, mesh=None, exist_ok: bool = False,
-               keep_checkpoints: int | None = None) -> MMSBState:
+               keep_checkpoints: int | None = None, peer_timeout: float = 60.0) -> MMSBState:
     """Start a new state (or, with ``exist_ok=True``, open the one already at ``path``).
 
     Args:
@@ -55,15 +56,23 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         along the slot axis (``NamedSharding(mesh, P(mesh.axis_names))``), each shard
         writing only its own slots. Placement is not state: the log, checkpoints and
         :func:`state_digest` are the same with any mesh or none, and a state can be reopened
-        with another one.
+        with another one. A mesh over the devices of every process of a ``jax.distributed``
+        job makes one state of all of them: every process calls the same operations with the
+        same arguments, process 0 writes the log, ``path`` must be on a filesystem they all
+        see (see ``mmsb_jax/shell/_distributed.py`` and the README's "Several processes").
       exist_ok: if ``path`` already holds a state, open it (:func:`mmsb_open`) instead of
         refusing; its semiring must then be ``semiring``.
       keep_checkpoints: keep only this many checkpoints under ``<path>/checkpoints`` (the
         newest; older ones are deleted after each new one is complete). ``None``: keep all.
+      peer_timeout: a state spread over several processes: how many seconds one process
+        waits for the others at an operation before raising ``PeerLostError``.
 
     Raises:
       InvalidArgumentError: unknown ``fsync`` or ``semiring``, ``mesh`` not a ``Mesh``, a bad
-        ``segment_bytes`` or ``keep_checkpoints``, or ``path`` is not a path.
+        ``segment_bytes``, ``keep_checkpoints`` or ``peer_timeout``, ``path`` is not a path
+        (or is ``None`` for a mesh over several processes).
+      DivergenceError / PeerLostError: (several processes) they were called differently, or
+        one did not answer.
       SerializationError: ``path`` already holds a state (open it with :func:`mmsb_open`, or
         pass ``exist_ok=True``), or with ``exist_ok`` the state there has another semiring.
 
@@ -74,16 +83,21 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
       0
       >>> mmsb.mmsb_stop(state)
     """
+    dist = coordinator_for(mesh, path, peer_timeout)  # None unless the mesh spans processes
+    if dist is not None:  # the path is left out: hosts may mount one directory at different paths
+        dist.agree("mmsb_start", fingerprint(enable_gpu, semiring, fsync, segment_bytes, exist_ok, keep_checkpoints))
     if path is not None:
         path = _inputs.path(path)
-        if has_state(path):
+        exists = has_state(path)
+        same_everywhere(dist, "whether a state exists at the path", exists)
+        if exists:
             if not exist_ok:
                 raise SerializationError(
                     f"{path!r} already holds an mmsb state; use mmsb_open to reopen it (or mmsb_start(..., exist_ok=True))"
                 )
             state = mmsb_open(path, enable_gpu=enable_gpu, fsync=fsync, segment_bytes=segment_bytes, mesh=mesh,
                               semirings=(semiring,) if isinstance(semiring, Semiring) else (),
-                              keep_checkpoints=keep_checkpoints)
+                              keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout, _dist=dist)
             wanted = get_semiring(semiring).name
             if state.semiring.name != wanted:
                 state.close()
@@ -92,7 +106,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             return state
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, _dist=dist)
     state.open_log()
     return state
 
@@ -125,7 +139,8 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
-              semirings=(), segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None) -> MMSBState:
+              semirings=(), segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
+              peer_timeout: float = 60.0, _dist=None) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
@@ -142,8 +157,10 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         ``"skip_corrupt"`` (salvage every intact record). ``state.recovery_report`` says what
         was dropped.
       semirings: user-defined semirings named in logged accumulate deltas.
-      mesh: shard the pools over this mesh (see :func:`mmsb_start`).
-      keep_checkpoints: see :func:`mmsb_start`.
+      mesh: shard the pools over this mesh (see :func:`mmsb_start`); a mesh over every
+        process of a ``jax.distributed`` job reopens one state in all of them (each restores
+        only its shards), whatever number of processes wrote it.
+      keep_checkpoints, peer_timeout: see :func:`mmsb_start`.
 
     Raises:
       InvalidArgumentError: ``path`` is not a path, or a bad option.
@@ -151,12 +168,29 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         older checkpoint or log can stand in for, or a log that does not continue them;
         ``CorruptLogError`` (a subclass) names file and offset.
     """
+    dist = _dist
+    if dist is None:
+        dist = coordinator_for(mesh, path, peer_timeout)
+        if dist is not None:
+            dist.agree("mmsb_open", fingerprint(enable_gpu, fsync, recovery, semirings, segment_bytes,
+                                                keep_checkpoints))
     path = _inputs.path(path)
-    require_state(path)
-    semiring = resolve_semiring(state_semiring(path), semirings)
+
+    def find():
+        require_state(path)
+        return resolve_semiring(state_semiring(path), semirings)
+
+    semiring = find() if dist is None else dist.everywhere("find the state", find)[0]
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints)
-    report = state.recovery_report = rebuild(state, path, mode=recovery, semirings=semirings)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, _dist=dist)
+    with paused(state):  # every process replays the same files: no agreement per record
+        if dist is None:
+            report = rebuild(state, path, mode=recovery, semirings=semirings)
+        else:
+            report, _ = dist.everywhere("replay the state", lambda: rebuild(state, path, mode=recovery,
+                                                                           semirings=semirings))
+            same_everywhere(dist, "the epoch the replay reached", state.epoch)
+    state.recovery_report = report
     salvaged = recovery in ("point_in_time", "skip_corrupt") and not report.clean
     state.open_log(recovery="point_in_time" if salvaged else "torn_tail")
     if salvaged:
@@ -164,15 +198,19 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         # salvaged past it, so the next reopen sees the same state, which is now the
         # state of record (what it lost is in the report).
         state.checkpoint()
-        update_state_file(path, closed_at=state.epoch)
+        if state._writes_files:
+            update_state_file(path, closed_at=state.epoch)
     return state
 
 
+@collective("replay_to_epoch")
 def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBState:
     """A read-only snapshot of the state as it was right after ``epoch``.
 
     Built from the newest checkpoint at or before ``epoch`` plus the log records up to it
     (batched through the router). Query it with :func:`query_page`; ``snap.epoch == epoch``.
+    The snapshot of a state spread over several processes is spread over them the same way
+    (every process calls this, and then queries it, alike).
     Writes raise ``ReadOnlyError``. ``epoch=None`` replays everything (the state's last epoch).
 
     Raises:
@@ -198,8 +236,9 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
         path_or_state._flush_journal()
         path, last = path_or_state.path, path_or_state.epoch
         semiring = path_or_state.semiring
+        mesh = path_or_state.mesh if path_or_state._dist is not None else None
     else:
-        path, last, semiring = _inputs.path(path_or_state, "path_or_state"), None, None
+        path, last, semiring, mesh = _inputs.path(path_or_state, "path_or_state"), None, None, None
         require_state(path)
     if epoch is None:
         epoch = last
@@ -209,8 +248,9 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
         raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
     if semiring is None:
         semiring = resolve_semiring(state_semiring(path), semirings)
-    snap = MMSBState(path, semiring=semiring, _snapshot=True)
-    snap.recovery_report = rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
+    snap = MMSBState(path, semiring=semiring, mesh=mesh, _snapshot=True)
+    with paused(snap):
+        snap.recovery_report = rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
     snap.read_only = True
     if epoch is not None and snap.epoch != epoch:
         log_dir = os.path.join(path, "log")
@@ -224,6 +264,7 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
     return snap
 
 
+@collective("query_log")
 def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list:
     """Log records (decoded, arrays copied) matching every given filter, in log order.
 

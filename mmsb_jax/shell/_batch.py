@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import adaptive
 from . import _inputs
+from ._distributed import collective
 
 from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_nothing
 from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
@@ -18,6 +19,7 @@ from ..deltas._tree_ring import TreeRing
 class BatchRouting:
     """Mixin of :class:`MMSBState`: ``route_sparse_batch``, ``batch_route_deltas``, ``drain_ring``."""
 
+    @collective("route_sparse_batch")
     def route_sparse_batch(self, page_ids, indices, values) -> int | None:
         """Route ``n`` sparse deltas given as arrays in one epoch; see :func:`mmsb_jax.route_sparse_batch`."""
         with self._lock:
@@ -160,6 +162,7 @@ class BatchRouting:
         for pool, slots in written:
             self._after_write(pool, slots)
 
+    @collective("drain_ring")
     def drain_ring(self, ring):
         """Apply and log the deltas a jitted loop appended to ``ring`` (one epoch, source
         ``"jit-ring"``); returns ``(epoch or None, emptied ring)``.
@@ -193,6 +196,7 @@ class BatchRouting:
                 self._source = None
         return epoch, ring_cleared(ring)
 
+    @collective("batch_route_deltas")
     def batch_route_deltas(self, entries) -> int | None:
         """Route ``[(page_id, delta), ...]`` in one epoch; see :func:`mmsb_jax.batch_route_deltas`."""
         with self._lock:

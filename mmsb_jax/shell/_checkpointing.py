@@ -12,7 +12,8 @@ from .._errors import InvalidArgumentError, MMSBError, SerializationError, State
 from ._tree_restore import check_checkpoint_trees
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ..log._directory import prune_checkpoints
-from . import _inputs
+from . import _dist_checkpoint, _inputs
+from ._distributed import collective
 from ._restore import check_checkpoint
 
 
@@ -33,6 +34,7 @@ class Checkpointing:
     """Mixin of :class:`MMSBState`: ``checkpoint`` and restoring one into an empty state."""
 
     # ------------------------------------------------------------------ checkpoints
+    @collective("checkpoint")
     def checkpoint(self, directory=None, *, block: bool = True):
         """Write a checkpoint (orbax arrays + JSON manifest); returns its directory.
 
@@ -93,12 +95,16 @@ class Checkpointing:
         at once failed with ``File exists`` on orbax's temporary directory, or hung).
         ``ready`` (background only): a ``threading.Event`` the writer waits for before it
         touches ``directory`` (orbax creates an item's directory after handing it over)."""
+        if ready is not None and self._dist is not None:
+            raise InvalidArgumentError(
+                "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
+                "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_journal()
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
         tree = {"epoch": np.array([self._epoch], np.int64)}
         if self._pools:
-            tree["pools"] = {f"pool_{p.index}": np.asarray(p.array[: max(p.high_water, 1)]) for p in self._pools}
+            tree["pools"] = {f"pool_{p.index}": self._checkpoint_rows(p) for p in self._pools}
         if ids.size:
             tree["page_table"] = {
                 "id": ids,
@@ -129,8 +135,11 @@ class Checkpointing:
         self._counters["checkpoints"] += 1
         if self._ckpt_pool is None:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
-        job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
-        future = self._ckpt_pool.submit(job, directory, manifest, tree)
+        if self._dist is None:
+            job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
+            future = self._ckpt_pool.submit(job, directory, manifest, tree)
+        else:  # orbax's multi-process save: each process writes its shards
+            future = _dist_checkpoint.submit(self, directory, manifest, tree)
         if block:
             out = future.result()  # raises its SerializationError; the writer never takes the lock
             if prune:
@@ -139,10 +148,19 @@ class Checkpointing:
         self._ckpt_pending.append((directory, self._epoch, future, prune))
         return future
 
+    @staticmethod
+    def _checkpoint_rows(pool):
+        """What a checkpoint saves of a pool: its first ``max(high_water, 1)`` rows, copied to
+        the host now; for a pool spread over several processes, a device copy of them (padded
+        to whole shards) that orbax writes shard by shard."""
+        if pool.array.is_fully_addressable:
+            return np.asarray(pool.array[: max(pool.high_water, 1)])
+        return _dist_checkpoint.pool_rows(pool)
+
     def _prune_checkpoints(self) -> None:
         """Keep only the newest ``keep_checkpoints`` checkpoints of this state (on the caller's
         thread, under the lock: never while the writer thread writes one)."""
-        if self.keep_checkpoints is not None and not self._snapshot:
+        if self.keep_checkpoints is not None and not self._snapshot and self._writes_files:
             prune_checkpoints(self.path, self.keep_checkpoints)
 
     def _raise_failed_checkpoint(self) -> None:
@@ -180,7 +198,7 @@ class Checkpointing:
             :func:`~mmsb_jax.shell._restore.check_checkpoint`), or does not fit in memory.
         """
         manifest = read_manifest(directory)
-        arrays = load_arrays(directory)
+        arrays = load_arrays(directory) if self._dist is None else _dist_checkpoint.load(self, directory, manifest)
         checked = check_checkpoint(directory, manifest, arrays, self.semiring.name)
         trees = check_checkpoint_trees(directory, manifest, arrays, checked)
         try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._errors import GraphCycleError, InvalidArgumentError
 from ..pages import PagePool
+from ..deltas._pool_ops import host_rows
+from ._distributed import collective
 from ._pool_graph import PoolGraph
 
 
@@ -13,6 +13,7 @@ class Dependencies:
     """Mixin of :class:`MMSBState`: ``add_dependency``, ``remove_dependency``, ``observe``, propagation."""
 
     # ------------------------------------------------------------------ dependencies
+    @collective("add_dependency")
     def add_dependency(self, parent, child, weight=None, edge_type: str = "data") -> int:
         """Make ``child`` depend on ``parent``; see :func:`mmsb_jax.add_dependency`."""
         with self._lock:
@@ -43,6 +44,7 @@ class Dependencies:
             self._refresh_all(pool, pg)
             return self._epoch
 
+    @collective("remove_dependency")
     def remove_dependency(self, parent, child) -> int:
         """Remove the dependency ``parent -> child``; see :func:`mmsb_jax.remove_dependency`."""
         with self._lock:
@@ -80,6 +82,7 @@ class Dependencies:
         self._notify(pool)
 
     # ------------------------------------------------------------------ observers
+    @collective("observe")
     def observe(self, page_id, callback) -> None:
         """Call ``callback(page_id, epoch)`` after each epoch in which the page's visible value
         changed (by a write to it, or by propagation into it): compared bit for bit with the
@@ -102,7 +105,7 @@ class Dependencies:
                 self._observed.pop(int(page_id), None)
 
     def _visible_bytes(self, pool: PagePool, slot: int) -> bytes:
-        return np.asarray(self._visible_array(pool)[slot]).tobytes()
+        return host_rows(self._visible_array(pool), [slot], pool.sharding)[0].tobytes()
 
     def _notify(self, pool: PagePool) -> None:
         """Fire the observers of ``pool``'s pages whose visible value changed since last time."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .._errors import InvalidArgumentError
 from ..log._directory import update_state_file
+from ._distributed import collective
 
 
+@collective("compact_log")
 def compact_log(state) -> dict:
     """Fold the log into a checkpoint: write one now, then drop every log segment whose
     records it covers (the original's ``compress_log!``).
@@ -41,22 +45,32 @@ def compact_log(state) -> dict:
         state._check_open()
         directory = state.checkpoint()
         epoch = state.epoch
-        log = state._log
-        before = log.stats()["bytes"]
-        log.seal()  # every record so far now lies in a closed segment
-        # recorded first: a crash between the two leaves a log that says it lacks epochs it
-        # still has (replays of them are refused), never one that passes for whole
-        update_state_file(state.path, compacted_through=epoch)
-        dropped = log.drop_segments_through(epoch)
-        after = log.stats()["bytes"]
-        return {
-            "checkpoint": directory,
-            "epoch": epoch,
-            "dropped_segments": [str(p) for p in dropped],
-            "bytes_freed": int(before - after),
-        }
+
+        def fold() -> dict:
+            log = state._log
+            before = log.stats()["bytes"]
+            log.seal()  # every record so far now lies in a closed segment
+            # recorded first: a crash between the two leaves a log that says it lacks epochs it
+            # still has (replays of them are refused), never one that passes for whole
+            update_state_file(state.path, compacted_through=epoch)
+            dropped = log.drop_segments_through(epoch)
+            after = log.stats()["bytes"]
+            return {
+                "checkpoint": directory,
+                "epoch": epoch,
+                "dropped_segments": [str(p) for p in dropped],
+                "bytes_freed": int(before - after),
+            }
+
+        if state._dist is None:
+            return fold()
+        # several processes: process 0 writes the log; every process returns what it did
+        _, done = state._dist.everywhere("compact the log", lambda: fold() if state._writes_files else None,
+                                         share=lambda out: json.dumps(out) if out is not None else "")
+        return json.loads(done[0])
 
 
+@collective("diff")
 def diff(state, epoch_a: int, epoch_b: int) -> dict:
     """What changed between two epochs: pages created, deleted, and changed (with counts).
 

@@ -96,7 +96,9 @@ def check_checkpoint(directory: str, manifest: dict, tree: dict, semiring: str) 
         except BadRecord:
             bad(f"pool {i} has dtype {dname!r}")
         arr = arrays[f"pool_{i}"]
-        if tuple(arr.shape) != (max(hw, 1), *shape) or np.dtype(arr.dtype) != dtype:
+        # more rows than pages: zero padding to whole shards (a multi-process checkpoint), ignored
+        if (arr.ndim != len(shape) + 1 or arr.shape[0] < max(hw, 1) or tuple(arr.shape[1:]) != tuple(shape)
+                or np.dtype(arr.dtype) != dtype):
             bad(
                 f"pool_{i} holds {np.dtype(arr.dtype)}{tuple(arr.shape)}, but its manifest says "
                 f"{max(hw, 1)} pages of {dtype}{tuple(shape)}"

@@ -31,6 +31,7 @@ from .._checks import is_int
 from .._errors import (
     GPUFallbackWarning,
     InvalidArgumentError,
+    MMSBError,
     PageNotFoundError,
     ReadOnlyError,
     ResourceLimitError,
@@ -38,10 +39,11 @@ from .._errors import (
     UnsupportedLocationError,
 )
 from ..pages import MAX_PAGE_ELEMS, MemoryBudget, PagePool, device_memory_bytes, host_memory_bytes, page_sharding
-from ..deltas._pool_ops import SINGLE_DEVICE, sharded_ops
+from ..deltas._pool_ops import SINGLE_DEVICE, host_rows, sharded_ops
 from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
+from ._distributed import collective, coordinator_for
 from . import _inputs
 from ._page import Page
 from ._page_table import PageTable
@@ -73,12 +75,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
                  segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
-                 _snapshot: bool = False):
+                 peer_timeout: float = 60.0, _snapshot: bool = False, _dist=None):
         if not isinstance(fsync, str) or fsync not in FSYNC_MODES:
             raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {FSYNC_MODES}")
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
         self.mesh = mesh
+        # several processes hold this state (their mesh spans them): see shell/_distributed
+        self._dist = _dist if _dist is not None else coordinator_for(mesh, path, peer_timeout)
         self.semiring = get_semiring(semiring)
         self._check_semiring_name(self.semiring)
         self.fsync = fsync
@@ -342,6 +346,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         return shape
 
     # ------------------------------------------------------------------ create / delete
+    @collective("create_page")
     def create_page(self, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> Page:
         """Create one zero-filled page; see :func:`mmsb_jax.create_page`."""
         with self._lock:
@@ -365,6 +370,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._journal_create(pid, 1, pool)
             return Page(pid, shape, pool.dtype, pool.location, pool.placement)
 
+    @collective("create_pages")
     def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> np.ndarray:
         """Create ``n`` zero-filled pages in one epoch; returns their ids (consecutive ints)."""
         if not is_int(n) or n < 0:
@@ -392,6 +398,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._journal_create(first, n, pool)
             return np.arange(first, first + n, dtype=np.int64)
 
+    @collective("delete_page")
     def delete_page(self, page_id) -> None:
         """Delete a page; its slot is zeroed and reused by a later create."""
         with self._lock:
@@ -430,6 +437,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             return int(self._table.epoch[pid])
 
     # ------------------------------------------------------------------ writes
+    @collective("update_page")
     def update_page(self, page_id, data) -> int | None:
         """Replace a page's content; see :func:`mmsb_jax.update_page`."""
         with self._lock:
@@ -451,6 +459,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._after_write(pool, [slot])
             return self._epoch
 
+    @collective("route_delta")
     def route_delta(self, page_id, delta) -> int | None:
         """Apply one delta to a page in a new epoch; see :func:`mmsb_jax.route_delta`."""
         with self._lock:
@@ -469,6 +478,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             return self._epoch
 
     # ------------------------------------------------------------------ reads
+    @collective("query_page")
     def query_page(self, page_id) -> jax.Array:
         """The page's current value; see :func:`mmsb_jax.query_page`."""
         with self._lock:
@@ -524,9 +534,17 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             txn.commit()
 
     def _flush_journal(self) -> None:
+        """Make every record so far readable from the log's files (in every process)."""
         with self._lock:  # after the background tree writer's queued steps
             if self._log is not None:
                 self._log.sync()
+        if self._dist is not None and self._dist.usable:
+            self._dist.barrier("flush the log")  # process 0 wrote it: now every process may read
+
+    @property
+    def _writes_files(self) -> bool:
+        """Whether this process writes the state's files (process 0 of a distributed state)."""
+        return self._dist is None or self._dist.is_writer
 
     # ------------------------------------------------------------------ replay
     def _continue_at(self, epoch: int, *, done: bool = False) -> None:
@@ -535,6 +553,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         self._epoch = int(epoch) if done else int(epoch) - 1
 
     # ------------------------------------------------------------------ digest & stats
+    @collective("state_digest")
     def digest(self) -> str:
         """Hex digest of every live page (id, epoch, shape, dtype, bytes) and the epoch; for
         pages with dependencies, of the propagated values too (what :meth:`query_page` reads)."""
@@ -551,10 +570,10 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 h.update(repr((pool.shape, pool.dtype.str)).encode())
                 if sel.size:
                     slots = self._table.slot[sel]
-                    h.update(np.ascontiguousarray(np.asarray(pool.array)[slots]).view(np.uint8).tobytes())
+                    h.update(np.ascontiguousarray(host_rows(pool.array, slots, pool.sharding)).view(np.uint8).tobytes())
                     pg = self._pool_graphs.get(pool.index)
                     if pg is not None and pg.has_edges:  # the derived values, which replay recomputes
-                        x = np.asarray(pg.visible(pool.array))[slots]
+                        x = host_rows(pg.visible(pool.array), slots, pool.sharding)
                         h.update(np.ascontiguousarray(x).view(np.uint8).tobytes())
             return h.hexdigest()
 
@@ -581,7 +600,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     # ------------------------------------------------------------------ lifecycle
     def open_log(self, recovery: str = "torn_tail") -> None:
-        """Start journaling into ``<path>/log`` (after any replay)."""
+        """Start journaling into ``<path>/log`` (after any replay); in a distributed state,
+        process 0 writes the log and the others follow (see ``shell/_distributed``)."""
+        if self._dist is not None:
+            self._dist.open_log(self, recovery)
+        else:
+            self._open_writer_log(recovery)
+
+    def _open_writer_log(self, recovery: str) -> None:
         from ..log import TLog
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
@@ -595,6 +621,13 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         with self._lock:
             if self._closed:
                 return
+            lost = None
+            dist = self._dist
+            if dist is not None and dist.usable and dist.depth == 0:
+                try:  # also compares how the last operation ended
+                    dist.agree("mmsb_stop", "")
+                except MMSBError as e:  # a peer is gone or diverged: still close here
+                    lost = e
             try:
                 self.wait_for_checkpoints()
             finally:
@@ -602,6 +635,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 if self._ckpt_pool is not None:
                     self._ckpt_pool.shutdown(wait=True)
                 self._close_now()
+            if lost is not None:
+                raise lost
             self._raise_journal_failure()  # closed, but a tree step never reached the log
 
     def _close_now(self) -> None:
@@ -610,7 +645,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             if self._log is not None:
                 self._log.close()
                 self._log = None
-                if not self._owns_dir:  # every epoch is durable now: an open that finds fewer lost some
+                if not self._owns_dir and self._writes_files:  # every epoch is durable now: an open that finds fewer lost some
                     update_state_file(self.path, closed_at=self._epoch)
             if self._owns_dir and not self._snapshot:
                 shutil.rmtree(self.path, ignore_errors=True)

@@ -133,6 +133,12 @@ class TreeJournal:
         with self._lock:
             return sorted(self._trees)
 
+    def _refuse_distributed(self, what: str) -> None:
+        if self._dist is not None:
+            raise InvalidArgumentError(
+                f"{what}: the tree journal is not supported on a state over several processes yet "
+                f"(its background writer writes the log directly); journal the tree in a state of one process")
+
     def _tree(self, name) -> TreeInfo:
         t = self._trees.get(name) if isinstance(name, str) else None
         if t is None:
@@ -282,6 +288,7 @@ class TreeJournal:
     # ------------------------------------------------------------------ save_tree
     def save_tree(self, name, tree, *, step=None, location: str = "cpu") -> int:
         """Journal ``tree`` as one step of tree ``name`` in one epoch; see :func:`mmsb_jax.save_tree`."""
+        self._refuse_distributed("save_tree")
         check_name(name)
         pairs, td = tu.tree_flatten_with_path(tree)
         paths = [tu.keystr(p) for p, _ in pairs]
@@ -315,6 +322,7 @@ class TreeJournal:
     # ------------------------------------------------------------------ tree rings
     def tree_ring(self, name, like_tree, *, steps: int, location: str = "cpu", device=None):
         """A device ring for ``steps`` recorded steps of tree ``name``; see :func:`mmsb_jax.tree_ring`."""
+        self._refuse_distributed("tree_ring")
         check_name(name)
         pairs, td = tu.tree_flatten_with_path(like_tree)
         paths = [tu.keystr(p) for p, _ in pairs]

@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .._errors import InvalidArgumentError, MMSBError, SerializationError, StateClosedError
+from .._errors import DeriveFunctionError, InvalidArgumentError, MMSBError, SerializationError, StateClosedError
 from ._tree_restore import check_checkpoint_trees
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ..log._directory import prune_checkpoints
@@ -131,6 +131,9 @@ class Checkpointing:
             "edge_types": sorted({e[3] for e in deps}),
             "dependencies": len(deps),
         }
+        derived = self.derived()
+        if derived:
+            manifest["derived"] = [[c, name, list(ps)] for c, name, ps in derived]
         self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
         if self._ckpt_pool is None:
@@ -204,6 +207,9 @@ class Checkpointing:
         try:
             self._install(checked)
             self._install_trees(trees)
+        except DeriveFunctionError:  # the caller's to fix: not a damaged checkpoint
+            self._init_content()
+            raise
         except (MMSBError, ValueError, TypeError, KeyError, IndexError) as e:
             self._init_content()  # back to empty: the caller may try another checkpoint
             raise SerializationError(f"checkpoint {directory!r} cannot be restored: {e}") from e
@@ -223,9 +229,22 @@ class Checkpointing:
         self._epoch = ck.epoch
         log, self._log = self._log, None
         try:
-            for u, v, w, t in ck.edges:  # in the order propagation sums them
-                self.add_dependency(u, v, weight=w, edge_type=t)
-                self._epoch = ck.epoch  # restoring is not a new operation
+            i = 0
+            while i < len(ck.edges):  # in the order propagation sums them, a run of one type at a time
+                j = i
+                while j < len(ck.edges) and ck.edges[j][3] == ck.edges[i][3]:
+                    j += 1
+                run = ck.edges[i:j]
+                self._add_edges(np.array([e[0] for e in run], np.int64), np.array([e[1] for e in run], np.int64),
+                                np.array([np.nan if e[2] is None else e[2] for e in run], np.float64), run[0][3])
+                i = j
+            for c, name, parents in ck.derived:
+                fn = self._derive_fns.get(name)
+                if fn is None:
+                    raise DeriveFunctionError(name, f"page {c} is derived by the function logged as {name!r}, which "
+                                                    f"was not given: pass mmsb_open(..., derive={{{name!r}: fn}})")
+                self.derive(c, fn, list(parents), name=name)
+            self._epoch = ck.epoch  # restoring is not a new operation
         finally:
             self._log = log
 

@@ -26,7 +26,7 @@ class PoolGraph:
         self._cg = None
         self._cg_key = None
         self.x = None  # (capacity, *shape) propagated values; None without edges
-        self._stale: set[int] | None = None  # slots whose value an edit may have changed; None: none
+        self._stale: list | None = None  # arrays of slots whose value an edit may have changed; None: none
         self.derive_names: dict[int, str] = {}  # derived slot -> the name its function is logged as
 
     @property
@@ -43,8 +43,8 @@ class PoolGraph:
     def edited(self, slots) -> None:
         """Edges into ``slots`` changed (or pages left): ``x`` is recomputed when next read."""
         if self._stale is None:
-            self._stale = set()
-        self._stale.update(int(s) for s in np.asarray(slots, np.int64).reshape(-1))
+            self._stale = []
+        self._stale.append(np.asarray(slots, np.int64).reshape(-1))
 
     def invalidate(self) -> None:
         """Nodes left the graph: ``x`` is recomputed in full when next read."""
@@ -68,8 +68,8 @@ class PoolGraph:
         else:
             dirty = np.zeros(b.shape[0], bool)
             dirty[np.asarray(slots, np.int64)] = True
-            if self._stale:
-                dirty[np.fromiter(self._stale, np.int64)] = True
+            for stale in self._stale or ():
+                dirty[stale] = True
             self._stale = None
             self.x, _ = propagate_incremental(self.compiled(b.shape[0]), self.x, b, jnp.asarray(dirty))
 

@@ -34,6 +34,7 @@ from ._errors import (
 )
 
 from . import adaptive as adaptive
+from .adaptive import CheckpointPolicy as CheckpointPolicy
 from . import graph as graph
 from . import log as log
 from .shell import (

@@ -258,6 +258,7 @@ class TLog:
         self._last_epoch: int | None = None
         self._fsyncs = 0
         self._appends = 0
+        self._appended_bytes = 0
         self._failed: BaseException | None = None
         self._sig = _FlushSignal()
         self._thread: threading.Thread | None = None
@@ -401,6 +402,7 @@ class TLog:
                 self._buf_bytes += nbytes
                 self._active_size += nbytes
                 self._appends += len(kinds)
+                self._appended_bytes += nbytes
                 for k in kinds:
                     counts[k] = counts.get(k, 0) + 1
             self._seq += 1
@@ -691,6 +693,10 @@ class TLog:
                 if self._active is not None:
                     out.append(self._active_info())
             return out
+
+    def appended(self) -> tuple[int, int]:
+        """``(records, bytes)`` appended by this writer since it was opened."""
+        return self._appends, self._appended_bytes
 
     def stats(self) -> dict[str, Any]:
         """Counts over the whole log (older segments by a cached header walk) plus this

@@ -35,7 +35,8 @@ from ._state import MMSBState
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
                segment_bytes: int = 64 << 20, mesh=None, exist_ok: bool = False,
-               keep_checkpoints: int | None = None, peer_timeout: float = 60.0) -> MMSBState:
+               keep_checkpoints: int | None = None, peer_timeout: float = 60.0,
+               checkpoint_policy=None) -> MMSBState:
     """Start a new state (or, with ``exist_ok=True``, open the one already at ``path``).
 
     Args:
@@ -66,6 +67,12 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         newest; older ones are deleted after each new one is complete). ``None``: keep all.
       peer_timeout: a state spread over several processes: how many seconds one process
         waits for the others at an operation before raising ``PeerLostError``.
+      checkpoint_policy: ``None`` (checkpoints only when asked), ``"auto"`` or a
+        :class:`~mmsb_jax.CheckpointPolicy`: after an operation, a background checkpoint is
+        taken when the estimated replay time (or the bytes) of the log since the newest
+        checkpoint passes the policy's bound, so reopening and ``replay_to_epoch`` of recent
+        epochs stay bounded. Combine with ``keep_checkpoints`` to bound the disk too. Its
+        decisions are in ``get_stats(state)["adaptive"]["checkpoint_policy"]``.
 
     Raises:
       InvalidArgumentError: unknown ``fsync`` or ``semiring``, ``mesh`` not a ``Mesh``, a bad
@@ -97,7 +104,8 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             state = mmsb_open(path, enable_gpu=enable_gpu, fsync=fsync, segment_bytes=segment_bytes, mesh=mesh,
                               semirings=(semiring,) if isinstance(semiring, Semiring) else (),
-                              keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout, _dist=dist)
+                              keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout,
+                              checkpoint_policy=checkpoint_policy, _dist=dist)
             wanted = get_semiring(semiring).name
             if state.semiring.name != wanted:
                 state.close()
@@ -106,7 +114,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             return state
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints, _dist=dist)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, checkpoint_policy=checkpoint_policy, _dist=dist)
     state.open_log()
     return state
 
@@ -140,7 +148,7 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
               semirings=(), segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
-              peer_timeout: float = 60.0, derive=None, _dist=None) -> MMSBState:
+              peer_timeout: float = 60.0, derive=None, checkpoint_policy=None, _dist=None) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
@@ -160,7 +168,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
       mesh: shard the pools over this mesh (see :func:`mmsb_start`); a mesh over every
         process of a ``jax.distributed`` job reopens one state in all of them (each restores
         only its shards), whatever number of processes wrote it.
-      keep_checkpoints, peer_timeout: see :func:`mmsb_start`.
+      keep_checkpoints, peer_timeout, checkpoint_policy: see :func:`mmsb_start` (a reopen
+        whose replayed tail is already past the policy's bound takes a checkpoint at once).
       derive: ``{name: fn}``, the functions of derived pages (:func:`derive`) by the name they
         were logged under.
 
@@ -186,7 +195,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
 
     semiring = find() if dist is None else dist.everywhere("find the state", find)[0]
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints, derive=derive, _dist=dist)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, derive=derive,
+                      checkpoint_policy=checkpoint_policy, _dist=dist)
     with paused(state):  # every process replays the same files: no agreement per record
         if dist is None:
             report = rebuild(state, path, mode=recovery, semirings=semirings)
@@ -204,6 +214,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         state.checkpoint()
         if state._writes_files:
             update_state_file(path, closed_at=state.epoch)
+    elif state._ckpt_policy is not None:
+        state._maybe_checkpoint()  # the tail this open replayed may already be past the bound
     return state
 
 

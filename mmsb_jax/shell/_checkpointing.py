@@ -86,6 +86,35 @@ class Checkpointing:
             raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
+    def _maybe_checkpoint(self) -> None:
+        """After an operation: a background checkpoint if the policy finds the tail too long
+        (and none is being written already). See :mod:`mmsb_jax.adaptive._checkpoint_policy`."""
+        policy, log = self._ckpt_policy, self._log
+        if policy is None or log is None or self._closed or self.read_only:
+            return
+        if any(not f.done() for _, _, f, _ in self._ckpt_pending):
+            return
+        records, nbytes = log.appended()
+        records += self._tail_at_open - self._tail_mark[0]
+        nbytes -= self._tail_mark[1]
+        due, why = policy.due(records, nbytes)
+        if due:
+            self.checkpoint(block=False)
+            self._policy.update(checkpoints=self._policy["checkpoints"] + 1, last_reason=why,
+                                last_epoch=self._epoch)
+
+    def _policy_stats(self) -> dict:
+        """``get_stats()["adaptive"]["checkpoint_policy"]``: the policy, its tail, its decisions."""
+        p = self._ckpt_policy
+        if p is None:
+            return {"enabled": False}
+        records, nbytes = self._log.appended() if self._log is not None else self._tail_mark
+        records += self._tail_at_open - self._tail_mark[0]
+        nbytes -= self._tail_mark[1]
+        return {"enabled": True, "max_replay_seconds": p.max_replay_seconds, "max_tail_bytes": p.max_tail_bytes,
+                "tail_records": records, "tail_bytes": nbytes, "estimated_replay_s": p.estimate(records, nbytes),
+                **self._policy}
+
     def _write_checkpoint(self, directory: str, block: bool, prune: bool = False, ready=None):
         """Copy the state to host memory and hand it to the checkpoint writer; wait for it
         unless ``block=False``. Under the lock.
@@ -100,6 +129,8 @@ class Checkpointing:
                 "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_journal()
+        if self._log is not None:
+            self._tail_mark, self._tail_at_open = self._log.appended(), 0  # the tail starts here
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
         tree = {"epoch": np.array([self._epoch], np.int64)}

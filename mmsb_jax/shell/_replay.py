@@ -191,6 +191,7 @@ class _Replay:
             elif not rec.batched:
                 raise self.error(rec, f"a second record of epoch {rec.epoch} outside a batch")
             handler = _HANDLERS.get(type(rec))
+            state._tail_at_open += 1  # the checkpoint policy counts the tail a reopen replayed
             try:
                 if handler is None:
                     raise SerializationError(f"this build cannot replay {type(rec).__name__} records")

@@ -39,6 +39,7 @@ from .._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
+from ..adaptive import checkpoint_policy as adaptive_checkpoint_policy
 from ..pages import MAX_PAGE_ELEMS, MemoryBudget, PagePool, device_memory_bytes, host_memory_bytes, page_sharding
 from ..deltas._pool_ops import SINGLE_DEVICE, host_rows, sharded_ops
 from ._batch import BatchRouting
@@ -76,7 +77,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
                  segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
-                 peer_timeout: float = 60.0, derive=None, _snapshot: bool = False, _dist=None):
+                 peer_timeout: float = 60.0, derive=None, checkpoint_policy=None, _snapshot: bool = False,
+                 _dist=None):
         if derive is None:
             derive = {}
         if not isinstance(derive, dict) or not all(isinstance(k, str) and k and callable(f) for k, f in derive.items()):
@@ -88,8 +90,14 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
         self.mesh = mesh
+        self._ckpt_policy = None if _snapshot else adaptive_checkpoint_policy(checkpoint_policy)
+        self._policy = {"checkpoints": 0, "last_reason": "", "last_epoch": None}
+        self._tail_mark = (0, 0)  # the log's (records, bytes) appended when the newest checkpoint was taken
+        self._tail_at_open = 0  # records replayed after the newest checkpoint when the state was opened
         # several processes hold this state (their mesh spans them): see shell/_distributed
         self._dist = _dist if _dist is not None else coordinator_for(mesh, path, peer_timeout)
+        if self._dist is not None and self._ckpt_policy is not None:
+            raise InvalidArgumentError("checkpoint_policy is not supported on a state over several processes yet")
         self.semiring = get_semiring(semiring)
         self._check_semiring_name(self.semiring)
         self.fsync = fsync
@@ -652,6 +660,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 "enable_gpu": self.enable_gpu,
                 "kernels": backend_report(),
                 "log": self._log.stats() if self._log is not None else None,
+                "adaptive": {"checkpoint_policy": self._policy_stats()},
                 **self._counters,
             }
 
@@ -686,6 +695,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 except MMSBError as e:  # a peer is gone or diverged: still close here
                     lost = e
             try:
+                if self._ckpt_policy is not None and self._log is not None and not self._closed:
+                    self.wait_for_checkpoints()
+                    self._maybe_checkpoint()  # leave a tail within the policy's bound for the next open
                 self.wait_for_checkpoints()
             finally:
                 self._close_trees()

@@ -129,7 +129,7 @@ class Checkpointing:
                 "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_journal()
-        if self._log is not None:
+        if self._ckpt_policy is not None and self._log is not None:
             self._tail_mark, self._tail_at_open = self._log.appended(), 0  # the tail starts here
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)

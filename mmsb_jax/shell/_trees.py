@@ -317,7 +317,9 @@ class TreeJournal:
             del views
             self._tree_tag(name, step, epoch)
             self._tree_submit(_Job(t, host, [epoch], [step], first, "tree", host), nbytes)
-            return epoch
+        if self._ckpt_policy is not None:  # save_tree is not a collective operation: ask here
+            self._maybe_checkpoint()
+        return epoch
 
     # ------------------------------------------------------------------ tree rings
     def tree_ring(self, name, like_tree, *, steps: int, location: str = "cpu", device=None):

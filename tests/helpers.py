@@ -104,7 +104,8 @@ def peak_mb():
 def every_write(state, semiring_zero):
     """Every kind of write, across shards: creates, page rewrites, sparse / dense / accumulate
     deltas, sparse batches (also whole-page rows), mixed batches, a drained delta ring,
-    deletes with slot reuse, pool growth, dependencies added and removed, propagation.
+    deletes with slot reuse, pool growth, dependencies added and removed (one and many at once),
+    pages created at the semiring's zero, propagation.
     Returns the page ids. (The sharded and the multi-process tests run it against one device.)"""
     import jax.numpy as jnp
 
@@ -140,4 +141,8 @@ def every_write(state, semiring_zero):
     mmsb.update_page(state, ids[0], np.full(16, 3.0, np.float32))  # propagates
     mmsb.remove_dependency(state, more[-1], ids[19])
     mmsb.route_delta(state, ids[0], mmsb.sparse_delta([2], jnp.array([-1.0]), 16))  # propagates again
-    return ids + more + flags
+    kids = mmsb.create_pages(state, 2, size=16, dtype=jnp.float32, fill="zero").tolist()  # passthroughs
+    mmsb.add_dependencies(state, [ids[0], ids[1], kids[0]], [kids[0], kids[0], kids[1]], weights=[1.0, None, 3.0])
+    mmsb.update_page(state, ids[1], np.full(16, 1.5, np.float32))
+    mmsb.remove_dependencies(state, [ids[1]], [kids[0]])
+    return ids + more + flags + kids

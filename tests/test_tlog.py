@@ -682,3 +682,19 @@ def test_garbage_after_a_middle_segment_is_not_a_stop(tmp_path):
     target = max(r.epoch for r in last_in_second if r.segment == segs[1][0])
     with pytest.raises(CorruptLogError, match=str(segs[0][1].name)):
         read_records(tmp_path, "torn_tail", end_epoch=target)
+
+
+def test_batch_methods_mirror_the_log_methods():
+    """Every ``TLog.log_*`` method has its ``TLogBatch`` twin (from one table), and each takes
+    the arguments of the body encoder it frames, in its order."""
+    import inspect
+
+    from mmsb_jax.log._writer import RECORD_BODIES, TLog, TLogBatch
+
+    names = sorted(n for n in dir(TLog) if n.startswith("log_"))
+    assert names == sorted(RECORD_BODIES)
+    for name in names:
+        single = [p for p in inspect.signature(getattr(TLog, name)).parameters if p not in ("self", "epoch", "source")]
+        body = list(inspect.signature(RECORD_BODIES[name]).parameters)
+        batch = [p for p in inspect.signature(getattr(TLogBatch, name)).parameters if p not in ("self", "source")]
+        assert single == body == batch, name

@@ -229,7 +229,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
 _CREATE_TAIL: dict[tuple, bytes] = {}
 
 
-def body_create_pages(first_page_id, count, shape, dtype, location, fill=None) -> tuple[int, list]:
+def body_create_pages(first_page_id, count, shape, dtype, location="cpu", fill=None) -> tuple[int, list]:
     """CREATE_PAGES; ``fill`` (a scalar of the page dtype, or ``None`` for zeros) is an
     optional trailing one-element array block: every element of the new pages holds it."""
     if fill is not None:
@@ -335,7 +335,7 @@ def body_accumulate(page_id, semiring, payload) -> tuple[int, list]:
     return Kind.ACCUMULATE, parts
 
 
-def body_add_dep(parent, child, weight, edge_type) -> tuple[int, list]:
+def body_add_dep(parent, child, weight=None, edge_type="") -> tuple[int, list]:
     if weight is None:
         w, has = 0.0, 0
     else:
@@ -359,7 +359,7 @@ def _dep_ends(parents, children) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def body_add_deps(parents, children, weights, edge_type) -> tuple[int, list]:
+def body_add_deps(parents, children, weights=None, edge_type="") -> tuple[int, list]:
     """ADD_DEPS: edges ``parents[i] -> children[i]`` of one ``edge_type``; ``weights`` (n,)
     float64 where NaN is the semiring's one (or ``None``: every weight is the one)."""
     u, v = _dep_ends(parents, children)

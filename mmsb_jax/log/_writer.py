@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import inspect
 import os
 import threading
 import time
@@ -819,51 +820,6 @@ class TLogBatch:
         self._kinds.append(kind)
         self._nbytes += nbytes
 
-    def log_create_pages(self, first_page_id, count, shape, dtype, location="cpu", fill=None, *, source=None):
-        self._add(*body_create_pages(first_page_id, count, shape, dtype, location, fill), source)
-
-    def log_delete_pages(self, page_ids, *, source=None):
-        self._add(*body_delete_pages(page_ids), source)
-
-    def log_dense(self, page_id, mask, values, *, source=None):
-        self._add(*body_dense(page_id, mask, values), source)
-
-    def log_dense_packed(self, page_id, shape, packed, values, *, source=None):
-        self._add(*body_dense_packed(page_id, shape, packed, values), source)
-
-    def log_sparse(self, page_id, indices, values, *, source=None):
-        self._add(*body_sparse(page_id, indices, values), source)
-
-    def log_sparse_batch(self, page_ids, indices, values, *, source=None):
-        self._add(*body_sparse_batch(page_ids, indices, values), source)
-
-    def log_accumulate(self, page_id, semiring, payload, *, source=None):
-        self._add(*body_accumulate(page_id, semiring, payload), source)
-
-    def log_add_dep(self, parent, child, weight=None, edge_type="", *, source=None):
-        self._add(*body_add_dep(parent, child, weight, edge_type), source)
-
-    def log_remove_dep(self, parent, child, *, source=None):
-        self._add(*body_remove_dep(parent, child), source)
-
-    def log_add_deps(self, parents, children, weights=None, edge_type="", *, source=None):
-        self._add(*body_add_deps(parents, children, weights, edge_type), source)
-
-    def log_remove_deps(self, parents, children, *, source=None):
-        self._add(*body_remove_deps(parents, children), source)
-
-    def log_derive(self, child, name, parents, *, source=None):
-        self._add(*body_derive(child, name, parents), source)
-
-    def log_rows(self, page_id, row_len, rows, values, *, source=None):
-        self._add(*body_rows(page_id, row_len, rows, values), source)
-
-    def log_tree_def(self, name, structure, page_ids, *, source=None):
-        self._add(*body_tree_def(name, structure, page_ids), source)
-
-    def log_tree_step(self, name, step, *, source=None):
-        self._add(*body_tree_step(name, step), source)
-
     @property
     def nbytes(self) -> int:
         """Bytes of the records added so far (without the closing COMMIT)."""
@@ -907,3 +863,42 @@ class TLogBatch:
                 self.commit()
         else:
             self.abort()
+
+
+#: Each ``TLog.log_<kind>`` method and the body encoder it frames, in the same argument order:
+#: :class:`TLogBatch` gets every one of them from this table (without the ``epoch``), so the
+#: two classes cannot drift apart.
+RECORD_BODIES = {
+    "log_create_pages": body_create_pages,
+    "log_delete_pages": body_delete_pages,
+    "log_dense": body_dense,
+    "log_dense_packed": body_dense_packed,
+    "log_sparse": body_sparse,
+    "log_sparse_batch": body_sparse_batch,
+    "log_accumulate": body_accumulate,
+    "log_add_dep": body_add_dep,
+    "log_remove_dep": body_remove_dep,
+    "log_add_deps": body_add_deps,
+    "log_remove_deps": body_remove_deps,
+    "log_derive": body_derive,
+    "log_rows": body_rows,
+    "log_tree_def": body_tree_def,
+    "log_tree_step": body_tree_step,
+}
+
+
+def _batch_method(name: str, body):
+    def method(self, *args, source=None, **kwargs):
+        self._add(*body(*args, **kwargs), source)
+
+    single = getattr(TLog, name)
+    sig = inspect.signature(single)
+    method.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "epoch"])
+    method.__name__, method.__qualname__ = name, f"TLogBatch.{name}"
+    method.__doc__ = f"{single.__doc__.splitlines()[0]} (into the batch's epoch)"
+    return method
+
+
+for _name, _body in RECORD_BODIES.items():
+    setattr(TLogBatch, _name, _batch_method(_name, _body))
+del _name, _body

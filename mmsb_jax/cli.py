@@ -322,7 +322,8 @@ def cmd_bisect(args) -> int:
     steps = mmsb.tree_steps(snap, args.name)
     found = mmsb.find_step(snap, args.name, predicate)
     if found is None:
-        console.print(f"no step of tree {args.name!r} has {what} ({len(steps)} steps, {loads[0]} loads)")
+        console.print(f"the last step of tree {args.name!r} does not have {what} ({len(steps)} steps, "
+                      f"{loads[0]} loads); bisection assumes that once a step has it, every later step has it too")
         return 1
     epoch = dict(steps)[found]
     console.print(f"first step with {what}: [bold]{found}[/bold] (epoch {epoch}); "

@@ -93,3 +93,18 @@ def test_bad_policy_argument_is_refused_before_anything_is_made(tmp_path):
     with pytest.raises(InvalidArgumentError, match="checkpoint_policy"):
         mmsb.mmsb_start(path, checkpoint_policy="often")
     assert not os.path.exists(os.path.join(path, "log"))
+
+
+def test_reopen_counts_the_bytes_of_the_replayed_tail(tmp_path):
+    """Few records but many bytes: the reopen's estimate includes the bytes, so it checkpoints."""
+    path = str(tmp_path / "s")
+    s = mmsb.mmsb_start(path)
+    p = mmsb.create_page(s, size=1 << 16, dtype=np.float32).id  # 256 KiB pages
+    for i in range(1, 9):
+        mmsb.update_page(s, p, np.full(1 << 16, float(i), np.float32))
+    mmsb.mmsb_stop(s)
+    policy = CheckpointPolicy(max_replay_seconds=0.01, seconds_per_record=1e-6, seconds_per_byte=1e-8, min_records=1)
+    s = mmsb.mmsb_open(path, checkpoint_policy=policy)  # 9 records ~ 2 MB: ~20 ms estimated
+    s.wait_for_checkpoints()
+    assert mmsb.get_stats(s)["adaptive"]["checkpoint_policy"]["checkpoints"] == 1
+    s.close()

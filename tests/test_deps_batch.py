@@ -390,3 +390,51 @@ def test_decoder_refuses_inconsistent_bodies():
     assert decode_body(Kind.DERIVE, body, 0, len(body), True, common).name == "f"
     with pytest.raises(BadRecord):
         decode_body(Kind.DERIVE, body[:12], 0, 12, True, common)
+
+
+# --------------------------------------------------------------------------- review findings
+@pytest.mark.parametrize("semiring, dtype, weight", [
+    ("real", jnp.float32, [3.0]), ("real", jnp.float32, "3"), ("tropical", jnp.int32, 1.5),
+    ("tropical", jnp.int32, 2.0**40), ("real", jnp.uint8, 300), ("real", jnp.uint8, 2.5),
+    ("max_plus", jnp.int32, 0.5), ("real", jnp.float16, 1e6), ("real", jnp.float32, 1e39),
+])
+def test_weights_that_do_not_fit_are_refused_before_anything_changes(tmp_path, semiring, dtype, weight):
+    path = str(tmp_path / "s")
+    s = mmsb.mmsb_start(path, semiring=semiring)
+    a, b = (int(i) for i in mmsb.create_pages(s, 2, size=2, dtype=dtype))
+    before, epoch = mmsb.state_digest(s), s.epoch
+    with pytest.raises(InvalidArgumentError, match="weight"):
+        mmsb.add_dependency(s, a, b, weight=weight)
+    if not isinstance(weight, (list, str)):
+        with pytest.raises(InvalidArgumentError, match="weight"):
+            mmsb.add_dependencies(s, [a], [b], weights=[weight])
+    assert mmsb.state_digest(s) == before and s.epoch == epoch
+    mmsb.update_page(s, a, np.ones(2, np.dtype(dtype)))  # the state goes on and reopens
+    digest = mmsb.state_digest(s)
+    s.close()
+    assert _reopen(path)[0] == digest
+
+
+def test_ordering_edges_do_not_make_a_pool_propagate(tmp_path):
+    """A control edge between pages the semiring cannot carry only orders them: reads and
+    writes of the pool go on, live and after a reopen."""
+    path = str(tmp_path / "s")
+    s = mmsb.mmsb_start(path, semiring="boolean")
+    a, b, c = (int(i) for i in mmsb.create_pages(s, 3, size=2, dtype=jnp.float32))
+    mmsb.add_dependency(s, a, b, edge_type="control")
+    mmsb.update_page(s, a, np.ones(2, F32))
+    assert mmsb.query_page(s, b).tolist() == [0.0, 0.0] and mmsb.query_page(s, c).tolist() == [0.0, 0.0]
+    digest = mmsb.state_digest(s)
+    s.close()
+    assert _reopen(path)[0] == digest
+
+
+def test_vmapped_tree_ring_is_refused_by_name():
+    s = mmsb.mmsb_start()
+    ring = mmsb.tree_ring(s, "r", {"w": jnp.zeros(3)}, steps=4)
+    rv = jax.vmap(lambda x: mmsb.record_tree(ring, {"w": x}, 9))(jnp.ones((2, 3)))
+    before = mmsb.state_digest(s)
+    with pytest.raises(InvalidArgumentError, match="vmap"):
+        s.drain_ring(rv)
+    assert mmsb.state_digest(s) == before
+    s.close()

@@ -57,7 +57,7 @@ def test_cli_bisect(nan_run, capsys):
     code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['n']", "19.5")
     assert code == 0 and "first step with max(['n']) > 19.5: 120" in out
     code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "100")
-    assert code == 1 and "no step" in out
+    assert code == 1 and "does not have" in out and "assumes" in out
 
 
 def test_orbax_manager_round_trip_next_to_params(tmp_path):
@@ -95,3 +95,12 @@ def test_orbax_manager_round_trip_next_to_params(tmp_path):
     reopened = mmsb.mmsb_open(tmp_path / "ckpts" / "0" / "mmsb")
     assert mmsb.state_digest(reopened) == digests[0]
     mmsb.mmsb_stop(reopened)
+
+
+def test_mmsbsave_of_a_stopped_state_is_refused_before_orbax_starts(tmp_path):
+    state = mmsb.mmsb_start(tmp_path / "state")
+    mmsb.mmsb_stop(state)
+    with pytest.raises(mmsb.StateClosedError):
+        mmsb.MMSBSave(state)
+    with pytest.raises(mmsb.InvalidArgumentError):
+        mmsb.MMSBSave("not a state")

@@ -76,6 +76,18 @@ def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return out
 
 
+def log_bytes_from(directory: str | os.PathLike, segment: int, offset: int) -> int:
+    """Bytes of the log in ``directory`` from ``offset`` of segment ``segment`` to its end."""
+    total = 0
+    for index, path in list_segments(directory):
+        if index >= segment:
+            try:
+                total += max(path.stat().st_size - (offset if index == segment else 0), 0)
+            except OSError:
+                pass
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from .._checks import is_int
 from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ..log import query_records
+from ..log._reader import log_bytes_from
 from ..log._directory import (
     has_state,
     last_closed_epoch,
@@ -215,6 +216,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         if state._writes_files:
             update_state_file(path, closed_at=state.epoch)
     elif state._ckpt_policy is not None:
+        if state._tail_first is not None:  # the bytes of the tail this open replayed
+            state._tail_bytes_at_open = log_bytes_from(os.path.join(path, "log"), *state._tail_first)
         state._maybe_checkpoint()  # the tail this open replayed may already be past the bound
     return state
 

@@ -96,7 +96,7 @@ class Checkpointing:
             return
         records, nbytes = log.appended()
         records += self._tail_at_open - self._tail_mark[0]
-        nbytes -= self._tail_mark[1]
+        nbytes += self._tail_bytes_at_open - self._tail_mark[1]
         due, why = policy.due(records, nbytes)
         if due:
             self.checkpoint(block=False)
@@ -110,7 +110,7 @@ class Checkpointing:
             return {"enabled": False}
         records, nbytes = self._log.appended() if self._log is not None else self._tail_mark
         records += self._tail_at_open - self._tail_mark[0]
-        nbytes -= self._tail_mark[1]
+        nbytes += self._tail_bytes_at_open - self._tail_mark[1]
         return {"enabled": True, "max_replay_seconds": p.max_replay_seconds, "max_tail_bytes": p.max_tail_bytes,
                 "tail_records": records, "tail_bytes": nbytes, "estimated_replay_s": p.estimate(records, nbytes),
                 **self._policy}
@@ -130,7 +130,7 @@ class Checkpointing:
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_journal()
         if self._ckpt_policy is not None and self._log is not None:
-            self._tail_mark, self._tail_at_open = self._log.appended(), 0  # the tail starts here
+            self._tail_mark, self._tail_at_open, self._tail_bytes_at_open = self._log.appended(), 0, 0  # a new tail
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
         tree = {"epoch": np.array([self._epoch], np.int64)}

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._errors import DeriveFunctionError, GraphCycleError, InvalidArgumentError, PageNotFoundError
 from ..graph import ShadowPageGraph
+from ..semirings import weights_to_carrier
 from ..pages import PagePool
 from ..deltas._pool_ops import host_rows
 from . import _inputs
@@ -45,6 +46,44 @@ def edge_weights(weights, n: int) -> np.ndarray:
     return w
 
 
+def _one_weight(weight) -> float:
+    """``add_dependency``'s ``weight``: one real number (NaN for ``None``: the semiring's one)."""
+    _inputs.refuse_tracers("weight", weight)
+    if weight is None:
+        return float("nan")
+    arr = np.asarray(weight) if not isinstance(weight, (str, bytes)) else None
+    if arr is None or arr.ndim != 0 or arr.dtype.kind not in "biuf":
+        raise InvalidArgumentError(f"weight={weight!r} must be one real number or None (the semiring's one)")
+    w = float(arr)
+    if np.isnan(w):
+        raise InvalidArgumentError(f"weight={weight!r} is NaN; give None for the semiring's one")
+    return w
+
+
+def check_weight_fit(semiring, w: np.ndarray, dtype, parents, children) -> None:
+    """Refuse weights (float64, NaN: the semiring's one) that pages of ``dtype`` cannot hold
+    by the weight rule (``semirings._carriers``): integer pages take integral weights in range
+    (or the semiring's zero); float pages refuse a finite weight that would become infinite."""
+    dt = np.dtype(dtype)
+    given = ~np.isnan(w)
+    if not given.any() or not semiring.accepts(dt):
+        return
+    if dt.kind in "iu":
+        bad = weights_to_carrier(semiring, np.where(given, w, 0.0), dt)[1] & given
+        rule = f"{dt} pages take integral weights in the dtype's range (or the semiring's zero)"
+    elif dt.kind == "f" or dt.name == "bfloat16":
+        with np.errstate(over="ignore"):
+            cast = np.where(given, w, 0.0).astype(dt).astype(np.float64)
+        bad = given & np.isfinite(w) & ~np.isfinite(cast)
+        rule = f"{dt} cannot represent it (it would become infinite)"
+    else:
+        return
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidArgumentError(
+            f"weight {w[i]!r} of dependency {int(parents[i])} -> {int(children[i])} does not fit: {rule}")
+
+
 def _id_array(x, what: str) -> np.ndarray:
     _inputs.refuse_tracers(what, x)
     if isinstance(x, (list, tuple)):
@@ -67,18 +106,21 @@ class Dependencies:
             pp, pool, sp = self._locate(parent)
             pc, pool_c, sc = self._locate(child)
             self._check_edge_pool(pool, pool_c, pp, pc, edge_type)
+            w = _one_weight(weight)
+            if edge_type == "data":
+                check_weight_fit(self.semiring, np.array([w]), pool.dtype, [pp], [pc])
             pg = self._pool_graphs.get(pool.index)
             graph = pg.graph if pg is not None else ShadowPageGraph()
             self._check_not_derived(graph, pool, np.array([sc]), edge_type)
             try:
-                graph.add_dependency(sp, sc, weight=weight, edge_type=edge_type)
+                graph.add_dependency(sp, sc, weight=None if np.isnan(w) else w, edge_type=edge_type)
             except GraphCycleError as e:
                 raise self._cycle_in_pages(pool, e) from None
             if pg is None:
                 pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
                 pg.graph = graph
             self._epoch += 1
-            self._rec("log_add_dep", pp, pc, None if weight is None else float(weight), edge_type)
+            self._rec("log_add_dep", pp, pc, None if np.isnan(w) else w, edge_type)
             self._edges_changed(pool, pg, [sc])
             return self._epoch
 
@@ -106,6 +148,8 @@ class Dependencies:
             pg = self._pool_graphs.get(pool.index)
             graph = ShadowPageGraph() if pg is None else (pg.graph.copy() if len(groups) > 1 else pg.graph)
             self._check_not_derived(graph, pool, sv, edge_type)
+            if edge_type == "data":
+                check_weight_fit(self.semiring, w[sel], pool.dtype, pids[sel], cids[sel])
             try:
                 graph.add_dependencies(su, sv, w[sel], edge_type=edge_type)  # atomic in one graph
             except GraphCycleError as e:

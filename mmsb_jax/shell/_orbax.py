@@ -98,6 +98,12 @@ class MMSBSave(ocp.args.CheckpointArgs):
 
     state: MMSBState
 
+    def __post_init__(self):  # refused before orbax makes its temporary directory
+        if not isinstance(self.state, MMSBState):
+            raise InvalidArgumentError(f"MMSBSave(state={self.state!r}) needs an MMSBState")
+        if self.state.closed:
+            raise StateClosedError(f"the state at {self.state.path!r} is stopped; MMSBSave needs a live state")
+
 
 @ocp.args.register_with_handler(MMSBCheckpointHandler, for_restore=True)
 @dataclasses.dataclass

@@ -14,7 +14,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..graph import ShadowPageGraph, propagate, propagate_incremental
+from ..graph import EDGE_TYPES, ShadowPageGraph, propagate, propagate_incremental
+
+_VALUE_EDGES = np.array([EDGE_TYPES.index("data"), EDGE_TYPES.index("derive")], np.uint8)
 
 
 class PoolGraph:
@@ -28,10 +30,16 @@ class PoolGraph:
         self.x = None  # (capacity, *shape) propagated values; None without edges
         self._stale: list | None = None  # arrays of slots whose value an edit may have changed; None: none
         self.derive_names: dict[int, str] = {}  # derived slot -> the name its function is logged as
+        self._edges_key, self._value_edges = None, False
 
     @property
     def has_edges(self) -> bool:
-        return self.graph.num_edges > 0
+        """Whether any edge changes values (data or derive edges; ordering edges do not)."""
+        if self._edges_key != self.graph.version:
+            codes = self.graph.edge_arrays()["type_code"] if self.graph.num_edges else np.zeros(0, np.uint8)
+            self._value_edges = bool(np.isin(codes, _VALUE_EDGES).any())
+            self._edges_key = self.graph.version
+        return self._value_edges
 
     def compiled(self, capacity: int):
         key = (self.graph.version, capacity)

@@ -192,6 +192,8 @@ class _Replay:
                 raise self.error(rec, f"a second record of epoch {rec.epoch} outside a batch")
             handler = _HANDLERS.get(type(rec))
             state._tail_at_open += 1  # the checkpoint policy counts the tail a reopen replayed
+            if state._tail_first is None:
+                state._tail_first = (rec.segment, rec.offset)
             try:
                 if handler is None:
                     raise SerializationError(f"this build cannot replay {type(rec).__name__} records")

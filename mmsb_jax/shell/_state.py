@@ -94,6 +94,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         self._policy = {"checkpoints": 0, "last_reason": "", "last_epoch": None}
         self._tail_mark = (0, 0)  # the log's (records, bytes) appended when the newest checkpoint was taken
         self._tail_at_open = 0  # records replayed after the newest checkpoint when the state was opened
+        self._tail_first = None  # (segment, offset) of the first of them
+        self._tail_bytes_at_open = 0  # and the log bytes from there to the end
         # several processes hold this state (their mesh spans them): see shell/_distributed
         self._dist = _dist if _dist is not None else coordinator_for(mesh, path, peer_timeout)
         if self._dist is not None and self._ckpt_policy is not None:

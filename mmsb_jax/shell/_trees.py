@@ -345,6 +345,10 @@ class TreeJournal:
         return empty_tree_ring(name, spec.text, td, shapes, dtypes, steps, device)
 
     def _drain_tree_ring(self, ring):
+        if np.ndim(ring.count) != 0:
+            raise InvalidArgumentError(
+                f"this tree ring has a batch axis (count of shape {np.shape(ring.count)}): it went through "
+                "jax.vmap, which cannot share one ring; record each step from the unbatched loop")
         count, steps = ring_steps(ring)
         if count > ring.capacity:
             raise RingOverflowError(

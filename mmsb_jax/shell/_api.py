@@ -509,7 +509,8 @@ def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type
       GraphCycleError: the edge would close a cycle (``.cycle`` names the page path); nothing
         changes.
       InvalidArgumentError: pages of different shape/dtype/location, a dtype the semiring
-        cannot carry, or a bad weight.
+        cannot carry, or a bad weight (not one real number, NaN, or not fitting the pages:
+        integral and in the dtype's range on integer pages, finite on float pages).
 
     Example:
       >>> import jax.numpy as jnp, mmsb_jax as mmsb

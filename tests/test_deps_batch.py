@@ -438,3 +438,39 @@ def test_vmapped_tree_ring_is_refused_by_name():
         s.drain_ring(rv)
     assert mmsb.state_digest(s) == before
     s.close()
+
+
+def test_derive_refuses_a_dtype_the_semiring_cannot_carry():
+    s = mmsb.mmsb_start(semiring="log")
+    a, b = (int(i) for i in mmsb.create_pages(s, 2, size=2, dtype=jnp.int32))
+    before, epoch = mmsb.state_digest(s), s.epoch
+    with pytest.raises(InvalidArgumentError, match="int32"):
+        mmsb.derive(s, b, lambda x: x + 1, [a], name="inc")
+    assert mmsb.state_digest(s) == before and s.epoch == epoch
+    mmsb.update_page(s, a, np.ones(2, np.int32))  # the pool is still usable
+    s.close()
+
+
+def test_derived_pages_reopen_through_exist_ok_and_orbax(tmp_path):
+    import orbax.checkpoint as ocp
+
+    path = str(tmp_path / "s")
+    s = mmsb.mmsb_start(path)
+    a, c = (int(i) for i in mmsb.create_pages(s, 2, size=2, dtype=jnp.float32))
+    mmsb.update_page(s, a, np.array([1.0, 2.0], F32))
+    mmsb.derive(s, c, _mul_self, [a], name="sq")
+    mngr = ocp.CheckpointManager(tmp_path / "ckpts")
+    mngr.save(0, args=ocp.args.Composite(mmsb=mmsb.MMSBSave(s)))
+    mngr.wait_until_finished()
+    digest = mmsb.state_digest(s)
+    s.close()
+    s = mmsb.mmsb_start(path, exist_ok=True, derive={"sq": _mul_self})
+    assert mmsb.state_digest(s) == digest and mmsb.query_page(s, c).tolist() == [1.0, 4.0]
+    s.close()
+    snap = mngr.restore(0, args=ocp.args.Composite(mmsb=mmsb.MMSBRestore(derive={"sq": _mul_self}))).mmsb
+    assert mmsb.query_page(snap, c).tolist() == [1.0, 4.0]
+    mngr.close()
+
+
+def _mul_self(x):
+    return x * x

@@ -460,3 +460,27 @@ def test_load_tree_from_a_path_after_stop(tmp_path):
     snap = mmsb.replay_to_epoch(path, None)
     assert mmsb.load_tree(snap, "t", step=7)["w"].tolist() == [1.0, 1.0, 1.0]
     assert os.path.isdir(path / "log")
+
+
+def test_flush_makes_queued_steps_survive_a_kill(tmp_path):
+    """Under fsync="batch" save_tree returns before its step is in the log; state.flush()
+    makes every step so far durable: after a SIGKILL every flushed step reopens."""
+    from helpers import run_and_kill
+
+    code = (
+        "import sys, numpy as np, mmsb_jax as mmsb\n"
+        "s = mmsb.mmsb_start(sys.argv[1])\n"
+        "for k in range(10**6):\n"
+        "    mmsb.save_tree(s, 't', {'w': np.full(4096, k, np.float32)}, step=k)\n"
+        "    if k % 5 == 4:\n"
+        "        s.flush(); print('ACK', k, flush=True)\n"
+    )
+    path = str(tmp_path / "s")
+    lines = run_and_kill(code, [path], delay=0.3)
+    acked = [int(ln.split()[1]) for ln in lines if ln.startswith("ACK")]
+    assert acked
+    state = mmsb.mmsb_open(path)
+    steps = [s for s, _ in mmsb.tree_steps(state, "t")]
+    assert steps[: acked[-1] + 1] == list(range(acked[-1] + 1))
+    assert mmsb.load_tree(state, "t", step=acked[-1])["w"][0] == acked[-1]
+    state.close()

@@ -37,7 +37,7 @@ from ._state import MMSBState
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
                segment_bytes: int = 64 << 20, mesh=None, exist_ok: bool = False,
                keep_checkpoints: int | None = None, peer_timeout: float = 60.0,
-               checkpoint_policy=None) -> MMSBState:
+               checkpoint_policy=None, derive=None) -> MMSBState:
     """Start a new state (or, with ``exist_ok=True``, open the one already at ``path``).
 
     Args:
@@ -74,6 +74,9 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         checkpoint passes the policy's bound, so reopening and ``replay_to_epoch`` of recent
         epochs stay bounded. Combine with ``keep_checkpoints`` to bound the disk too. Its
         decisions are in ``get_stats(state)["adaptive"]["checkpoint_policy"]``.
+      derive: ``{name: fn}``, the functions of derived pages (see :func:`derive`): given here,
+        :func:`derive` calls may name them; needed with ``exist_ok=True`` to reopen a state
+        that has derived pages (as for :func:`mmsb_open`).
 
     Raises:
       InvalidArgumentError: unknown ``fsync`` or ``semiring``, ``mesh`` not a ``Mesh``, a bad
@@ -106,7 +109,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
             state = mmsb_open(path, enable_gpu=enable_gpu, fsync=fsync, segment_bytes=segment_bytes, mesh=mesh,
                               semirings=(semiring,) if isinstance(semiring, Semiring) else (),
                               keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout,
-                              checkpoint_policy=checkpoint_policy, _dist=dist)
+                              checkpoint_policy=checkpoint_policy, derive=derive, _dist=dist)
             wanted = get_semiring(semiring).name
             if state.semiring.name != wanted:
                 state.close()
@@ -115,7 +118,8 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             return state
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints, checkpoint_policy=checkpoint_policy, _dist=dist)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, checkpoint_policy=checkpoint_policy,
+                      derive=derive, _dist=dist)
     state.open_log()
     return state
 

@@ -282,6 +282,10 @@ class Dependencies:
                 raise InvalidArgumentError("derive needs at least one parent")
             groups = self._edge_groups(pids, np.full(pids.size, pc), "control")
             _, _, sps, _ = groups[0]
+            if not self.semiring.accepts(pool.dtype):  # the pool's propagation runs the semiring on its pages
+                raise InvalidArgumentError(
+                    f"the state's semiring {self.semiring.name!r} cannot propagate {pool.dtype} pages "
+                    f"(derived page {pc}); use {self.semiring.dtype_kind} pages")
             check_derive_fn(name, fn, pids.size, pool)
             pg = self._pool_graphs.get(pool.index)
             graph = pg.graph if pg is not None else ShadowPageGraph()

@@ -74,7 +74,7 @@ class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):
         manifest = read_manifest(directory)
         semiring = resolve_semiring(str(manifest.get("semiring", "real")), args.semirings)
         if args.path is None:
-            snap = MMSBState(directory, semiring=semiring, _snapshot=True)
+            snap = MMSBState(directory, semiring=semiring, derive=args.derive, _snapshot=True)
             snap._restore_checkpoint(directory)
             snap.read_only = True
             return snap
@@ -84,7 +84,7 @@ class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):
         if os.path.exists(target) and os.listdir(target):
             raise SerializationError(f"MMSBRestore(path={target!r}): the directory is not empty")
         shutil.copytree(directory, os.path.join(target, "checkpoints", f"epoch-{int(manifest['epoch']):012d}"))
-        return mmsb_open(target, semirings=args.semirings)
+        return mmsb_open(target, semirings=args.semirings, derive=args.derive)
 
     def metadata(self, directory) -> dict[str, Any]:
         """The checkpoint's manifest (epoch, pools, trees, ...), without reading arrays."""
@@ -110,8 +110,10 @@ class MMSBSave(ocp.args.CheckpointArgs):
 class MMSBRestore(ocp.args.CheckpointArgs):
     """Restore as a read-only snapshot (``path=None``) or as a live state in the new directory ``path``.
 
-    ``semirings``: user-defined semirings the state's log names (as for :func:`mmsb_open`).
+    ``semirings``: user-defined semirings the state's log names; ``derive``: the functions of
+    derived pages by name (both as for :func:`mmsb_open`).
     """
 
     path: str | os.PathLike | None = None
     semirings: tuple = ()
+    derive: dict | None = None

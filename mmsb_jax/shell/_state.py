@@ -598,6 +598,21 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         if txn is not None:
             txn.commit()
 
+    def flush(self) -> None:
+        """Make every operation so far durable now: tree-journal steps still queued for the
+        background writer (``save_tree`` and tree-ring drains return before they are written
+        under ``fsync="batch"``) are written, and the log is fsynced.
+
+        Example:
+          >>> import numpy as np, mmsb_jax as mmsb
+          >>> state = mmsb.mmsb_start()
+          >>> _ = mmsb.save_tree(state, "params", {"w": np.zeros(3, np.float32)}, step=0)
+          >>> state.flush()      # the step is on disk: a crash of the process keeps it
+          >>> mmsb.mmsb_stop(state)
+        """
+        self._check_open()
+        self._flush_journal()
+
     def _flush_journal(self) -> None:
         """Make every record so far readable from the log's files (in every process)."""
         with self._lock:  # after the background tree writer's queued steps

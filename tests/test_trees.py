@@ -484,3 +484,13 @@ def test_flush_makes_queued_steps_survive_a_kill(tmp_path):
     assert steps[: acked[-1] + 1] == list(range(acked[-1] + 1))
     assert mmsb.load_tree(state, "t", step=acked[-1])["w"][0] == acked[-1]
     state.close()
+
+
+def test_unflattenable_trees_and_bad_devices_are_mmsb_errors():
+    state = mmsb.mmsb_start()
+    with pytest.raises(mmsb.InvalidArgumentError, match="flattened"):
+        mmsb.save_tree(state, "t", {1: np.zeros(2, np.float32), "a": np.zeros(2, np.float32)})
+    with pytest.raises(mmsb.InvalidArgumentError, match="device=3"):
+        mmsb.tree_ring(state, "r", {"w": np.zeros(3, np.float32)}, steps=2, device=3)
+    assert state.epoch == 0
+    state.close()

@@ -71,6 +71,14 @@ class _Job(NamedTuple):
     ring: object = None  # (spare key, (buffers, steps)) of a drained ring, a spare once read
 
 
+def _flatten(tree):
+    """``tree_flatten_with_path``, its failures (e.g. a dict whose keys cannot be sorted) as an MMSBError."""
+    try:
+        return tu.tree_flatten_with_path(tree)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"the tree cannot be flattened by jax.tree_util: {e}") from None
+
+
 def check_name(name) -> str:
     if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 255:
         raise InvalidArgumentError(f"tree name={name!r} must be a non-empty str of at most 255 bytes")
@@ -290,7 +298,7 @@ class TreeJournal:
         """Journal ``tree`` as one step of tree ``name`` in one epoch; see :func:`mmsb_jax.save_tree`."""
         self._refuse_distributed("save_tree")
         check_name(name)
-        pairs, td = tu.tree_flatten_with_path(tree)
+        pairs, td = _flatten(tree)
         paths = [tu.keystr(p) for p, _ in pairs]
         views = [host_view(x, p) for (_, x), p in zip(pairs, paths)]
         nbytes = sum(v.nbytes for v in views)
@@ -326,7 +334,7 @@ class TreeJournal:
         """A device ring for ``steps`` recorded steps of tree ``name``; see :func:`mmsb_jax.tree_ring`."""
         self._refuse_distributed("tree_ring")
         check_name(name)
-        pairs, td = tu.tree_flatten_with_path(like_tree)
+        pairs, td = _flatten(like_tree)
         paths = [tu.keystr(p) for p, _ in pairs]
         shapes, dtypes = [], []
         for (_, x), path in zip(pairs, paths):
@@ -342,6 +350,8 @@ class TreeJournal:
             else:
                 self._check_same_tree(t, like_tree, td, paths, shapes, dtypes)
                 spec = t.spec
+        if device is not None and not isinstance(device, (jax.Device, jax.sharding.Sharding)):
+            raise InvalidArgumentError(f"device={device!r} must be a jax.Device or a Sharding (or None)")
         return empty_tree_ring(name, spec.text, td, shapes, dtypes, steps, device)
 
     def _drain_tree_ring(self, ring):

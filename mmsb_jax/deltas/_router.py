@@ -120,50 +120,78 @@ def pad_rows(blocks: list, k: int, fill) -> np.ndarray:
     return np.concatenate(out)
 
 
-def last_writers(targets: np.ndarray) -> np.ndarray | None:
-    """Host-side last-writer resolution: the positions of the entries no later entry repeats,
-    in ascending order of their targets (so a scatter of the winners walks memory in order);
-    ``None`` if every target is unique.
+def last_writers(targets: np.ndarray, *, bound: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Host-side last-writer resolution: ``(positions, winners)``, the positions of the entries
+    no later entry repeats and their targets, both in ascending order of target (so a scatter
+    of the winners walks memory in order); ``None`` if every target is unique.
 
-    One numpy (SIMD) sort of packed ``(target, position)`` keys, O(m log m): measured faster on
-    the CPU here than a linear stamp pass (``stamp[target] = position``), whose random writes
-    and reads into a pool-sized array cost more than the sort (see docs/performance.md).
+    ``bound``: a known upper bound of the (non-negative) targets (skips a pass to find it).
+    One numpy (SIMD) in-place sort of packed ``(target, position)`` keys, O(m log m): on the
+    CPU here it was measured faster than a linear stamp pass (``stamp[target] = position``)
+    and than a device scatter-max of positions, whose random accesses into a pool-sized array
+    cost more than the sort (docs/performance.md).
 
     Example:
-      >>> last_writers(np.array([7, 3, 7])).tolist()
-      [1, 2]
+      >>> pos, win = last_writers(np.array([7, 3, 7]))
+      >>> pos.tolist(), win.tolist()
+      ([1, 2], [3, 7])
     """
     m = targets.shape[0]
     if m <= 1:
         return None
     pos_bits = max(1, int(m - 1).bit_length())
-    if int(targets.max()) >= (1 << (62 - pos_bits)) or int(targets.min()) < 0:
+    hi = bound if bound is not None else int(targets.max())
+    if hi >= (1 << (62 - pos_bits)) or (bound is None and int(targets.min()) < 0):
         order = np.lexsort((np.arange(m), targets))
         st = targets[order]
     else:
-        packed = np.sort((targets.astype(np.int64) << pos_bits) | np.arange(m, dtype=np.int64))
-        st = packed >> pos_bits
-        order = packed & ((1 << pos_bits) - 1)
+        key = targets.astype(np.int64)  # a copy, sorted in place below
+        np.left_shift(key, pos_bits, out=key)
+        key |= np.arange(m, dtype=np.int64)
+        key.sort()
+        order = key & ((1 << pos_bits) - 1)
+        np.right_shift(key, pos_bits, out=key)
+        st = key
     last = np.empty(m, bool)
     np.not_equal(st[1:], st[:-1], out=last[:-1])
     last[-1] = True
     if last.all():
         return None
-    return order[last]
+    return order[last], st[last]
 
 
-def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int, capacity: int) -> np.ndarray | None:
+def _row_repeats(indices: np.ndarray) -> np.ndarray:
+    """Whether each row of ``indices`` (n, k) repeats an index: for short rows by comparing
+    column pairs (measured faster than numpy's per-row sort up to k = 16), else by a row sort."""
+    n, k = indices.shape
+    if k > 16:
+        s = np.sort(indices, axis=1)
+        return (s[:, 1:] == s[:, :-1]).any(axis=1)
+    cols = [np.ascontiguousarray(indices[:, j]) for j in range(k)]
+    out = np.zeros(n, bool)
+    eq = np.empty(n, bool)
+    for j in range(1, k):
+        for i in range(j):
+            np.equal(cols[j], cols[i], out=eq)
+            out |= eq
+    return out
+
+
+def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
+                        capacity: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Host-side last-writer resolution for sparse rows ``(slots[i], indices[i, :])``.
 
-    Returns the flat positions (into the ``n * k`` entries) of the winning entries, or ``None``
-    when every target is already unique. Cheap checks first: a page that appears once in the
-    batch can only repeat targets within its own row (a row sort of those rows finds that);
-    only rows of repeated pages (and rows with repeats of their own) go through the
-    (target, position) sort, whose winners come out in target order.
+    Returns ``(positions, targets)``: the flat positions (into the ``n * k`` entries) of the
+    winning entries and their flat targets ``slot * page_elems + index``, or ``None`` when
+    every target is already unique. Cheap checks first: a page that appears once in the batch
+    can only repeat targets within its own row (a row check of those rows finds that); only
+    rows of repeated pages (and rows with repeats of their own) go through the (target,
+    position) sort, whose winners come out in target order.
 
     Example:
-      >>> sparse_rows_winners(np.array([0, 1, 0]), np.array([[1], [1], [1]]), 4, 2).tolist()
-      [1, 2]
+      >>> pos, tgt = sparse_rows_winners(np.array([0, 1, 0]), np.array([[1], [1], [1]]), 4, 2)
+      >>> pos.tolist(), tgt.tolist()
+      ([1, 2], [5, 1])
     """
     n, k = indices.shape
     if n == 0 or k == 0:
@@ -172,21 +200,23 @@ def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
     sel = counts[slots] > 1
     single = np.flatnonzero(~sel)
     if single.size and k > 1:
-        s = np.sort(indices[single], axis=1)
-        sel[single[(s[:, 1:] == s[:, :-1]).any(axis=1)]] = True
+        sel[single[_row_repeats(indices if single.size == n else indices[single])]] = True
     if not sel.any():
         return None
+    bound = capacity * page_elems
     if sel.all():
         targets = slots.astype(np.int64)[:, None] * page_elems + indices
-        return last_writers(targets.reshape(-1))
+        return last_writers(targets.reshape(-1), bound=bound)
     rows = np.flatnonzero(sel)
     targets = (slots[rows, None].astype(np.int64) * page_elems + indices[rows]).reshape(-1)
-    sub = last_writers(targets)
+    sub = last_writers(targets, bound=bound)
     if sub is None:  # repeated pages, but no repeated target
         return None
+    rest_rows = np.flatnonzero(~sel)
+    rest = (rest_rows[:, None] * k + np.arange(k)).reshape(-1)
+    rest_targets = (slots[rest_rows, None].astype(np.int64) * page_elems + indices[rest_rows]).reshape(-1)
     entries = (rows[:, None] * k + np.arange(k)).reshape(-1)
-    rest = (np.flatnonzero(~sel)[:, None] * k + np.arange(k)).reshape(-1)
-    return np.concatenate([rest, entries[sub]])
+    return np.concatenate([rest, entries[sub[0]]]), np.concatenate([rest_targets, sub[1]])
 
 
 @pool_jit

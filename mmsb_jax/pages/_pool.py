@@ -51,7 +51,7 @@ def bucket(n: int, minimum: int = 8, steps: int = 1) -> int:
 
     Example:
       >>> bucket(1_600_000), bucket(1_600_000, steps=8)
-      (2097152, 1638400)
+      (2097152, 1703936)
     """
     n = max(int(n), minimum)
     size = 1 << (n - 1).bit_length()

@@ -88,6 +88,8 @@ class BatchRouting:
                     f"batch entry {i} (page {int(pids[i])}): values dtype {vals.dtype} does not match the page dtype {pool.dtype}"
                 )
             sub = ind[rows]
+            if sub.size and int(sub.min()) >= 0 and int(sub.max()) < pool.page_elems:
+                continue  # every index inside the page (two reductions, no temporaries)
             out = (sub < 0) | (sub >= pool.page_elems)
             if out.any():
                 r, c = np.argwhere(out)[0]
@@ -145,11 +147,12 @@ class BatchRouting:
                 self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
-            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
+            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32, copy=False)).reshape(-1)
             v = vals[rows].reshape(-1)
             win = sparse_rows_winners(slots, sub_ind, pool.page_elems, pool.capacity)
             if win is not None:  # the winners, in target order (the scatter then walks memory in order)
-                targets, v = targets[win], v[win]
+                v = v[win[0]]
+                targets = win[1].astype(np.int32)
             # pad to one of 8 sizes per octave (few compiled shapes, at most 12.5% padding) with
             # distinct targets past the end (dropped)
             m = bucket(targets.shape[0], steps=8)

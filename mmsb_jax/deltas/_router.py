@@ -120,12 +120,14 @@ def pad_rows(blocks: list, k: int, fill) -> np.ndarray:
     return np.concatenate(out)
 
 
-def last_writers(targets: np.ndarray, *, bound: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def last_writers(targets: np.ndarray, *, bound: int | None = None,
+                 scratch: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Host-side last-writer resolution: ``(positions, winners)``, the positions of the entries
     no later entry repeats and their targets, both in ascending order of target (so a scatter
     of the winners walks memory in order); ``None`` if every target is unique.
 
-    ``bound``: a known upper bound of the (non-negative) targets (skips a pass to find it).
+    ``bound``: a known upper bound of the (non-negative) targets (skips a pass to find it);
+    ``scratch``: ``targets`` is an int64 temporary of the caller's that may be overwritten.
     One numpy (SIMD) in-place sort of packed ``(target, position)`` keys, O(m log m): on the
     CPU here it was measured faster than a linear stamp pass (``stamp[target] = position``)
     and than a device scatter-max of positions, whose random accesses into a pool-sized array
@@ -145,7 +147,7 @@ def last_writers(targets: np.ndarray, *, bound: int | None = None) -> tuple[np.n
         order = np.lexsort((np.arange(m), targets))
         st = targets[order]
     else:
-        key = targets.astype(np.int64)  # a copy, sorted in place below
+        key = targets if scratch and targets.dtype == np.int64 else targets.astype(np.int64)  # sorted in place
         np.left_shift(key, pos_bits, out=key)
         key |= np.arange(m, dtype=np.int64)
         key.sort()
@@ -206,10 +208,10 @@ def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
     bound = capacity * page_elems
     if sel.all():
         targets = slots.astype(np.int64)[:, None] * page_elems + indices
-        return last_writers(targets.reshape(-1), bound=bound)
+        return last_writers(targets.reshape(-1), bound=bound, scratch=True)
     rows = np.flatnonzero(sel)
     targets = (slots[rows, None].astype(np.int64) * page_elems + indices[rows]).reshape(-1)
-    sub = last_writers(targets, bound=bound)
+    sub = last_writers(targets, bound=bound, scratch=True)
     if sub is None:  # repeated pages, but no repeated target
         return None
     rest_rows = np.flatnonzero(~sel)

@@ -147,12 +147,14 @@ class BatchRouting:
                 self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
-            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32, copy=False)).reshape(-1)
             v = vals[rows].reshape(-1)
             win = sparse_rows_winners(slots, sub_ind, pool.page_elems, pool.capacity)
             if win is not None:  # the winners, in target order (the scatter then walks memory in order)
                 v = v[win[0]]
                 targets = win[1].astype(np.int32)
+            else:
+                targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems)
+                           + sub_ind.astype(np.int32, copy=False)).reshape(-1)
             # pad to one of 8 sizes per octave (few compiled shapes, at most 12.5% padding) with
             # distinct targets past the end (dropped)
             m = bucket(targets.shape[0], steps=8)

@@ -15,6 +15,7 @@ from .deltas import (
 )
 from ._errors import (
     CorruptLogError as CorruptLogError,
+    DeriveFunctionError as DeriveFunctionError,
     DivergenceError as DivergenceError,
     GPUFallbackWarning as GPUFallbackWarning,
     GraphCycleError as GraphCycleError,
@@ -33,12 +34,14 @@ from ._errors import (
 )
 
 from . import adaptive as adaptive
+from .adaptive import CheckpointPolicy as CheckpointPolicy
 from . import graph as graph
 from . import log as log
 from .shell import (
     MMSBState as MMSBState,
     Page as Page,
     add_dependency as add_dependency,
+    add_dependencies as add_dependencies,
     batch_route_deltas as batch_route_deltas,
     checkpoint as checkpoint,
     compact_log as compact_log,
@@ -54,6 +57,8 @@ from .shell import (
     query_log as query_log,
     query_page as query_page,
     remove_dependency as remove_dependency,
+    remove_dependencies as remove_dependencies,
+    derive as derive,
     replay_to_epoch as replay_to_epoch,
     route_delta as route_delta,
     route_sparse_batch as route_sparse_batch,

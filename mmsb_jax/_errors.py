@@ -115,6 +115,19 @@ class PeerLostError(MMSBError, RuntimeError):
         super().__init__(message)
 
 
+class DeriveFunctionError(MMSBError, LookupError):
+    """A derived page's function is missing (not given to ``mmsb_open(derive=...)``), or does
+    not fit its parents (their number, or the page shape and dtype it must return).
+
+    Attributes:
+      name: the name the function is logged under.
+    """
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(message)
+
+
 class GPUFallbackWarning(UserWarning):
     """A GPU was asked for but none is usable; pages live on the CPU instead."""
 

@@ -1,11 +1,16 @@
 """Layer 5 (adaptive): decisions that change how the state runs, never what a reader sees.
 
-Today: which implementation runs a hot operation (a Pallas kernel or the XLA path), chosen by
-measurement (:data:`MEASURED_FASTER`). May import every layer below the shell
+Which implementation runs a hot operation (a Pallas kernel or the XLA path), chosen by
+measurement (:data:`MEASURED_FASTER`); when to checkpoint so the replay tail stays bounded
+(:class:`CheckpointPolicy`). May import every layer below the shell
 (``pages``, ``deltas``, ``log``, ``graph``, ``semirings``); it imports ``pallas_kernels`` only
 lazily, inside the functions that run a kernel, so the packages form no import circle.
 """
 
+from ._checkpoint_policy import (
+    CheckpointPolicy as CheckpointPolicy,
+    checkpoint_policy as checkpoint_policy,
+)
 from ._kernels import (
     KERNELS as KERNELS,
     MEASURED_FASTER as MEASURED_FASTER,

@@ -420,6 +420,27 @@ class ShadowPageGraph:
             self._children = self._parents = None
         self._version += 1
 
+    def remove_dependencies(self, us, vs) -> None:
+        """Remove many edges at once (the nodes stay); all or nothing.
+
+        Raises:
+          InvalidArgumentError: an edge of the batch is not in the graph (or is a derive edge,
+            or is repeated); no edge is removed.
+        """
+        us, vs = np.asarray(us), np.asarray(vs)
+        if us.shape != vs.shape or us.ndim != 1:
+            raise InvalidArgumentError(f"us and vs must be 1-D of equal length, got {us.shape=} {vs.shape=}")
+        pairs = list(zip(us.tolist(), vs.tolist()))
+        if len(set(pairs)) != len(pairs):
+            raise InvalidArgumentError("the batch removes an edge twice")
+        slots = [self._slot(u, v) for u, v in pairs]  # raises before anything is removed
+        for (u, v), slot in zip(pairs, slots):
+            if self._type[slot] == DERIVE:
+                raise InvalidArgumentError(f"edge ({u}, {v}) is a derive edge; use underive({v})")
+        for (u, v), slot in zip(pairs, slots):
+            self._remove_slot(u, v, slot)
+        self._maybe_compact()
+
     def _bulk_check(self, new_src, new_dst) -> None:
         m = self._alive[: self._n]
         src = np.concatenate([self._src[: self._n][m], new_src])

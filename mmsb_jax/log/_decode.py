@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,11 +23,14 @@ from ._encode import (
     Kind,
     body_accumulate,
     body_add_dep,
+    body_add_deps,
     body_commit,
     body_create_pages,
     body_delete_pages,
     body_dense,
+    body_derive,
     body_remove_dep,
+    body_remove_deps,
     body_rows,
     body_sparse,
     body_sparse_batch,
@@ -95,6 +98,7 @@ class CreatePages(LogRecord):
     shape: tuple
     dtype: str
     location: str
+    fill: Any = None  # a scalar of the page dtype every element starts at; None: zeros
 
     @property
     def page_ids(self) -> range:
@@ -104,7 +108,7 @@ class CreatePages(LogRecord):
         return self.first_page_id <= page_id < self.first_page_id + self.count
 
     def _body(self):
-        return body_create_pages(self.first_page_id, self.count, self.shape, self.dtype, self.location)
+        return body_create_pages(self.first_page_id, self.count, self.shape, self.dtype, self.location, self.fill)
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, eq=False)
@@ -219,6 +223,56 @@ class RemoveDep(LogRecord):
         return body_remove_dep(self.parent, self.child)
 
 
+def _touches_any(page_id: int, *arrays) -> bool:
+    return 0 <= page_id <= U64_MAX and any(bool(np.any(a == np.uint64(page_id))) for a in arrays)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class AddDeps(LogRecord):
+    """Edges ``parents[i] -> children[i]`` in one epoch; a NaN weight is the semiring's one."""
+
+    kind: ClassVar[Kind] = Kind.ADD_DEPS
+    parents: np.ndarray
+    children: np.ndarray
+    weights: np.ndarray
+    edge_type: str = ""
+
+    def touches(self, page_id: int) -> bool:
+        return _touches_any(page_id, self.parents, self.children)
+
+    def _body(self):
+        return body_add_deps(self.parents, self.children, self.weights, self.edge_type)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class RemoveDeps(LogRecord):
+    kind: ClassVar[Kind] = Kind.REMOVE_DEPS
+    parents: np.ndarray
+    children: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return _touches_any(page_id, self.parents, self.children)
+
+    def _body(self):
+        return body_remove_deps(self.parents, self.children)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Derive(LogRecord):
+    """Page ``child`` is computed by the function registered as ``name`` from ``parents``."""
+
+    kind: ClassVar[Kind] = Kind.DERIVE
+    child: int
+    name: str
+    parents: np.ndarray
+
+    def touches(self, page_id: int) -> bool:
+        return page_id == self.child or _touches_any(page_id, self.parents)
+
+    def _body(self):
+        return body_derive(self.child, self.name, self.parents)
+
+
 @dataclasses.dataclass(kw_only=True, slots=True, eq=False)
 class Commit(LogRecord):
     """End of a multi-record batch: ``count`` records of this epoch precede it."""
@@ -281,7 +335,7 @@ class TreeStep(LogRecord):
 RECORD_TYPES: dict[Kind, type[LogRecord]] = {
     cls.kind: cls
     for cls in (CreatePages, DeletePages, Dense, Sparse, SparseBatch, Accumulate, AddDep, RemoveDep, Commit,
-                Rows, TreeDef, TreeStep)
+                AddDeps, RemoveDeps, Derive, Rows, TreeDef, TreeStep)
 }
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +466,14 @@ def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dic
             raise BadRecord("inconsistent CREATE_PAGES shape")
         dtype_from_name(dt)
         shape = tuple(int(s) for s in shp)
-        return CreatePages(first_page_id=first, count=count, shape=shape, dtype=dt, location=loc, **common)
+        fill = None
+        if p < end:  # the optional fill value
+            f, p = _rd_arr(buf, p, end, True)
+            if f.shape != (1,) or f.dtype != dtype_from_name(dt):
+                raise BadRecord(f"CREATE_PAGES fill is {f.dtype}{f.shape}, not one {dt} value")
+            fill = f[0]
+        return CreatePages(first_page_id=first, count=count, shape=shape, dtype=dt, location=loc, fill=fill,
+                           **common)
     if kind == Kind.DELETE_PAGES:
         pids, p = _rd_arr(buf, p, end, copy)
         if pids.dtype != np.uint64 or pids.ndim != 1:
@@ -427,6 +488,26 @@ def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dic
         _need(p, 16, end)
         parent, child = _QQ.unpack_from(buf, p)
         return RemoveDep(parent=parent, child=child, **common)
+    if kind in (Kind.ADD_DEPS, Kind.REMOVE_DEPS):
+        u, p = _rd_arr(buf, p, end, copy)
+        v, p = _rd_arr(buf, p, end, copy)
+        if u.dtype != np.uint64 or v.dtype != np.uint64 or u.ndim != 1 or v.shape != u.shape:
+            raise BadRecord(f"inconsistent {Kind(kind).name} ends")
+        if kind == Kind.REMOVE_DEPS:
+            return RemoveDeps(parents=u, children=v, **common)
+        w, p = _rd_arr(buf, p, end, copy)
+        if w.dtype != np.float64 or w.shape != u.shape:
+            raise BadRecord("inconsistent ADD_DEPS weights")
+        et, p = _rd_str(buf, p, end)
+        return AddDeps(parents=u, children=v, weights=w, edge_type=et, **common)
+    if kind == Kind.DERIVE:
+        _need(p, 8, end)
+        (child,) = _Q.unpack_from(buf, p)
+        name, p = _rd_str(buf, p + 8, end)
+        parents, p = _rd_arr(buf, p, end, copy)
+        if not name or parents.dtype != np.uint64 or parents.ndim != 1:
+            raise BadRecord("inconsistent DERIVE fields")
+        return Derive(child=child, name=name, parents=parents, **common)
     if kind == Kind.COMMIT:
         _need(p, 8, end)
         return Commit(count=_Q.unpack_from(buf, p)[0], **common)

@@ -60,6 +60,9 @@ class Kind(enum.IntEnum):
     ADD_DEP = 7
     REMOVE_DEP = 8
     COMMIT = 9
+    ADD_DEPS = 10
+    REMOVE_DEPS = 11
+    DERIVE = 12
     ROWS = 13
     TREE_DEF = 14
     TREE_STEP = 15
@@ -226,7 +229,14 @@ def _shape(shape: Any) -> tuple[int, ...]:
 _CREATE_TAIL: dict[tuple, bytes] = {}
 
 
-def body_create_pages(first_page_id, count, shape, dtype, location) -> tuple[int, list]:
+def body_create_pages(first_page_id, count, shape, dtype, location, fill=None) -> tuple[int, list]:
+    """CREATE_PAGES; ``fill`` (a scalar of the page dtype, or ``None`` for zeros) is an
+    optional trailing one-element array block: every element of the new pages holds it."""
+    if fill is not None:
+        kind, parts = body_create_pages(first_page_id, count, shape, dtype, location)
+        parts = list(parts)
+        _arr_parts(np.asarray(fill, dtype_from_name(dtype_name(dtype))).reshape(1), parts)
+        return kind, parts
     try:  # the (shape, dtype, location) tail repeats for every page of a pool: cache it
         key = (shape, dtype, location)
         tail = _CREATE_TAIL.get(key)
@@ -340,6 +350,47 @@ def body_add_dep(parent, child, weight, edge_type) -> tuple[int, list]:
 
 def body_remove_dep(parent, child) -> tuple[int, list]:
     return Kind.REMOVE_DEP, [_QQ.pack(_u64(parent, "parent"), _u64(child, "child"))]
+
+
+def _dep_ends(parents, children) -> tuple[np.ndarray, np.ndarray]:
+    u, v = _ids(parents, "parents").reshape(-1), _ids(children, "children").reshape(-1)
+    if u.shape != v.shape:
+        raise InvalidArgumentError(f"parents and children differ in length ({u.shape[0]} vs {v.shape[0]})")
+    return u, v
+
+
+def body_add_deps(parents, children, weights, edge_type) -> tuple[int, list]:
+    """ADD_DEPS: edges ``parents[i] -> children[i]`` of one ``edge_type``; ``weights`` (n,)
+    float64 where NaN is the semiring's one (or ``None``: every weight is the one)."""
+    u, v = _dep_ends(parents, children)
+    w = np.full(u.shape, np.nan) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    if w.shape != u.shape:
+        raise InvalidArgumentError(f"{u.shape[0]} edges need {u.shape[0]} weights, got {w.shape[0]}")
+    parts: list = []
+    _arr_parts(u, parts)
+    _arr_parts(v, parts)
+    _arr_parts(w.astype("<f8", copy=False), parts)
+    _str_parts(edge_type, parts, "edge_type")
+    return Kind.ADD_DEPS, parts
+
+
+def body_remove_deps(parents, children) -> tuple[int, list]:
+    """REMOVE_DEPS: edges ``parents[i] -> children[i]``."""
+    u, v = _dep_ends(parents, children)
+    parts: list = []
+    _arr_parts(u, parts)
+    _arr_parts(v, parts)
+    return Kind.REMOVE_DEPS, parts
+
+
+def body_derive(child, name, parents) -> tuple[int, list]:
+    """DERIVE: page ``child`` is ``fn(*parents)`` for the function registered as ``name``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"derive name={name!r} must be a non-empty str")
+    parts = [_Q.pack(_u64(child, "child"))]
+    _str_parts(name, parts, "name")
+    _arr_parts(_ids(parents, "parents").reshape(-1), parts)
+    return Kind.DERIVE, parts
 
 
 def body_commit(count: int) -> tuple[int, list]:

@@ -48,6 +48,9 @@ from ._encode import (
     body_dense,
     body_dense_packed,
     body_remove_dep,
+    body_remove_deps,
+    body_derive,
+    body_add_deps,
     body_rows,
     body_sparse,
     body_sparse_batch,
@@ -256,6 +259,7 @@ class TLog:
         self._last_epoch: int | None = None
         self._fsyncs = 0
         self._appends = 0
+        self._appended_bytes = 0
         self._failed: BaseException | None = None
         self._sig = _FlushSignal()
         self._thread: threading.Thread | None = None
@@ -399,6 +403,7 @@ class TLog:
                 self._buf_bytes += nbytes
                 self._active_size += nbytes
                 self._appends += len(kinds)
+                self._appended_bytes += nbytes
                 for k in kinds:
                     counts[k] = counts.get(k, 0) + 1
             self._seq += 1
@@ -456,9 +461,10 @@ class TLog:
             chunks, nbytes = frame_chunks(epoch, kind, 0, time.time_ns(), src, parts)
             self._push(epoch, chunks, nbytes, [kind])
 
-    def log_create_pages(self, epoch, first_page_id, count, shape, dtype, location="cpu", *, source=None):
-        """CREATE_PAGES: pages ``first_page_id .. first_page_id+count-1`` of ``shape``/``dtype``."""
-        self._emit(epoch, *body_create_pages(first_page_id, count, shape, dtype, location), source)
+    def log_create_pages(self, epoch, first_page_id, count, shape, dtype, location="cpu", fill=None, *, source=None):
+        """CREATE_PAGES: pages ``first_page_id .. first_page_id+count-1`` of ``shape``/``dtype``,
+        every element ``fill`` (``None``: zero)."""
+        self._emit(epoch, *body_create_pages(first_page_id, count, shape, dtype, location, fill), source)
 
     def log_delete_pages(self, epoch, page_ids, *, source=None):
         """DELETE_PAGES: ``page_ids`` (int array-like)."""
@@ -492,6 +498,18 @@ class TLog:
     def log_remove_dep(self, epoch, parent, child, *, source=None):
         """REMOVE_DEP: edge ``parent -> child``."""
         self._emit(epoch, *body_remove_dep(parent, child), source)
+
+    def log_add_deps(self, epoch, parents, children, weights=None, edge_type="", *, source=None):
+        """ADD_DEPS: edges ``parents[i] -> children[i]``; a NaN weight is the semiring's one."""
+        self._emit(epoch, *body_add_deps(parents, children, weights, edge_type), source)
+
+    def log_remove_deps(self, epoch, parents, children, *, source=None):
+        """REMOVE_DEPS: edges ``parents[i] -> children[i]``."""
+        self._emit(epoch, *body_remove_deps(parents, children), source)
+
+    def log_derive(self, epoch, child, name, parents, *, source=None):
+        """DERIVE: page ``child`` is the function registered as ``name`` of ``parents``."""
+        self._emit(epoch, *body_derive(child, name, parents), source)
 
     def log_rows(self, epoch, page_id, row_len, rows, values, *, source=None):
         """ROWS: rows ``rows`` (int32, (r,)) of ``row_len`` elements of the flat page become
@@ -707,6 +725,10 @@ class TLog:
                     out.append(self._active_info())
             return out
 
+    def appended(self) -> tuple[int, int]:
+        """``(records, bytes)`` appended by this writer since it was opened."""
+        return self._appends, self._appended_bytes
+
     def stats(self) -> dict[str, Any]:
         """Counts over the whole log (older segments by a cached header walk) plus this
         writer's counters."""
@@ -828,8 +850,8 @@ class TLogBatch:
         self._kinds.append(kind)
         self._nbytes += nbytes
 
-    def log_create_pages(self, first_page_id, count, shape, dtype, location="cpu", *, source=None):
-        self._add(*body_create_pages(first_page_id, count, shape, dtype, location), source)
+    def log_create_pages(self, first_page_id, count, shape, dtype, location="cpu", fill=None, *, source=None):
+        self._add(*body_create_pages(first_page_id, count, shape, dtype, location, fill), source)
 
     def log_delete_pages(self, page_ids, *, source=None):
         self._add(*body_delete_pages(page_ids), source)
@@ -854,6 +876,15 @@ class TLogBatch:
 
     def log_remove_dep(self, parent, child, *, source=None):
         self._add(*body_remove_dep(parent, child), source)
+
+    def log_add_deps(self, parents, children, weights=None, edge_type="", *, source=None):
+        self._add(*body_add_deps(parents, children, weights, edge_type), source)
+
+    def log_remove_deps(self, parents, children, *, source=None):
+        self._add(*body_remove_deps(parents, children), source)
+
+    def log_derive(self, child, name, parents, *, source=None):
+        self._add(*body_derive(child, name, parents), source)
 
     def log_rows(self, page_id, row_len, rows, values, *, source=None):
         self._add(*body_rows(page_id, row_len, rows, values), source)

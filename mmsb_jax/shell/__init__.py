@@ -9,6 +9,7 @@ from its files; a state over several JAX processes agrees on each operation acro
 
 from ._api import (
     add_dependency as add_dependency,
+    add_dependencies as add_dependencies,
     batch_route_deltas as batch_route_deltas,
     checkpoint as checkpoint,
     create_page as create_page,
@@ -21,6 +22,8 @@ from ._api import (
     query_log as query_log,
     query_page as query_page,
     remove_dependency as remove_dependency,
+    remove_dependencies as remove_dependencies,
+    derive as derive,
     replay_to_epoch as replay_to_epoch,
     route_delta as route_delta,
     route_sparse_batch as route_sparse_batch,

@@ -35,7 +35,8 @@ from ._state import MMSBState
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
                segment_bytes: int = 64 << 20, mesh=None, exist_ok: bool = False,
-               keep_checkpoints: int | None = None, peer_timeout: float = 60.0) -> MMSBState:
+               keep_checkpoints: int | None = None, peer_timeout: float = 60.0,
+               checkpoint_policy=None) -> MMSBState:
     """Start a new state (or, with ``exist_ok=True``, open the one already at ``path``).
 
     Args:
@@ -66,6 +67,12 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
         newest; older ones are deleted after each new one is complete). ``None``: keep all.
       peer_timeout: a state spread over several processes: how many seconds one process
         waits for the others at an operation before raising ``PeerLostError``.
+      checkpoint_policy: ``None`` (checkpoints only when asked), ``"auto"`` or a
+        :class:`~mmsb_jax.CheckpointPolicy`: after an operation, a background checkpoint is
+        taken when the estimated replay time (or the bytes) of the log since the newest
+        checkpoint passes the policy's bound, so reopening and ``replay_to_epoch`` of recent
+        epochs stay bounded. Combine with ``keep_checkpoints`` to bound the disk too. Its
+        decisions are in ``get_stats(state)["adaptive"]["checkpoint_policy"]``.
 
     Raises:
       InvalidArgumentError: unknown ``fsync`` or ``semiring``, ``mesh`` not a ``Mesh``, a bad
@@ -97,7 +104,8 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             state = mmsb_open(path, enable_gpu=enable_gpu, fsync=fsync, segment_bytes=segment_bytes, mesh=mesh,
                               semirings=(semiring,) if isinstance(semiring, Semiring) else (),
-                              keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout, _dist=dist)
+                              keep_checkpoints=keep_checkpoints, peer_timeout=peer_timeout,
+                              checkpoint_policy=checkpoint_policy, _dist=dist)
             wanted = get_semiring(semiring).name
             if state.semiring.name != wanted:
                 state.close()
@@ -106,7 +114,7 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
                 )
             return state
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints, _dist=dist)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, checkpoint_policy=checkpoint_policy, _dist=dist)
     state.open_log()
     return state
 
@@ -140,7 +148,7 @@ def mmsb_stop(state: MMSBState, checkpoint_path=None) -> str | None:
 
 def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery: str = "torn_tail",
               semirings=(), segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
-              peer_timeout: float = 60.0, _dist=None) -> MMSBState:
+              peer_timeout: float = 60.0, derive=None, checkpoint_policy=None, _dist=None) -> MMSBState:
     """Reopen a state: its newest valid checkpoint, then every log record after it.
 
     The result equals a full replay of the log from an empty state, bit for bit
@@ -160,10 +168,15 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
       mesh: shard the pools over this mesh (see :func:`mmsb_start`); a mesh over every
         process of a ``jax.distributed`` job reopens one state in all of them (each restores
         only its shards), whatever number of processes wrote it.
-      keep_checkpoints, peer_timeout: see :func:`mmsb_start`.
+      keep_checkpoints, peer_timeout, checkpoint_policy: see :func:`mmsb_start` (a reopen
+        whose replayed tail is already past the policy's bound takes a checkpoint at once).
+      derive: ``{name: fn}``, the functions of derived pages (:func:`derive`) by the name they
+        were logged under.
 
     Raises:
       InvalidArgumentError: ``path`` is not a path, or a bad option.
+      DeriveFunctionError: a derived page's function is not in ``derive``, or does not fit
+        its parents (named in the error).
       SerializationError: nothing to open at ``path``, damaged settings or checkpoints that no
         older checkpoint or log can stand in for, or a log that does not continue them;
         ``CorruptLogError`` (a subclass) names file and offset.
@@ -182,7 +195,8 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
 
     semiring = find() if dist is None else dist.everywhere("find the state", find)[0]
     state = MMSBState(path, enable_gpu=enable_gpu, semiring=semiring, fsync=fsync, segment_bytes=segment_bytes,
-                      mesh=mesh, keep_checkpoints=keep_checkpoints, _dist=dist)
+                      mesh=mesh, keep_checkpoints=keep_checkpoints, derive=derive,
+                      checkpoint_policy=checkpoint_policy, _dist=dist)
     with paused(state):  # every process replays the same files: no agreement per record
         if dist is None:
             report = rebuild(state, path, mode=recovery, semirings=semirings)
@@ -200,17 +214,20 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         state.checkpoint()
         if state._writes_files:
             update_state_file(path, closed_at=state.epoch)
+    elif state._ckpt_policy is not None:
+        state._maybe_checkpoint()  # the tail this open replayed may already be past the bound
     return state
 
 
 @collective("replay_to_epoch")
-def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBState:
+def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=(), derive=None) -> MMSBState:
     """A read-only snapshot of the state as it was right after ``epoch``.
 
     Built from the newest checkpoint at or before ``epoch`` plus the log records up to it
     (batched through the router). Query it with :func:`query_page`; ``snap.epoch == epoch``.
     The snapshot of a state spread over several processes is spread over them the same way
-    (every process calls this, and then queries it, alike).
+    (every process calls this, and then queries it, alike). ``derive``: the functions of
+    derived pages (as for :func:`mmsb_open`; a live state lends its own).
     Writes raise ``ReadOnlyError``. ``epoch=None`` replays everything (the state's last epoch).
 
     Raises:
@@ -237,6 +254,7 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
         path, last = path_or_state.path, path_or_state.epoch
         semiring = path_or_state.semiring
         mesh = path_or_state.mesh if path_or_state._dist is not None else None
+        derive = {**path_or_state._derive_fns, **(derive or {})}
     else:
         path, last, semiring, mesh = _inputs.path(path_or_state, "path_or_state"), None, None, None
         require_state(path)
@@ -248,7 +266,7 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=()) -> MMSBSt
         raise InvalidArgumentError(f"epoch={epoch} is past the state's last epoch {last}")
     if semiring is None:
         semiring = resolve_semiring(state_semiring(path), semirings)
-    snap = MMSBState(path, semiring=semiring, mesh=mesh, _snapshot=True)
+    snap = MMSBState(path, semiring=semiring, mesh=mesh, derive=derive, _snapshot=True)
     with paused(snap):
         snap.recovery_report = rebuild(snap, path, end_epoch=None if epoch is None else int(epoch), semirings=semirings)
     snap.read_only = True
@@ -284,14 +302,19 @@ def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list
     return query_records(os.path.join(path, "log"), page_id=page_id, epochs=epochs, source=source, kinds=kinds)
 
 
-def create_page(state: MMSBState, size=None, dtype=jnp.uint8, location: str = "cpu", *, shape=None) -> Page:
-    """Create one zero-filled page in a new epoch.
+def create_page(state: MMSBState, size=None, dtype=jnp.uint8, location: str = "cpu", *, shape=None,
+                fill=None) -> Page:
+    """Create one page in a new epoch, zero-filled (or every element ``fill``).
 
     Args:
       size: number of elements of a 1-D page (or give ``shape=``).
       dtype: page dtype (bool, integer or float).
       location: ``"cpu"`` or ``"gpu"`` (falls back to the CPU, with a warning, without one).
       shape: the page shape, for pages of more than one dimension.
+      fill: ``None`` (zeros), a value of the page's dtype, or ``"zero"`` / ``"one"``: the
+        state's semiring's zero / one for the dtype. A page made with ``fill="zero"`` and given
+        dependencies is a passthrough of its parents under any semiring (under tropical, numeric
+        0 is the semiring's *one*: ``min(0, parent)`` would hide a positive parent).
 
     Returns:
       a :class:`Page` handle; ``page.id`` names the page.
@@ -306,12 +329,19 @@ def create_page(state: MMSBState, size=None, dtype=jnp.uint8, location: str = "c
       >>> mmsb.create_page(state, shape=(2, 3), dtype=jnp.float32)
       Page(id=0, shape=(2, 3), dtype=float32, location='cpu')
       >>> mmsb.mmsb_stop(state)
+      >>> state = mmsb.mmsb_start(semiring="tropical")
+      >>> child = mmsb.create_page(state, size=2, dtype=jnp.int32, fill="zero")
+      >>> mmsb.query_page(state, child.id).tolist()   # int32's tropical zero: its largest value
+      [2147483647, 2147483647]
+      >>> mmsb.mmsb_stop(state)
     """
-    return state.create_page(size, dtype, location, shape=shape)
+    return state.create_page(size, dtype, location, shape=shape, fill=fill)
 
 
-def create_pages(state: MMSBState, n: int, size=None, dtype=jnp.uint8, location: str = "cpu", *, shape=None) -> np.ndarray:
-    """Create ``n`` zero-filled pages of one spec in a single epoch; returns their ids.
+def create_pages(state: MMSBState, n: int, size=None, dtype=jnp.uint8, location: str = "cpu", *, shape=None,
+                 fill=None) -> np.ndarray:
+    """Create ``n`` pages of one spec in a single epoch; returns their ids. ``fill`` as for
+    :func:`create_page` (default: zeros).
 
     Example:
       >>> import mmsb_jax as mmsb
@@ -320,7 +350,7 @@ def create_pages(state: MMSBState, n: int, size=None, dtype=jnp.uint8, location:
       [0, 1, 2]
       >>> mmsb.mmsb_stop(state)
     """
-    return state.create_pages(n, size, dtype, location, shape=shape)
+    return state.create_pages(n, size, dtype, location, shape=shape, fill=fill)
 
 
 def update_page(state: MMSBState, page_id, data) -> int | None:
@@ -462,9 +492,14 @@ def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type
 
     New pages hold numeric zeros. Under the real, boolean and max-times semirings that is the
     semiring's zero, so a child with one parent of weight one reads its parent's value (a
-    passthrough copy). Under tropical (zero ``+inf``), max-plus and log (``-inf``) it is not:
-    ``0`` is tropical's *one*, and ``min(0, parent)`` hides a positive parent. For a passthrough
-    there, first write the semiring's zero into the child, as the second example shows.
+    passthrough copy), on every dtype (a uint8 child of uint8 parents sums them modulo 256).
+    Under tropical (zero ``+inf``), max-plus and log (``-inf``) it is not: ``0`` is tropical's
+    *one*, and ``min(0, parent)`` hides a positive parent. For a passthrough there, create the
+    child with ``fill="zero"`` (:func:`create_page`), as the second example shows.
+
+    The edit is logged at once; the child's value is recomputed (through the new edge's cone
+    under min/max/or semirings) when it is next read or written, so many edits in a row cost
+    one propagation. Many edges at once: :func:`add_dependencies`.
 
     Raises:
       PageNotFoundError: an unknown page.
@@ -488,9 +523,9 @@ def add_dependency(state: MMSBState, parent_id, child_id, weight=None, edge_type
       Under tropical, a passthrough child starts at the semiring's zero:
 
       >>> state = mmsb.mmsb_start(semiring="tropical")
-      >>> parent, child = (mmsb.create_page(state, size=2, dtype=jnp.float32) for _ in range(2))
+      >>> parent = mmsb.create_page(state, size=2, dtype=jnp.float32)
+      >>> child = mmsb.create_page(state, size=2, dtype=jnp.float32, fill="zero")
       >>> _ = mmsb.update_page(state, parent.id, jnp.array([5.0, 6.0]))
-      >>> _ = mmsb.update_page(state, child.id, jnp.full(2, state.semiring.zero, jnp.float32))
       >>> _ = mmsb.add_dependency(state, parent.id, child.id)
       >>> mmsb.query_page(state, child.id).tolist()
       [5.0, 6.0]
@@ -506,6 +541,100 @@ def remove_dependency(state: MMSBState, parent_id, child_id) -> int:
       InvalidArgumentError: there is no such dependency.
     """
     return state.remove_dependency(parent_id, child_id)
+
+
+def add_dependencies(state: MMSBState, parents, children, weights=None, edge_type: str = "data") -> int | None:
+    """Add the dependencies ``parents[i] -> children[i]`` in ONE epoch (one log record).
+
+    Atomic: every page, pool, dtype and weight is checked, and the whole batch is checked for
+    cycles (one O(V + E) pass per pool), before anything changes; a refused batch leaves the
+    state exactly as it was. A pair already present, or repeated in the batch, is re-weighted
+    (the last weight wins), as by repeated :func:`add_dependency`. Cheaper than a loop of
+    :func:`add_dependency`: one check, one record, one recompile of the pool's graph.
+
+    Args:
+      parents, children: equal-length sequences (or 1-D int arrays) of page ids.
+      weights: ``None`` (the semiring's one for every edge), one number for all, or one per
+        edge (``None`` entries: the semiring's one).
+      edge_type: one type for the batch (``"data"``, ``"control"``, ``"gpu_sync"``, ``"compiler"``).
+
+    Returns:
+      the epoch, or ``None`` for an empty batch (checked, nothing logged).
+
+    Raises:
+      GraphCycleError: the batch closes a cycle (``.cycle`` names its pages); nothing changes.
+      PageNotFoundError: an unknown page (``parents[i]`` / ``children[i]`` named).
+      InvalidArgumentError: pages of two pools, a dtype the semiring cannot carry, bad weights
+        (a NaN, the wrong count), a derived child.
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start(semiring="real")
+      >>> ids = mmsb.create_pages(state, 4, size=2, dtype=jnp.float32)
+      >>> _ = mmsb.update_page(state, ids[0], jnp.ones(2, jnp.float32))
+      >>> epoch = mmsb.add_dependencies(state, [ids[0], ids[1], ids[2]], [ids[1], ids[2], ids[3]],
+      ...                               weights=[2.0, None, 3.0])
+      >>> mmsb.query_page(state, ids[3]).tolist()
+      [6.0, 6.0]
+      >>> try:
+      ...     mmsb.add_dependencies(state, [ids[3]], [ids[0]])
+      ... except mmsb.GraphCycleError as e:
+      ...     print(e.cycle)
+      [0, 1, 2, 3, 0]
+      >>> mmsb.mmsb_stop(state)
+    """
+    return state.add_dependencies(parents, children, weights=weights, edge_type=edge_type)
+
+
+def remove_dependencies(state: MMSBState, parents, children) -> int | None:
+    """Remove the dependencies ``parents[i] -> children[i]`` in one epoch; all or nothing.
+
+    Returns the epoch (``None`` for an empty batch).
+
+    Raises:
+      InvalidArgumentError: one of them is not a dependency (or is named twice); nothing is removed.
+      PageNotFoundError: an unknown page.
+    """
+    return state.remove_dependencies(parents, children)
+
+
+def derive(state: MMSBState, child_id, fn, parent_ids, *, name: str) -> int:
+    """Make ``child_id`` a page computed by ``fn`` from its parents, in a new epoch.
+
+    ``query_page(child)`` reads ``fn(*parent_values)`` (the parents' propagated values),
+    recomputed inside the state's compiled propagation when a parent changes and skipped
+    when none did. ``fn`` must be a pure, jittable function of ``len(parent_ids)`` pages
+    returning one page of the same shape and dtype (checked with ``jax.eval_shape`` now).
+    A function cannot be logged, so it is logged by ``name``: reopening the state needs
+    ``mmsb_open(path, derive={name: fn})`` (and ``replay_to_epoch(path, e, derive=...)``);
+    a missing or non-fitting function raises :class:`DeriveFunctionError` naming it, never
+    a stale page. Calling ``derive`` again on the child replaces its function and parents.
+    The child's own data is kept under it and not visible while it is derived.
+
+    Raises:
+      DeriveFunctionError: ``fn`` does not take the parents or returns another shape/dtype.
+      GraphCycleError: a parent depends on the child; nothing changes.
+      InvalidArgumentError: the child has data dependencies, pages of two pools, a bad or
+        reused name (a name logs one function).
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp, mmsb_jax as mmsb
+      >>> path = tempfile.mkdtemp() + "/s"
+      >>> state = mmsb.mmsb_start(path)
+      >>> a, b, c = mmsb.create_pages(state, 3, size=2, dtype=jnp.float32)
+      >>> mul = lambda x, y: x * y
+      >>> _ = mmsb.derive(state, c, mul, [a, b], name="mul")
+      >>> _ = mmsb.update_page(state, a, jnp.array([2.0, 3.0]))
+      >>> _ = mmsb.update_page(state, b, jnp.array([4.0, 5.0]))
+      >>> mmsb.query_page(state, c).tolist()
+      [8.0, 15.0]
+      >>> mmsb.mmsb_stop(state)
+      >>> state = mmsb.mmsb_open(path, derive={"mul": mul})
+      >>> mmsb.query_page(state, c).tolist()
+      [8.0, 15.0]
+      >>> mmsb.mmsb_stop(state)
+    """
+    return state.derive(child_id, fn, parent_ids, name=name)
 
 
 def checkpoint(state: MMSBState, directory=None, *, block: bool = True):

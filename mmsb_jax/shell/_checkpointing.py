@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .._errors import InvalidArgumentError, MMSBError, SerializationError, StateClosedError
+from .._errors import DeriveFunctionError, InvalidArgumentError, MMSBError, SerializationError, StateClosedError
 from ._tree_restore import check_checkpoint_trees
 from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ..log._directory import prune_checkpoints
@@ -86,6 +86,35 @@ class Checkpointing:
             raise SerializationError(f"a background checkpoint failed: {error}") from error
         return joined.result()
 
+    def _maybe_checkpoint(self) -> None:
+        """After an operation: a background checkpoint if the policy finds the tail too long
+        (and none is being written already). See :mod:`mmsb_jax.adaptive._checkpoint_policy`."""
+        policy, log = self._ckpt_policy, self._log
+        if policy is None or log is None or self._closed or self.read_only:
+            return
+        if any(not f.done() for _, _, f, _ in self._ckpt_pending):
+            return
+        records, nbytes = log.appended()
+        records += self._tail_at_open - self._tail_mark[0]
+        nbytes -= self._tail_mark[1]
+        due, why = policy.due(records, nbytes)
+        if due:
+            self.checkpoint(block=False)
+            self._policy.update(checkpoints=self._policy["checkpoints"] + 1, last_reason=why,
+                                last_epoch=self._epoch)
+
+    def _policy_stats(self) -> dict:
+        """``get_stats()["adaptive"]["checkpoint_policy"]``: the policy, its tail, its decisions."""
+        p = self._ckpt_policy
+        if p is None:
+            return {"enabled": False}
+        records, nbytes = self._log.appended() if self._log is not None else self._tail_mark
+        records += self._tail_at_open - self._tail_mark[0]
+        nbytes -= self._tail_mark[1]
+        return {"enabled": True, "max_replay_seconds": p.max_replay_seconds, "max_tail_bytes": p.max_tail_bytes,
+                "tail_records": records, "tail_bytes": nbytes, "estimated_replay_s": p.estimate(records, nbytes),
+                **self._policy}
+
     def _write_checkpoint(self, directory: str, block: bool, prune: bool = False, ready=None):
         """Copy the state to host memory and hand it to the checkpoint writer; wait for it
         unless ``block=False``. Under the lock.
@@ -100,6 +129,8 @@ class Checkpointing:
                 "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_journal()
+        if self._ckpt_policy is not None and self._log is not None:
+            self._tail_mark, self._tail_at_open = self._log.appended(), 0  # the tail starts here
         ids = self.page_ids()
         # orbax refuses zero-size arrays: empty groups are left out (and read back as empty)
         tree = {"epoch": np.array([self._epoch], np.int64)}
@@ -131,6 +162,9 @@ class Checkpointing:
             "edge_types": sorted({e[3] for e in deps}),
             "dependencies": len(deps),
         }
+        derived = self.derived()
+        if derived:
+            manifest["derived"] = [[c, name, list(ps)] for c, name, ps in derived]
         self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
         if self._ckpt_pool is None:
@@ -204,6 +238,9 @@ class Checkpointing:
         try:
             self._install(checked)
             self._install_trees(trees)
+        except DeriveFunctionError:  # the caller's to fix: not a damaged checkpoint
+            self._init_content()
+            raise
         except (MMSBError, ValueError, TypeError, KeyError, IndexError) as e:
             self._init_content()  # back to empty: the caller may try another checkpoint
             raise SerializationError(f"checkpoint {directory!r} cannot be restored: {e}") from e
@@ -223,9 +260,22 @@ class Checkpointing:
         self._epoch = ck.epoch
         log, self._log = self._log, None
         try:
-            for u, v, w, t in ck.edges:  # in the order propagation sums them
-                self.add_dependency(u, v, weight=w, edge_type=t)
-                self._epoch = ck.epoch  # restoring is not a new operation
+            i = 0
+            while i < len(ck.edges):  # in the order propagation sums them, a run of one type at a time
+                j = i
+                while j < len(ck.edges) and ck.edges[j][3] == ck.edges[i][3]:
+                    j += 1
+                run = ck.edges[i:j]
+                self._add_edges(np.array([e[0] for e in run], np.int64), np.array([e[1] for e in run], np.int64),
+                                np.array([np.nan if e[2] is None else e[2] for e in run], np.float64), run[0][3])
+                i = j
+            for c, name, parents in ck.derived:
+                fn = self._derive_fns.get(name)
+                if fn is None:
+                    raise DeriveFunctionError(name, f"page {c} is derived by the function logged as {name!r}, which "
+                                                    f"was not given: pass mmsb_open(..., derive={{{name!r}: fn}})")
+                self.derive(c, fn, list(parents), name=name)
+            self._epoch = ck.epoch  # restoring is not a new operation
         finally:
             self._log = log
 

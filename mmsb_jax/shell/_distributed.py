@@ -454,7 +454,10 @@ def collective(kind: str):
         def run(state, *args, **kwargs):
             dist = getattr(state, "_dist", None)
             if dist is None:
-                return fn(state, *args, **kwargs)
+                out = fn(state, *args, **kwargs)
+                if getattr(state, "_ckpt_policy", None) is not None:
+                    state._maybe_checkpoint()  # after the operation, outside it (adaptive/_checkpoint_policy)
+                return out
             with state._lock:
                 if dist.depth or state.closed:
                     return fn(state, *args, **kwargs)

@@ -17,10 +17,13 @@ from ..log._directory import epoch_of_name, last_closed_epoch, list_checkpoints,
 from ..log._decode import (
     Accumulate,
     AddDep,
+    AddDeps,
     CreatePages,
     DeletePages,
     Dense,
+    Derive,
     RemoveDep,
+    RemoveDeps,
     Rows,
     Sparse,
     SparseBatch,
@@ -31,6 +34,7 @@ from ._tree_replay import TreeRun
 from ..deltas._delta import AccumulateDelta
 from .._errors import (
     CorruptLogError,
+    DeriveFunctionError,
     InvalidArgumentError,
     InvalidDeltaError,
     MMSBError,
@@ -187,6 +191,7 @@ class _Replay:
             elif not rec.batched:
                 raise self.error(rec, f"a second record of epoch {rec.epoch} outside a batch")
             handler = _HANDLERS.get(type(rec))
+            state._tail_at_open += 1  # the checkpoint policy counts the tail a reopen replayed
             try:
                 if handler is None:
                     raise SerializationError(f"this build cannot replay {type(rec).__name__} records")
@@ -196,7 +201,7 @@ class _Replay:
                     self.run.flush()
                     state._continue_at(rec.epoch)
                 handler(self, rec)
-            except CorruptLogError:
+            except (CorruptLogError, DeriveFunctionError):  # a function the caller must give: not damage
                 raise
             except (MMSBError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as e:
                 self.refuse(rec, e)
@@ -232,7 +237,7 @@ def _create(replay: _Replay, rec) -> None:
         )
     if rec.count < 1:
         raise InvalidArgumentError(f"count={rec.count}: a logged creation makes at least one page")
-    state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape))
+    state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape), fill=rec.fill)
 
 
 def _delete(replay: _Replay, rec) -> None:
@@ -260,6 +265,25 @@ def _remove_dep(replay: _Replay, rec) -> None:
     replay.state.remove_dependency(rec.parent, rec.child)
 
 
+def _add_deps(replay: _Replay, rec) -> None:
+    replay.state._add_edges(_as_ids(rec, rec.parents), _as_ids(rec, rec.children), np.asarray(rec.weights, np.float64),
+                     rec.edge_type or "data")
+
+
+def _remove_deps(replay: _Replay, rec) -> None:
+    replay.state._remove_edges(_as_ids(rec, rec.parents), _as_ids(rec, rec.children))
+
+
+def _derive(replay: _Replay, rec) -> None:
+    state = replay.state
+    fn = state._derive_fns.get(rec.name)
+    if fn is None:
+        raise DeriveFunctionError(
+            rec.name, f"page {rec.child} is derived by the function logged as {rec.name!r}, which was not given: "
+                      f"pass mmsb_open(..., derive={{{rec.name!r}: fn}}) (and replay_to_epoch the same)")
+    state.derive(rec.child, fn, _as_ids(rec, rec.parents).tolist(), name=rec.name)
+
+
 def _rows(replay: _Replay, rec) -> None:
     """ROWS joins the run of tree-journal writes (applied before any other kind of record)."""
     (pid,) = _as_ids(rec, [rec.page_id])
@@ -285,6 +309,9 @@ _HANDLERS = {
     Accumulate: _accumulate,
     AddDep: _add_dep,
     RemoveDep: _remove_dep,
+    AddDeps: _add_deps,
+    RemoveDeps: _remove_deps,
+    Derive: _derive,
     Rows: _rows,
     TreeDef: _tree_def,
     TreeStep: _tree_step,

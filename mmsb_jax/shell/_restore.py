@@ -44,6 +44,7 @@ class CheckedCheckpoint:
     slot: np.ndarray
     page_epoch: np.ndarray
     edges: list  # (parent, child, weight or None, edge type), in propagation order
+    derived: list  # (page, function name, parent pages)
 
 
 def check_checkpoint(directory: str, manifest: dict, tree: dict, semiring: str) -> CheckedCheckpoint:
@@ -145,4 +146,12 @@ def check_checkpoint(directory: str, manifest: dict, tree: dict, semiring: str) 
         weight = g[2].astype(np.float64)
         edges = [(u, v, None if np.isnan(w) else float(w), types[k])
                  for u, v, w, k in zip(parent.tolist(), child.tolist(), weight.tolist(), t.tolist())]
-    return CheckedCheckpoint(epoch, next_id, pools, ids, pool, slot, page_epoch, edges)
+    derived = []
+    live_ids = set(ids.tolist())
+    for d in manifest.get("derived", []) if isinstance(manifest.get("derived", []), list) else [None]:
+        ok = (isinstance(d, list) and len(d) == 3 and is_int(d[0]) and isinstance(d[1], str) and d[1]
+              and isinstance(d[2], list) and d[2] and all(is_int(p) for p in d[2]))
+        if not ok or d[0] not in live_ids or not set(d[2]) <= live_ids:
+            bad(f"manifest entry derived={d!r} is not [live page, function name, [live parent pages]]")
+        derived.append((int(d[0]), d[1], tuple(int(p) for p in d[2])))
+    return CheckedCheckpoint(epoch, next_id, pools, ids, pool, slot, page_epoch, edges, derived)

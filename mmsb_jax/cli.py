@@ -59,6 +59,7 @@ def cmd_demo(args) -> int:
         ind = np.argsort(rng.random((1000, 1024)), axis=1)[:, :16].astype(np.int32)[rng.integers(0, 1000, 100_000)]
         vals = rng.integers(0, 256, (100_000, 16), dtype=np.uint8)
         timed("route 100k sparse deltas", lambda: mmsb.route_sparse_batch(state, ids[rows], ind, vals))
+        timed("route 100k sparse deltas, again", lambda: mmsb.route_sparse_batch(state, ids[rows], ind, vals))
         mmsb.route_delta(state, vec.id, mmsb.sparse_delta([0], jnp.array([10.0], jnp.float32), 4))
         progress.advance(task)
 
@@ -86,13 +87,30 @@ def cmd_demo(args) -> int:
     table.add_row("page %d after reopen" % vec.id, str(value))
     table.add_row("reopened digest equal", "yes" if same else "NO")
     for name, secs in timings.items():
-        table.add_row(f"time: {name}", f"{secs * 1e3:,.1f} ms")
+        table.add_row(f"time: {name} ({_COMPILES.get(name, 'first call: includes any compiling')})", f"{secs * 1e3:,.1f} ms")
     console.print(table)
+    console.print("first calls include JAX compiling their programs; repeated calls do not "
+                  "(compare the two route timings).")
+    console.print("next: [bold]mmsb bench --quick[/bold] (every case against its baseline, in this process), "
+                  "or [bold]mmsb inspect PATH[/bold] on a state of your own")
     return 0 if same else 1
+
+
+#: What each demo timing includes (the rest are first calls: they include compiling).
+_COMPILES = {
+    "200 update_page": "the first of them compiles",
+    "route 100k sparse deltas, again": "compiled: no compiling",
+}
 
 
 # --------------------------------------------------------------------------- bench
 def _benchmarks_package():
+    """The benchmark modules: ``mmsb_jax.benchmarks`` in an installed package (setup.py ships
+    the repository's ``benchmarks/`` under that name), else ``benchmarks/`` of the checkout."""
+    try:
+        return importlib.import_module("mmsb_jax.benchmarks")
+    except ImportError:
+        pass
     root = Path(__file__).resolve().parent.parent
     if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -105,7 +123,7 @@ def _benchmarks_package():
 def cmd_bench(args) -> int:
     pkg = _benchmarks_package()
     if pkg is None:
-        console.print("[red]benchmarks/ not found: run `mmsb bench` from a source checkout (pip install -e .)[/red]")
+        console.print("[red]no benchmarks: neither mmsb_jax.benchmarks (an installed package) nor a checkout's benchmarks/[/red]")
         return 2
     names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
     if args.only:
@@ -113,29 +131,33 @@ def cmd_bench(args) -> int:
     results = []
     for name in names:
         console.print(f"[bold]{name}[/bold] ...")
-        mod = importlib.import_module(f"benchmarks.{name}")
+        mod = importlib.import_module(f"{pkg.__name__}.{name}")
         t0 = time.perf_counter()
         rows = mod.run(quick=args.quick)
         for r in rows:
             r["module"] = name
         results.extend(rows)
         console.print(f"  done in {time.perf_counter() - t0:.1f} s")
-    table = Table(title="mmsb bench" + (" (quick)" if args.quick else ""))
+    # The table fits 100 columns (cells wrap); the JSON has every full name and field.
+    table = Table(title="mmsb bench" + (" (quick)" if args.quick else ""), expand=False)
     for col in ("case", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(col, justify="right" if col in ("value", "ratio") else "left")
+        table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold")
     for r in results:
         if r.get("skipped"):
             table.add_row(r["case"], "-", "-", "-", r.get("target", ""), f"skipped: {r['skipped']}")
             continue
+        means = r.get("ratio_means", "x faster than the baseline")
         table.add_row(
             r["case"],
             f"{r['value']:.4g} {r['unit']}",
-            f"{r['baseline']}: {r['baseline_value']:.4g}",
-            f"{r['ratio_vs_baseline']:.2f}x",
+            f"{r['baseline_value']:.4g} {r['unit']}",
+            f"{r.get('ratio', r['ratio_vs_baseline']):.2f}{'x time' if 'time' in means else 'x faster'}",
             r["target"],
             "yes" if r["met"] else "NO",
         )
-    console.print(table)
+    Console(width=100).print(table)
+    console.print("baselines (same process, same run): " + "; ".join(
+        dict.fromkeys(f"{r['baseline']}" for r in results if not r.get("skipped"))))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import jax

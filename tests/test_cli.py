@@ -260,3 +260,49 @@ def test_module_entry_point(state_dir):
                          text=True, env=env, timeout=120)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAULT" in bad.stdout
+
+
+# --------------------------------------------------------------------------- bench, installed
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_outside_checkout(site, cwd, *args, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_finds_the_shipped_benchmarks(tmp_path):
+    """Laid out as an install lays it out (setup.py ships benchmarks/ as mmsb_jax.benchmarks),
+    ``mmsb bench`` takes its modules from the package, with no checkout on the path."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "mmsb_jax"), site / "mmsb_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "benchmarks"), site / "mmsb_jax" / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = "from mmsb_jax.cli import _benchmarks_package as b; p = b(); print(p.__name__, p.__file__)"
+    out = _run_outside_checkout(site, tmp_path, "-c", code)
+    assert out.returncode == 0, out.stderr
+    name, where = out.stdout.split()
+    assert name == "mmsb_jax.benchmarks" and where.startswith(str(site))
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert '"mmsb_jax.benchmarks": "benchmarks"' in f.read()  # what the install ships
+
+
+@pytest.mark.slow
+def test_bench_runs_from_a_pip_installed_package(tmp_path):
+    """``pip install .`` (non-editable, into a temporary target) and ``mmsb bench --quick
+    --only pages`` from outside the checkout, bounded in time."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "build", "*.egg-info",
+                                                             ".hypothesis", "bench-results"))
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(src)],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert (site / "mmsb_jax" / "benchmarks" / "bench_pages.py").is_file()
+    out_json = tmp_path / "r.json"
+    out = _run_outside_checkout(site, tmp_path, "-m", "mmsb_jax", "bench", "--quick", "--only", "pages",
+                                "--out", str(out_json), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads(out_json.read_text())["results"]
+    assert {r["module"] for r in results} == {"bench_pages"} and len(results) >= 4

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import mmsb_jax as mmsb
 from mmsb_jax import InvalidDeltaError, PageNotFoundError
-from mmsb_jax.deltas._router import last_writer_keep, sparse_rows_keep
+from mmsb_jax.deltas._router import last_writers, sparse_rows_winners
 
 # --------------------------------------------------------------------------- helpers
 
@@ -404,35 +404,40 @@ def _brute_keep(targets):
 @example(targets=[5])
 @example(targets=[2**61, 3, 2**61])  # beyond the packed-key range: the lexsort path
 @given(targets=st.lists(st.integers(0, 20) | st.integers(0, 2**62), max_size=40))
-def test_last_writer_keep_brute_force(targets):
+def test_last_writers_brute_force(targets):
     t = np.array(targets, np.int64)
-    got = last_writer_keep(t)
+    got = last_writers(t)
     want = _brute_keep(targets)
     if got is None:
         assert want.all()
     else:
-        np.testing.assert_array_equal(got, want)
+        pos, win = got
+        np.testing.assert_array_equal(np.sort(pos), np.flatnonzero(want))
+        np.testing.assert_array_equal(win, t[pos])
         assert not want.all()
+        assert (np.diff(win) > 0).all()  # winners come in target order
 
 
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 8),
-    k=st.integers(0, 5),
-    page_elems=st.sampled_from([1, 4, 7]),
+    k=st.integers(0, 5) | st.just(18),  # 18: past the column-pair check, the row-sort one
+    page_elems=st.sampled_from([1, 4, 7, 40]),
 )
-def test_sparse_rows_keep_brute_force(seed, n, k, page_elems):
+def test_sparse_rows_winners_brute_force(seed, n, k, page_elems):
     rng = np.random.default_rng(seed)
     capacity = 6
     slots = rng.integers(0, 2 if rng.random() < 0.5 else capacity, size=n).astype(np.int64)
     indices = rng.integers(0, page_elems, size=(n, k)).astype(np.int32)
-    got = sparse_rows_keep(slots, indices, page_elems, capacity)
+    got = sparse_rows_winners(slots, indices, page_elems, capacity)
     targets = (slots[:, None] * page_elems + indices).reshape(-1).tolist()
     want = _brute_keep(targets)
     if got is None:
         assert want.all()
     else:
-        np.testing.assert_array_equal(got, want)
+        pos, tgt = got
+        np.testing.assert_array_equal(np.sort(pos), np.flatnonzero(want))
+        np.testing.assert_array_equal(tgt, np.array(targets, np.int64)[pos])
 
 
 @pytest.mark.parametrize("permute", [False, True], ids=["whole-page-rows", "permuted-rows"])

@@ -9,7 +9,7 @@ Two forms:
 * :func:`route_sparse` / :func:`scatter_unique` — the fast path for batches of sparse deltas:
   repeated targets are resolved (the last entry in batch order wins) *before* the scatter, so
   every target is written exactly once and XLA's unspecified order for duplicate scatter
-  indices never matters. The shell resolves them on the host (:func:`last_writer_keep`); the
+  indices never matters. The shell resolves them on the host (:func:`sparse_rows_winners`); the
   jittable :func:`route_sparse` resolves them with a stable sort.
 """
 
@@ -120,55 +120,105 @@ def pad_rows(blocks: list, k: int, fill) -> np.ndarray:
     return np.concatenate(out)
 
 
-def last_writer_keep(targets: np.ndarray) -> np.ndarray | None:
-    """Host-side: ``keep[i]`` true iff no later entry repeats ``targets[i]``; ``None`` if all unique.
+def last_writers(targets: np.ndarray, *, bound: int | None = None,
+                 scratch: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """Host-side last-writer resolution: ``(positions, winners)``, the positions of the entries
+    no later entry repeats and their targets, both in ascending order of target (so a scatter
+    of the winners walks memory in order); ``None`` if every target is unique.
 
-    Uses numpy's (SIMD) sort of packed ``(target, position)`` keys, O(m log m).
+    ``bound``: a known upper bound of the (non-negative) targets (skips a pass to find it);
+    ``scratch``: ``targets`` is an int64 temporary of the caller's that may be overwritten.
+    One numpy (SIMD) in-place sort of packed ``(target, position)`` keys, O(m log m): on the
+    CPU here it was measured faster than a linear stamp pass (``stamp[target] = position``)
+    and than a device scatter-max of positions, whose random accesses into a pool-sized array
+    cost more than the sort (docs/performance.md).
+
+    Example:
+      >>> pos, win = last_writers(np.array([7, 3, 7]))
+      >>> pos.tolist(), win.tolist()
+      ([1, 2], [3, 7])
     """
     m = targets.shape[0]
     if m <= 1:
         return None
     pos_bits = max(1, int(m - 1).bit_length())
-    if int(targets.max()) >= (1 << (62 - pos_bits)):
+    hi = bound if bound is not None else int(targets.max())
+    if hi >= (1 << (62 - pos_bits)) or (bound is None and int(targets.min()) < 0):
         order = np.lexsort((np.arange(m), targets))
         st = targets[order]
     else:
-        packed = np.sort((targets.astype(np.int64) << pos_bits) | np.arange(m, dtype=np.int64))
-        st = packed >> pos_bits
-        order = packed & ((1 << pos_bits) - 1)
-    dup_next = st[1:] == st[:-1]
-    if not dup_next.any():
+        key = targets if scratch and targets.dtype == np.int64 else targets.astype(np.int64)  # sorted in place
+        np.left_shift(key, pos_bits, out=key)
+        key |= np.arange(m, dtype=np.int64)
+        key.sort()
+        order = key & ((1 << pos_bits) - 1)
+        np.right_shift(key, pos_bits, out=key)
+        st = key
+    last = np.empty(m, bool)
+    np.not_equal(st[1:], st[:-1], out=last[:-1])
+    last[-1] = True
+    if last.all():
         return None
-    keep = np.ones(m, bool)
-    keep[order[:-1][dup_next]] = False
-    return keep
+    return order[last], st[last]
 
 
-def sparse_rows_keep(slots: np.ndarray, indices: np.ndarray, page_elems: int, capacity: int) -> np.ndarray | None:
+def _row_repeats(indices: np.ndarray) -> np.ndarray:
+    """Whether each row of ``indices`` (n, k) repeats an index: for short rows by comparing
+    column pairs (measured faster than numpy's per-row sort up to k = 16), else by a row sort."""
+    n, k = indices.shape
+    if k > 16:
+        s = np.sort(indices, axis=1)
+        return (s[:, 1:] == s[:, :-1]).any(axis=1)
+    cols = [np.ascontiguousarray(indices[:, j]) for j in range(k)]
+    out = np.zeros(n, bool)
+    eq = np.empty(n, bool)
+    for j in range(1, k):
+        for i in range(j):
+            np.equal(cols[j], cols[i], out=eq)
+            out |= eq
+    return out
+
+
+def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
+                        capacity: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Host-side last-writer resolution for sparse rows ``(slots[i], indices[i, :])``.
 
-    Returns a flat ``keep`` mask over the ``n * k`` entries, or ``None`` when every target is
-    already unique. Cheap checks first: a page that appears once in the batch can only repeat
-    targets within its own row (a row sort finds that); only rows of repeated pages go through
-    the full (target, position) sort.
+    Returns ``(positions, targets)``: the flat positions (into the ``n * k`` entries) of the
+    winning entries and their flat targets ``slot * page_elems + index``, or ``None`` when
+    every target is already unique. Cheap checks first: a page that appears once in the batch
+    can only repeat targets within its own row (a row check of those rows finds that); only
+    rows of repeated pages (and rows with repeats of their own) go through the (target,
+    position) sort, whose winners come out in target order.
+
+    Example:
+      >>> pos, tgt = sparse_rows_winners(np.array([0, 1, 0]), np.array([[1], [1], [1]]), 4, 2)
+      >>> pos.tolist(), tgt.tolist()
+      ([1, 2], [5, 1])
     """
     n, k = indices.shape
     if n == 0 or k == 0:
         return None
     counts = np.bincount(slots, minlength=capacity)
-    repeated = counts[slots] > 1
-    s = np.sort(indices, axis=1)
-    row_dups = (s[:, 1:] == s[:, :-1]).any(axis=1) if k > 1 else np.zeros(n, bool)
-    if not repeated.any() and not row_dups.any():
+    sel = counts[slots] > 1
+    single = np.flatnonzero(~sel)
+    if single.size and k > 1:
+        sel[single[_row_repeats(indices if single.size == n else indices[single])]] = True
+    if not sel.any():
         return None
-    keep = np.ones((n, k), bool)
-    sel = repeated | row_dups
+    bound = capacity * page_elems
+    if sel.all():
+        targets = slots.astype(np.int64)[:, None] * page_elems + indices
+        return last_writers(targets.reshape(-1), bound=bound, scratch=True)
     rows = np.flatnonzero(sel)
     targets = (slots[rows, None].astype(np.int64) * page_elems + indices[rows]).reshape(-1)
-    sub = last_writer_keep(targets)
-    if sub is not None:
-        keep[rows] = sub.reshape(rows.size, k)
-    return keep.reshape(-1)
+    sub = last_writers(targets, bound=bound, scratch=True)
+    if sub is None:  # repeated pages, but no repeated target
+        return None
+    rest_rows = np.flatnonzero(~sel)
+    rest = (rest_rows[:, None] * k + np.arange(k)).reshape(-1)
+    rest_targets = (slots[rest_rows, None].astype(np.int64) * page_elems + indices[rest_rows]).reshape(-1)
+    entries = (rows[:, None] * k + np.arange(k)).reshape(-1)
+    return np.concatenate([rest, entries[sub[0]]]), np.concatenate([rest_targets, sub[1]])
 
 
 @pool_jit
@@ -186,6 +236,26 @@ def write_diff(pool, slot, new):
     old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
     mask = ~bit_equal(old, new)
     return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), jnp.packbits(mask.reshape(-1))
+
+
+@pool_jit
+def write_page(pool, slot, new):
+    """``pool[slot] = new`` (donated: in place)."""
+    return jax.lax.dynamic_update_index_in_dim(pool, new.astype(pool.dtype), slot, 0)
+
+
+def host_change_mask(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The flat bitwise change mask of two host pages of one dtype: what :func:`write_diff`
+    computes on the device (NaN equals an identical NaN; -0.0 differs from 0.0).
+
+    Example:
+      >>> host_change_mask(np.array([0.0, 1.0], np.float32), np.array([-0.0, 1.0], np.float32)).tolist()
+      [True, False]
+    """
+    if old.dtype == np.bool_:
+        return (old != new).reshape(-1)
+    bits = np.dtype(f"u{old.dtype.itemsize}")
+    return (old.view(bits) != new.view(bits)).reshape(-1)
 
 
 @pool_jit

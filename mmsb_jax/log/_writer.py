@@ -162,7 +162,8 @@ def _flusher(ref, cond: threading.Condition, sig: _FlushSignal, interval: float)
     Syncs the buffer once its oldest record is ``interval`` s old when no append came along to
     do it inline, so an acknowledged append is durable within ~``interval`` even if the
     appends stop. (Size-triggered syncs run inline in the appending thread: handing them to
-    this thread costs a GIL hand-off per flush and was measured slower.)
+    this thread costs a GIL hand-off per flush and was measured slower.) The fdatasync runs
+    outside the writer's I/O lock (see :meth:`TLog._background_sync`).
     """
     while True:
         with cond:
@@ -181,7 +182,7 @@ def _flusher(ref, cond: threading.Condition, sig: _FlushSignal, interval: float)
         if log is None:
             return
         try:
-            log._flush(True)
+            log._background_sync()
         except Exception:  # noqa: BLE001
             return  # recorded in log._failed; raised by the next append/flush
         finally:
@@ -453,8 +454,13 @@ class TLog:
     def _emit(self, epoch, kind, parts, source) -> None:
         if type(epoch) is not int or not 0 <= epoch <= U64_MAX:
             epoch = _epoch(epoch)
-        rec = frame(epoch, kind, 0, time.time_ns(), self.source if source is None else source, parts)
-        self._push(epoch, [rec], len(rec), [kind])
+        src = self.source if source is None else source
+        if self.fsync == "never":  # buffered past this call: copy the parts into one record
+            rec = frame(epoch, kind, 0, time.time_ns(), src, parts)
+            self._push(epoch, [rec], len(rec), [kind])
+        else:  # written to the OS before this returns: a large record's arrays are not copied
+            chunks, nbytes = frame_chunks(epoch, kind, 0, time.time_ns(), src, parts)
+            self._push(epoch, chunks, nbytes, [kind])
 
     def log_create_pages(self, epoch, first_page_id, count, shape, dtype, location="cpu", fill=None, *, source=None):
         """CREATE_PAGES: pages ``first_page_id .. first_page_id+count-1`` of ``shape``/``dtype``,
@@ -559,6 +565,31 @@ class TLog:
     def _flush(self, fsync: bool, seq: int | None = None) -> None:
         with self._io_lock:
             self._flush_io(fsync, seq)
+
+    def _background_sync(self) -> None:
+        """The flusher thread's sync: write what is buffered, then fdatasync a duplicate of the
+        file descriptor *outside* the I/O lock, so an appender (which writes to the OS under
+        that lock) never waits for the disk."""
+        with self._lock:
+            self._sig.first_unsynced = None  # appends from now on open the next window
+        with self._io_lock:
+            self._flush_io(False)
+            if not self._dirty or self._fd is None:
+                return
+            upto = self._written_seq
+            fd = os.dup(self._fd)  # stays valid if a rotation closes the segment meanwhile
+            self._dirty = False  # a write during the sync sets it again
+        try:
+            _datasync(fd)
+        except OSError as e:
+            with self._lock:
+                self._failed = e
+            raise SerializationError(f"TLog sync of {self.directory} failed: {e}") from e
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._fsyncs += 1
+            self._durable_seq = max(self._durable_seq, upto)
 
     def _flush_io(self, fsync: bool, seq: int | None = None) -> None:  # holds _io_lock
         if seq is not None and (self._durable_seq if fsync else self._written_seq) >= seq:

@@ -44,10 +44,21 @@ def pool_jit(fn=None, **jit_kwargs):
     return jax.jit(fn, donate_argnums=(0,), compiler_options=_POOL_COMPILER_OPTIONS, **jit_kwargs)
 
 
-def bucket(n: int, minimum: int = 8) -> int:
-    """Round ``n`` up to a power of two (at least ``minimum``) to bound recompilations."""
+def bucket(n: int, minimum: int = 8, steps: int = 1) -> int:
+    """Round ``n`` up to a power of two (at least ``minimum``) to bound recompilations; with
+    ``steps`` (a power of two), to one of ``steps`` evenly spaced sizes per octave instead
+    (``steps=8``: at most 12.5% padding, at most 8 compiled shapes per doubling).
+
+    Example:
+      >>> bucket(1_600_000), bucket(1_600_000, steps=8)
+      (2097152, 1703936)
+    """
     n = max(int(n), minimum)
-    return 1 << (n - 1).bit_length()
+    size = 1 << (n - 1).bit_length()
+    if steps > 1 and size > steps:
+        quantum = size // (2 * steps)
+        size = -(-n // quantum) * quantum
+    return size
 
 
 def _grow_impl(old, capacity: int):

@@ -12,7 +12,7 @@ from ._distributed import collective
 from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_nothing
 from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
-from ..deltas._router import pad_rows, sparse_rows_keep
+from ..deltas._router import pad_rows, sparse_rows_winners
 from ..deltas._tree_ring import TreeRing
 
 
@@ -88,6 +88,8 @@ class BatchRouting:
                     f"batch entry {i} (page {int(pids[i])}): values dtype {vals.dtype} does not match the page dtype {pool.dtype}"
                 )
             sub = ind[rows]
+            if sub.size and int(sub.min()) >= 0 and int(sub.max()) < pool.page_elems:
+                continue  # every index inside the page (two reductions, no temporaries)
             out = (sub < 0) | (sub >= pool.page_elems)
             if out.any():
                 r, c = np.argwhere(out)[0]
@@ -145,17 +147,25 @@ class BatchRouting:
                 self._table.epoch[pids[rows]] = self._epoch
                 written.append((pool, slots))
                 continue
-            targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems) + sub_ind.astype(np.int32)).reshape(-1)
             v = vals[rows].reshape(-1)
-            keep = sparse_rows_keep(slots, sub_ind, pool.page_elems, pool.capacity)
-            if keep is not None:
-                targets, v = targets[keep], v[keep]
-            m = bucket(targets.shape[0])
+            win = sparse_rows_winners(slots, sub_ind, pool.page_elems, pool.capacity)
+            if win is not None:  # the winners, in target order (the scatter then walks memory in order)
+                v = v[win[0]]
+                targets = win[1].astype(np.int32)
+            else:
+                targets = (slots.astype(np.int32)[:, None] * np.int32(pool.page_elems)
+                           + sub_ind.astype(np.int32, copy=False)).reshape(-1)
+            # pad to one of 8 sizes per octave (few compiled shapes, at most 12.5% padding) with
+            # distinct targets past the end (dropped)
+            m = bucket(targets.shape[0], steps=8)
             if m == targets.shape[0]:
                 t, vv = targets, v
-            else:  # pad to a power of two (few compiled shapes) with distinct, dropped targets
-                t = np.concatenate([targets, np.arange(size, size + m - targets.shape[0], dtype=np.int32)])
-                vv = np.concatenate([v, np.zeros(m - v.shape[0], pool.dtype)])
+            else:
+                t = np.empty(m, np.int32)
+                t[: targets.shape[0]] = targets
+                t[targets.shape[0]:] = np.arange(size, size + m - targets.shape[0], dtype=np.int32)
+                vv = np.zeros(m, pool.dtype)
+                vv[: v.shape[0]] = v
             pool.array = pool.ops.scatter_unique(pool.array, t, vv)
             self._table.epoch[pids[rows]] = self._epoch
             written.append((pool, slots))

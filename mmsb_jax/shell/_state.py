@@ -42,6 +42,7 @@ from .._errors import (
 from ..adaptive import checkpoint_policy as adaptive_checkpoint_policy
 from ..pages import MAX_PAGE_ELEMS, MemoryBudget, PagePool, device_memory_bytes, host_memory_bytes, page_sharding
 from ..deltas._pool_ops import SINGLE_DEVICE, host_rows, sharded_ops
+from ..deltas._router import host_change_mask, write_page
 from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
@@ -509,18 +510,33 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             self._check_open()
             pid, pool, slot = self._locate(page_id)
             arr = _inputs.page_data(data, pool, pid)
-            new_pool, packed = pool.ops.write_diff(pool.array, np.int32(slot), arr)
-            pool.array = new_pool
-            packed = np.asarray(packed)
-            if not packed.any():
-                self._counters["noop_updates"] += 1
-                return None
+            if pool.sharding is None and getattr(pool.device, "platform", None) == "cpu":
+                # CPU pool: diff against the zero-copy host view (no device round trip), then
+                # one donated write, dispatched without waiting for it
+                host = np.ascontiguousarray(arr)
+                view = np.asarray(pool.array)  # waits for pending writes; dropped before the write
+                mask = host_change_mask(view[slot], host)
+                del view
+                if not mask.any():
+                    self._counters["noop_updates"] += 1
+                    return None
+                pool.array = write_page(pool.array, np.int32(slot), host)
+                packed = None
+            else:
+                pool.array, packed = pool.ops.write_diff(pool.array, np.int32(slot), arr)
+                packed = np.asarray(packed)
+                if not packed.any():
+                    self._counters["noop_updates"] += 1
+                    return None
+                host = np.asarray(arr)
+                mask = np.unpackbits(packed, count=pool.page_elems).view(np.bool_)
             self._epoch += 1
             self._table.epoch[pid] = self._epoch
             self._counters["updates"] += 1
             if self._log is not None:
-                mask = np.unpackbits(packed, count=pool.page_elems).view(np.bool_)
-                self._rec("log_dense_packed", pid, pool.shape, packed, np.asarray(arr).reshape(-1)[mask])
+                if packed is None:
+                    packed = np.packbits(mask)
+                self._rec("log_dense_packed", pid, pool.shape, packed, host.reshape(-1)[mask])
             self._after_write(pool, [slot])
             return self._epoch
 

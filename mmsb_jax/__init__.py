@@ -34,6 +34,7 @@ from ._errors import (
 )
 
 from . import adaptive as adaptive
+from . import telemetry as telemetry
 from . import graph as graph
 from . import log as log
 from .shell import (
@@ -49,6 +50,7 @@ from .shell import (
     delete_page as delete_page,
     diff as diff,
     get_stats as get_stats,
+    serve_metrics as serve_metrics,
     init_distributed as init_distributed,
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,

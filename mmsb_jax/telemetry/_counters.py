@@ -37,7 +37,7 @@ def count_records(records, after_epoch: int = 0) -> dict:
     Example:
       >>> from mmsb_jax.log._decode import CreatePages, Sparse
       >>> import numpy as np
-      >>> recs = [CreatePages(epoch=1, first_page_id=0, count=3, shape=(2,), dtype="float32"),
+      >>> recs = [CreatePages(epoch=1, first_page_id=0, count=3, shape=(2,), dtype="float32", location="cpu"),
       ...         Sparse(epoch=2, page_id=0, indices=np.zeros(1, np.int32), values=np.ones(1, np.float32))]
       >>> c = count_records(recs)
       >>> c["pages_created"], c["deltas_routed"], c["updates"]

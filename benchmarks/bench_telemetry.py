@@ -139,6 +139,6 @@ def run(quick: bool) -> list[dict]:
     repeat = 3 if quick else 7
     return [
         _timing_case(repeat, 20_000 if quick else 200_000),
-        _update_case(3 if quick else 11, 300 if quick else 2000),
+        _update_case(5 if quick else 41, 200),
         _scrape_case(repeat),
     ]

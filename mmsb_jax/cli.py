@@ -251,6 +251,8 @@ def cmd_stats(args) -> int:
 
     if args.interval <= 0 or (args.count is not None and args.count < 1):
         raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and --count={args.count} >= 1")
+    if args.path is None and args.url is None:
+        raise InvalidArgumentError("mmsb stats needs a state directory PATH or --url URL")
     if args.watch:
         from rich.live import Live
 
@@ -435,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="write the snapshot as a checkpoint directory")
     r.set_defaults(fn=cmd_replay)
     st = sub.add_parser("stats", help="telemetry of the latest state as JSON (--watch: live in the terminal)")
-    st.add_argument("path")
+    st.add_argument("path", nargs="?", default=None, help="state directory (optional with --url)")
     st.add_argument("--watch", action="store_true", help="refresh a live view of the files and the telemetry snapshot")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     st.add_argument("--count", type=int, default=None, help="stop after this many refreshes (default: never)")

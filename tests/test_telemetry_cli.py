@@ -87,11 +87,13 @@ def test_stats_url_reads_a_live_endpoint(capsys):
     srv = mmsb.serve_metrics(s)
     try:
         mmsb.create_page(s, size=4)
-        code, out = run(capsys, "stats", "unused", "--url", srv.url)
+        code, out = run(capsys, "stats", "--url", srv.url)
         assert code == 0
         assert json.loads(out)["mmsb_pages"] == 1.0
-        code, out = run(capsys, "stats", "unused", "--url", "ftp://x")
+        code, out = run(capsys, "stats", "--url", "ftp://x")
         assert code == 2 and "url='ftp://x'" in out
+        code, out = run(capsys, "stats")
+        assert code == 2 and "PATH or --url" in out
     finally:
         srv.close()
         mmsb.mmsb_stop(s)

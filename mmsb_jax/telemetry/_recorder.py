@@ -8,6 +8,7 @@ survive reopen (see :mod:`._counters`). Imports nothing of mmsb_jax above the te
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -42,6 +43,30 @@ def timed_call(state, kind: str, fn, args, kwargs):
     out = fn(state, *args, **kwargs)
     tel.observe(kind, _perf() - t0)
     return out
+
+
+def timed(kind: str):
+    """Decorate a method (or function of a state) so :func:`timed_call` times every call as
+    ``kind``: for operations that are not collectives (those are timed by ``collective``).
+
+    Example:
+      >>> class S:
+      ...     _telemetry = Telemetry()
+      ...     @timed("ping")
+      ...     def ping(self):
+      ...         return "pong"
+      >>> S().ping(), S._telemetry.ops["ping"].count
+      ('pong', 1)
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(state, *args, **kwargs):
+            return timed_call(state, kind, fn, args, kwargs)
+
+        return run
+
+    return wrap
 
 
 class Telemetry:

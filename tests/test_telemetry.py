@@ -304,3 +304,12 @@ def test_propagation_policy_refuses_unknown_modes():
         assert s.propagation_policy == "cost"
     finally:
         mmsb.mmsb_stop(s)
+
+
+def test_save_tree_checkpoint_and_open_are_timed(tmp_state_dir):
+    s = mmsb.mmsb_start(tmp_state_dir)
+    mmsb.save_tree(s, "params", {"w": np.ones(3, F32)})
+    mmsb.checkpoint(s)
+    lat = mmsb.get_stats(s)["latency"]
+    assert lat["save_tree"]["count"] == 1 and lat["checkpoint"]["count"] == 1
+    mmsb.mmsb_stop(s)

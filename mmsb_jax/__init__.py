@@ -35,6 +35,7 @@ from ._errors import (
 
 from . import adaptive as adaptive
 from .adaptive import CheckpointPolicy as CheckpointPolicy
+from . import telemetry as telemetry
 from . import graph as graph
 from . import log as log
 from .shell import (
@@ -50,6 +51,7 @@ from .shell import (
     delete_page as delete_page,
     diff as diff,
     get_stats as get_stats,
+    serve_metrics as serve_metrics,
     init_distributed as init_distributed,
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,

@@ -10,17 +10,7 @@ from .shell._replay import rebuild
 from .log._directory import list_checkpoints, log_floor, require_state, state_semiring
 from .shell import _inputs
 from .log import list_segments, read_records
-
-
-def _dir_bytes(path: str) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+from .telemetry._disk import dir_bytes as _dir_bytes
 
 
 def inspect_state(path) -> dict:

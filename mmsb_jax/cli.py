@@ -1,5 +1,5 @@
-"""The ``mmsb`` command: ``demo``, ``bench``, ``inspect``, ``verify``, ``replay``, ``stats``, and the
-tree journal's ``steps``, ``diff`` and ``bisect``."""
+"""The ``mmsb`` command: ``demo``, ``bench``, ``inspect``, ``verify``, ``replay``, ``stats``, ``report``,
+and the tree journal's ``steps``, ``diff`` and ``bisect``."""
 
 from __future__ import annotations
 
@@ -120,7 +120,25 @@ def _benchmarks_package():
         return None
 
 
+def _plot_bench(results, out) -> None:
+    from .telemetry._plots import bench_plots
+
+    for f in bench_plots(results, out):
+        console.print(f"wrote {f}")
+
+
 def cmd_bench(args) -> int:
+    if args.from_json is not None:
+        from ._errors import InvalidArgumentError
+
+        if args.plot is None:
+            raise InvalidArgumentError(f"--from={args.from_json!r} needs --plot DIR")
+        try:
+            results = json.loads(Path(args.from_json).read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InvalidArgumentError(f"--from={args.from_json!r} is not a results file of mmsb bench: {e}") from None
+        _plot_bench(results, args.plot)
+        return 0
     pkg = _benchmarks_package()
     if pkg is None:
         console.print("[red]no benchmarks: neither mmsb_jax.benchmarks (an installed package) nor a checkout's benchmarks/[/red]")
@@ -172,6 +190,8 @@ def cmd_bench(args) -> int:
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     console.print(f"results written to {out}")
+    if args.plot is not None:
+        _plot_bench(results, args.plot)
     return 0
 
 
@@ -248,11 +268,45 @@ def cmd_replay(args) -> int:
 
 def cmd_stats(args) -> int:
     import mmsb_jax as mmsb
+    from ._errors import InvalidArgumentError
+    from .telemetry._watch import files_stats, render, url_stats
 
+    if args.interval <= 0 or (args.count is not None and args.count < 1):
+        raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and --count={args.count} >= 1")
+    if args.path is None and args.url is None:
+        raise InvalidArgumentError("mmsb stats needs a state directory PATH or --url URL")
+    if args.watch:
+        from rich.live import Live
+
+        def view():
+            if args.url:
+                return render({"metrics": url_stats(args.url)}, f"mmsb stats {args.url}")
+            return render(files_stats(args.path), f"mmsb stats {args.path}  ({time.strftime('%H:%M:%S')})")
+
+        shown = 0
+        with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+            shown += 1
+            while args.count is None or shown < args.count:
+                time.sleep(args.interval)
+                live.update(view())
+                shown += 1
+        return 0
+    if args.url:
+        print(json.dumps(url_stats(args.url), indent=1))
+        return 0
     snap = mmsb.replay_to_epoch(args.path, None)
     stats = snap.stats()
     stats.pop("path", None)
+    stats["files"] = files_stats(args.path)  # what a live state measured (its snapshot) and the files say
     print(json.dumps(stats, indent=1, default=str))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .telemetry._plots import state_report
+
+    for f in state_report(args.path, args.out):
+        console.print(f"wrote {f}")
     return 0
 
 
@@ -388,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
     b.add_argument("--only", nargs="*", help="run only modules whose name contains one of these")
     b.add_argument("--out", default="bench-results/results.json", help="JSON output path")
+    b.add_argument("--plot", nargs="?", const="bench-results/plots", default=None, metavar="DIR",
+                   help="also write one PNG per benchmark family (default DIR: bench-results/plots)")
+    b.add_argument("--from", dest="from_json", default=None, metavar="RESULTS.json",
+                   help="with --plot: plot these results instead of running the benchmarks")
     b.set_defaults(fn=cmd_bench)
     i = sub.add_parser("inspect", help="epochs, pages, records per kind, segments, checkpoints, bytes")
     i.add_argument("path")
@@ -401,9 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epoch", type=int, required=True)
     r.add_argument("--out", default=None, help="write the snapshot as a checkpoint directory")
     r.set_defaults(fn=cmd_replay)
-    st = sub.add_parser("stats", help="telemetry of the latest state as JSON")
-    st.add_argument("path")
+    st = sub.add_parser("stats", help="telemetry of the latest state as JSON (--watch: live in the terminal)")
+    st.add_argument("path", nargs="?", default=None, help="state directory (optional with --url)")
+    st.add_argument("--watch", action="store_true", help="refresh a live view of the files and the telemetry snapshot")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    st.add_argument("--count", type=int, default=None, help="stop after this many refreshes (default: never)")
+    st.add_argument("--url", default=None, help="read a live /metrics endpoint (mmsb.serve_metrics) instead")
     st.set_defaults(fn=cmd_stats)
+
+    rp = sub.add_parser("report", help="PNG plots: epoch rate, log growth, checkpoint timeline, latencies")
+    rp.add_argument("path")
+    rp.add_argument("--out", required=True, help="directory for the PNG files")
+    rp.set_defaults(fn=cmd_report)
     s = sub.add_parser("steps", help="the journaled steps of a tree: step, epoch, what each wrote")
     s.add_argument("path")
     s.add_argument("name")

@@ -259,6 +259,8 @@ class TLog:
         self._next_index = 0
         self._last_epoch: int | None = None
         self._fsyncs = 0
+        #: called with the seconds each fdatasync took (by whichever thread synced); None: untimed
+        self.on_fsync = None
         self._appends = 0
         self._appended_bytes = 0
         self._failed: BaseException | None = None
@@ -614,8 +616,7 @@ class TLog:
             if chunk:
                 self._write(chunk)
             if fsync and self._dirty:
-                _datasync(self._fd)
-                self._fsyncs += 1
+                self._datasync()
                 self._dirty = False
         except OSError as e:
             with self._lock:
@@ -625,6 +626,14 @@ class TLog:
             self._written_seq = upto
             if fsync:
                 self._durable_seq = upto
+
+    def _datasync(self) -> None:  # holds _io_lock
+        """fdatasync the active segment; its duration goes to ``on_fsync`` (the state's telemetry)."""
+        t0 = time.perf_counter()
+        _datasync(self._fd)
+        self._fsyncs += 1
+        if self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - t0)
 
     def _write(self, chunks: list) -> None:
         fd = self._fd
@@ -641,8 +650,7 @@ class TLog:
     def _rotate_io(self, path: Path) -> None:
         if self._fd is not None:
             if self._dirty and self.fsync != "never":
-                _datasync(self._fd)
-                self._fsyncs += 1
+                self._datasync()
             os.close(self._fd)
             self._fd = None
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)

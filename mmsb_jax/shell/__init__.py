@@ -16,6 +16,7 @@ from ._api import (
     create_pages as create_pages,
     delete_page as delete_page,
     get_stats as get_stats,
+    serve_metrics as serve_metrics,
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,
     mmsb_stop as mmsb_stop,

@@ -9,6 +9,7 @@ the lifecycle functions (:func:`mmsb_start`, :func:`mmsb_stop`, :func:`mmsb_open
 from __future__ import annotations
 
 import os
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,7 @@ from ._replay import rebuild, resolve_semiring
 from ._inputs import page_id as _page_id
 from ._page import Page
 from ._state import MMSBState
+from ..telemetry import registry_for, serve_registry
 
 
 def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str = "batch", *,
@@ -186,6 +188,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         older checkpoint or log can stand in for, or a log that does not continue them;
         ``CorruptLogError`` (a subclass) names file and offset.
     """
+    t0 = time.perf_counter()
     dist = _dist
     if dist is None:
         dist = coordinator_for(mesh, path, peer_timeout)
@@ -223,6 +226,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         if state._tail_first is not None:  # the bytes of the tail this open replayed
             state._tail_bytes_at_open = log_bytes_from(os.path.join(path, "log"), *state._tail_first)
         state._maybe_checkpoint()  # the tail this open replayed may already be past the bound
+    state._telemetry.observe("open", time.perf_counter() - t0)
     return state
 
 
@@ -671,5 +675,60 @@ def state_digest(state) -> str:
 
 
 def get_stats(state) -> dict:
-    """Telemetry of the state as a dict (pages, bytes, epochs, per-pool allocator stats, counters)."""
+    """Telemetry of the state as a dict: what ``/metrics`` (:func:`serve_metrics`) exports.
+
+    Keys: ``epoch``, ``pages``, ``bytes``, ``capacity``, ``pressure``, ``pools`` (allocator
+    figures per pool), ``path``, ``semiring``, ``enable_gpu``, ``kernels``, ``log`` (the
+    writer's figures plus ``fsync_seconds``, ``tail_bytes``, ``tail_records``; ``None`` for a
+    snapshot), the state's counters (``pages_created``, ``pages_deleted``, ``updates``,
+    ``noop_updates``, ``deltas_routed``, ``batches``, ``checkpoints``: they survive reopen),
+    and the sections ``latency`` (operation -> histogram summary in seconds, since open),
+    ``propagation`` (passes, nodes, edges, rounds, cone, cutoff rate), ``checkpoint_files``
+    (count, newest epoch, bytes, age; ``checkpoints`` is the counter), ``cost`` (the cost
+    model and write entropy, see ``mmsb_jax/telemetry/_cost.py``), ``adaptive`` (the
+    propagation strategy's choices and reasons) and ``replay`` (the last open's replay
+    throughput, the current tail).
+
+    Example:
+      >>> import jax.numpy as jnp, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> p = mmsb.create_page(state, size=4, dtype=jnp.float32)
+      >>> _ = mmsb.update_page(state, p.id, jnp.ones(4, jnp.float32))
+      >>> s = mmsb.get_stats(state)
+      >>> s["updates"], s["latency"]["update_page"]["count"], s["cost"]["write_entropy_pages"]
+      (1, 1, 0.0)
+      >>> mmsb.mmsb_stop(state)
+    """
     return state.stats()
+
+
+def serve_metrics(state: MMSBState, port: int = 0, addr: str = "127.0.0.1"):
+    """Serve the state's figures as a Prometheus endpoint (``http://addr:port/metrics``).
+
+    Built on ``prometheus_client`` with a registry of this state's own (several states in
+    one process do not clash); metric names start with ``mmsb_`` (the README's "Telemetry"
+    section lists them); the figures are those of :func:`get_stats`, read at each scrape.
+
+    Args:
+      port: the TCP port (``0``: any free one; read it from ``server.port``).
+      addr: the address to bind (default: this machine only).
+
+    Returns:
+      A :class:`~mmsb_jax.telemetry.MetricsServer`: ``.port``, ``.url``, ``.close()``.
+
+    Raises:
+      InvalidArgumentError: ``state`` is not a state, a bad ``port`` or ``addr``, or the
+        address cannot be bound (both named).
+
+    Example:
+      >>> import urllib.request, mmsb_jax as mmsb
+      >>> state = mmsb.mmsb_start()
+      >>> srv = mmsb.serve_metrics(state)
+      >>> text = urllib.request.urlopen(srv.url).read().decode()
+      >>> "mmsb_epoch 0.0" in text
+      True
+      >>> srv.close(); mmsb.mmsb_stop(state)
+    """
+    if not isinstance(state, MMSBState):
+        raise InvalidArgumentError(f"state={state!r} is not an MMSBState")
+    return serve_registry(registry_for(state._telemetry, state.stats), port=port, addr=addr)

@@ -15,6 +15,7 @@ from ..log._directory import prune_checkpoints
 from . import _dist_checkpoint, _inputs
 from ._distributed import collective
 from ._restore import check_checkpoint
+from ..telemetry._counters import STATE_COUNTERS
 
 
 def _once_set(ready, fn, *args):
@@ -167,6 +168,9 @@ class Checkpointing:
             manifest["derived"] = [[c, name, list(ps)] for c, name, ps in derived]
         self._checkpoint_trees(manifest, tree)
         self._counters["checkpoints"] += 1
+        manifest["counters"] = {k: self._counters[k] for k in STATE_COUNTERS}  # they survive reopen
+        if prune:  # a checkpoint of the state's own directory: a reopen replays only what follows
+            self._mark_tail()
         if self._ckpt_pool is None:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
         if self._dist is None:
@@ -258,6 +262,7 @@ class Checkpointing:
         for p, pool in zip(ck.pools, self._pools):
             pool.restore(p.array, p.high_water, ck.slot[ck.pool == p.index])
         self._epoch = ck.epoch
+        self._ckpt_counters = (ck.epoch, ck.counters)  # the base replay counts the tail onto
         log, self._log = self._log, None
         try:
             i = 0

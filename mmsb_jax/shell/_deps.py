@@ -117,7 +117,7 @@ class Dependencies:
             except GraphCycleError as e:
                 raise self._cycle_in_pages(pool, e) from None
             if pg is None:
-                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
+                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring, self._telemetry)
                 pg.graph = graph
             self._epoch += 1
             self._rec("log_add_dep", pp, pc, None if np.isnan(w) else w, edge_type)
@@ -157,7 +157,7 @@ class Dependencies:
             staged.append((pool, pg, graph, sv))
         for pool, pg, graph, sv in staged:  # nothing can fail from here on
             if pg is None:
-                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
+                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring, self._telemetry)
             pg.graph = graph
         self._epoch += 1
         self._rec("log_add_deps", pids, cids, w, edge_type)
@@ -299,7 +299,7 @@ class Dependencies:
             except GraphCycleError as e:
                 raise self._cycle_in_pages(pool, e) from None
             if pg is None:
-                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring)
+                pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring, self._telemetry)
                 pg.graph = graph
             pg.derive_names[sc] = name
             self._derive_fns[name] = fn
@@ -386,6 +386,7 @@ class Dependencies:
     # ------------------------------------------------------------------ hooks for layers above
     def _after_write(self, pool: PagePool, slots) -> None:
         """Propagate a write to ``slots`` of ``pool`` and tell the observers."""
+        self._telemetry.count_writes(pool.index, slots)
         pg = self._pool_graphs.get(pool.index)
         if pg is not None and pg.has_edges:
             pg.refresh(pool.array, slots)

@@ -58,6 +58,7 @@ from .._compat import RuntimeFailure, distributed_client, initialize_distributed
 from .._errors import DivergenceError, InvalidArgumentError, MMSBError, PeerLostError, SerializationError
 from ..log._files import read_checked_json, write_checked_json
 from ..semirings import Semiring
+from ..telemetry._recorder import timed_call
 
 #: The stamp process 0 writes into a distributed state's directory at each start and open.
 STAMP_FILE = "mmsb-writer.json"
@@ -447,24 +448,25 @@ def collective(kind: str):
     """Make an :class:`MMSBState` method (or a function of a state) a collective operation:
     in a distributed state, the processes agree on it (:meth:`Coordinator.agree`) before it
     runs; its outcome is compared at the next agreement. Nested calls and replays run as
-    they are; a state of one process is untouched."""
+    they are; a state of one process is untouched. Every call is timed here, the one place
+    (:func:`~mmsb_jax.telemetry.timed_call`: the ``kind`` latency histogram of the state)."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(state, *args, **kwargs):
             dist = getattr(state, "_dist", None)
             if dist is None:
-                out = fn(state, *args, **kwargs)
+                out = timed_call(state, kind, fn, args, kwargs)
                 if getattr(state, "_ckpt_policy", None) is not None:
                     state._maybe_checkpoint()  # after the operation, outside it (adaptive/_checkpoint_policy)
                 return out
             with state._lock:
                 if dist.depth or state.closed:
-                    return fn(state, *args, **kwargs)
+                    return timed_call(state, kind, fn, args, kwargs)
                 dist.agree(kind, fingerprint(args, kwargs))
                 dist.depth += 1
                 try:
-                    out = fn(state, *args, **kwargs)
+                    out = timed_call(state, kind, fn, args, kwargs)
                 except RuntimeFailure as e:
                     dist.settle(state, e)
                     if _peer_failure(e):  # a collective failed under us: a peer left

@@ -7,10 +7,18 @@ pool's capacity change (the graph layer's capacity buckets keep its jitted progr
 refresh ``x`` at once, through the dirty cone. Edge edits only mark ``x`` stale: the next
 read or write brings it up to date in one pass, so a run of single edits costs one compile
 and one propagation, not one per edit.
+
+Which pass follows a write (incremental through the dirty cone, or full) is the telemetry's
+:class:`~mmsb_jax.telemetry.PropagationStrategy`'s choice, from the passes' measured times,
+wherever both are bit-exact (idempotent semirings); every pass is timed to completion and
+counted there.
 """
 
 from __future__ import annotations
 
+import time
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,8 +30,9 @@ _VALUE_EDGES = np.array([EDGE_TYPES.index("data"), EDGE_TYPES.index("derive")], 
 class PoolGraph:
     """Edges between slots of one pool, the compiled program and the derived values."""
 
-    def __init__(self, semiring):
+    def __init__(self, semiring, telemetry=None):
         self.semiring = semiring
+        self.telemetry = telemetry  # the state's Telemetry: pass timings, figures, the strategy (None: untimed)
         self.graph = ShadowPageGraph()
         self._cg = None
         self._cg_key = None
@@ -31,6 +40,7 @@ class PoolGraph:
         self._stale: list | None = None  # arrays of slots whose value an edit may have changed; None: none
         self.derive_names: dict[int, str] = {}  # derived slot -> the name its function is logged as
         self._edges_key, self._value_edges = None, False
+        self._warm: set = set()  # pass kinds run once on the current compiled graph
 
     @property
     def has_edges(self) -> bool:
@@ -46,6 +56,7 @@ class PoolGraph:
         if self._cg_key != key:
             self._cg = self.graph.compile(self.semiring, num_nodes=capacity)
             self._cg_key = key
+            self._warm = set()  # the first pass of each kind may compile: not a cost sample
         return self._cg
 
     def edited(self, slots) -> None:
@@ -61,7 +72,17 @@ class PoolGraph:
     def refresh_full(self, b) -> None:
         """Recompute every value from ``b`` (after an edge change, a delete or a growth)."""
         self._stale = None
-        self.x = propagate(self.compiled(b.shape[0]), b) if self.has_edges else None
+        if not self.has_edges:
+            self.x = None
+            return
+        cg = self.compiled(b.shape[0])
+        t0 = time.perf_counter()
+        self.x = propagate(cg, b)
+        if self.telemetry is not None:
+            jax.block_until_ready(self.x)
+            dt = time.perf_counter() - t0
+            self.telemetry.full_pass(dt, self.graph.num_nodes, self.graph.num_edges, cg.num_steps)
+            self._cost_sample("full", dt)
 
     def refresh(self, b, slots) -> None:
         """Propagate a write to ``slots`` (and any edits since the last refresh): through
@@ -71,15 +92,34 @@ class PoolGraph:
         bit for bit."""
         if not self.has_edges:
             self.x, self._stale = None, None
-        elif self.x is None or self.x.shape[0] != b.shape[0] or not self.semiring.idempotent:
-            self.refresh_full(b)
+            return
+        have = self.x is not None and self.x.shape[0] == b.shape[0]
+        tel = self.telemetry
+        if tel is not None:
+            choice = tel.strategy.choose(exact=self.semiring.idempotent, have_values=have)
         else:
-            dirty = np.zeros(b.shape[0], bool)
-            dirty[np.asarray(slots, np.int64)] = True
-            for stale in self._stale or ():
-                dirty[stale] = True
-            self._stale = None
-            self.x, _ = propagate_incremental(self.compiled(b.shape[0]), self.x, b, jnp.asarray(dirty))
+            choice = "incremental" if have and self.semiring.idempotent else "full"
+        if choice == "full":
+            self.refresh_full(b)
+            return
+        dirty = np.zeros(b.shape[0], bool)
+        dirty[np.asarray(slots, np.int64)] = True
+        for stale in self._stale or ():
+            dirty[stale] = True
+        self._stale = None
+        t0 = time.perf_counter()
+        self.x, changed = propagate_incremental(self.compiled(b.shape[0]), self.x, b, jnp.asarray(dirty))
+        if tel is not None:
+            jax.block_until_ready(self.x)
+            dt = time.perf_counter() - t0
+            tel.incremental_pass(dt, self.graph.num_nodes, int(np.count_nonzero(dirty)), changed)
+            self._cost_sample("incremental", dt)
+
+    def _cost_sample(self, kind: str, seconds: float) -> None:
+        """Give the strategy a pass's time, unless it was the first of its kind on this
+        compiled graph (which may include tracing and compiling)."""
+        self.telemetry.strategy.record(kind, seconds, warmup=kind not in self._warm)
+        self._warm.add(kind)
 
     def visible(self, b):
         """What readers see: ``x``, brought up to date first after edits or a growth."""

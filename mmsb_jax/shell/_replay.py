@@ -9,6 +9,7 @@ deltas costs a few router calls, not a million Python calls.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from .._errors import (
 from ..deltas._router import pad_rows
 from ..log import SkippedRange, read_records, segment_path
 from ..semirings import Semiring, get_semiring
+from ..telemetry import read_snapshot
+from ..telemetry._counters import replayed_counters
+from ..telemetry._tail import segment_sizes, tail_bytes
 
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
@@ -334,6 +338,23 @@ def apply_records(state, records, *, log_dir, start_epoch: int = 0, strict: bool
     _Replay(state, log_dir, start_epoch=start_epoch, strict=strict, semirings=semirings, report=report).apply(records)
 
 
+def _measure_replay(state, path: str, records, seconds: float, base_epoch: int) -> None:
+    """After a replay: its throughput and tail (telemetry), and the state's counters (the
+    checkpoint's or the last snapshot's, plus the records replayed after them)."""
+    tel = state._telemetry
+    tel.observe("replay", seconds)
+    pos, n, _ = state._mark_tail(records)
+    replayed = tail_bytes(segment_sizes(os.path.join(path, "log")), pos)
+    tel.replay.update(seconds=seconds, records=n, bytes=replayed,
+                      bytes_per_second=replayed / seconds if replayed and seconds > 0 else None)
+    try:
+        snapshot = read_snapshot(path)
+    except SerializationError:  # a damaged snapshot lends nothing
+        snapshot = None
+    base = getattr(state, "_ckpt_counters", None) or (base_epoch, None)
+    state._counters.update(replayed_counters(records, checkpoint=base, snapshot=snapshot, end_epoch=state.epoch))
+
+
 def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn_tail", semirings=(),
             checkpoint: str | None = "newest"):
     """Fill an empty, journal-less ``state`` from ``path``: a checkpoint, then the log after it.
@@ -391,10 +412,17 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
             continue
         break
     strict = mode in ("torn_tail", "absolute", "tolerate_corrupted_tail_records", "absolute_consistency")
-    res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
-    res.report.skipped_checkpoints = skipped
-    apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict, semirings=semirings,
-                  report=res.report)
+    tel = state._telemetry
+    t0 = time.perf_counter()
+    tel.paused += 1  # the replayed operations are not timed one by one: the replay is, as a whole
+    try:
+        res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
+        res.report.skipped_checkpoints = skipped
+        apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict,
+                      semirings=semirings, report=res.report)
+    finally:
+        tel.paused -= 1
+    _measure_replay(state, path, res.records, time.perf_counter() - t0, base_epoch if base is not None else 0)
     closed = last_closed_epoch(path)
     if end_epoch is None and strict and state.epoch < closed:
         raise SerializationError(

@@ -17,6 +17,7 @@ import numpy as np
 from .._checks import is_int
 from .._errors import SerializationError
 from ..log._encode import BadRecord, dtype_from_name
+from ..telemetry._counters import STATE_COUNTERS, valid_counters
 
 _TABLE = ("id", "pool", "slot", "epoch")
 _GRAPH = ("parent", "child", "weight", "type")
@@ -45,6 +46,7 @@ class CheckedCheckpoint:
     page_epoch: np.ndarray
     edges: list  # (parent, child, weight or None, edge type), in propagation order
     derived: list  # (page, function name, parent pages)
+    counters: dict | None = None  # the state's counters (None: a checkpoint written before they were kept)
 
 
 def check_checkpoint(directory: str, manifest: dict, tree: dict, semiring: str) -> CheckedCheckpoint:
@@ -154,4 +156,7 @@ def check_checkpoint(directory: str, manifest: dict, tree: dict, semiring: str) 
         if not ok or d[0] not in live_ids or not set(d[2]) <= live_ids:
             bad(f"manifest entry derived={d!r} is not [live page, function name, [live parent pages]]")
         derived.append((int(d[0]), d[1], tuple(int(p) for p in d[2])))
-    return CheckedCheckpoint(epoch, next_id, pools, ids, pool, slot, page_epoch, edges, derived)
+    counters = manifest.get("counters")
+    if counters is not None and not valid_counters(counters):
+        bad(f"manifest field counters={counters!r} is not a dict of {', '.join(STATE_COUNTERS)} to non-negative ints")
+    return CheckedCheckpoint(epoch, next_id, pools, ids, pool, slot, page_epoch, edges, derived, counters)

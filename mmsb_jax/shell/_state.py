@@ -50,16 +50,18 @@ from ._distributed import collective, coordinator_for
 from . import _inputs
 from ._page import Page
 from ._page_table import PageTable
+from ._telemetry import Telemetered
 from ._tree_writer import HostBuffers, JournalLock
 from ._tree_writes import PageWrites
 from ._trees import TreeJournal
 from ..semirings import get_semiring
+from ..telemetry import Telemetry
 
 _LOCATIONS = ("cpu", "gpu")
 
 
 # --------------------------------------------------------------------------- the state
-class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
+class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemetered):
     """A state store: pages, epochs, the transaction log and the dependency graph.
 
     Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
@@ -80,6 +82,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                  segment_bytes: int = 64 << 20, mesh=None, keep_checkpoints: int | None = None,
                  peer_timeout: float = 60.0, derive=None, checkpoint_policy=None, _snapshot: bool = False,
                  _dist=None):
+        self._telemetry = Telemetry()  # latencies, propagation figures, the strategy (mmsb_jax/telemetry)
         if derive is None:
             derive = {}
         if not isinstance(derive, dict) or not all(isinstance(k, str) and k and callable(f) for k, f in derive.items()):
@@ -163,6 +166,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
         self._pool_graphs: dict = {}  # pool index -> dependencies in that pool
         self._trees: dict = {}  # tree name -> TreeInfo (the tree journal, shell/_trees.py)
         self._tree_pending = PageWrites()  # journaled tree steps not yet written to the pages
+        self._ckpt_counters = None  # (epoch, counters) of the checkpoint restored (replay counts on from it)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -676,11 +680,19 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             return h.hexdigest()
 
     def stats(self) -> dict[str, Any]:
-        """Telemetry: epoch, pages, bytes, per-pool allocator statistics and counters."""
+        """Telemetry: epoch, pages, bytes, per-pool allocator statistics, counters, and the
+        sections ``latency``, ``propagation``, ``checkpoint_files``, ``cost``, ``adaptive`` and
+        ``replay`` (see :func:`mmsb_jax.get_stats`)."""
         with self._lock:
             pools = [p.stats() for p in self._pools]
             capacity = sum(p["capacity"] for p in pools)
             pages = sum(p["pages"] for p in pools)
+            log = self._log.stats() if self._log is not None else None
+            extra = self._telemetry_sections(pools, log)
+            extra["adaptive"]["checkpoint_policy"] = self._policy_stats()
+            if log is not None:
+                log = dict(log, fsync_seconds=self._telemetry.fsync.summary(), tail_bytes=extra["replay"]["tail_bytes"],
+                           tail_records=extra["replay"]["tail_records"])
             return {
                 "epoch": self._epoch,
                 "pages": pages,
@@ -692,9 +704,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
                 "semiring": self.semiring.name,
                 "enable_gpu": self.enable_gpu,
                 "kernels": backend_report(),
-                "log": self._log.stats() if self._log is not None else None,
-                "adaptive": {"checkpoint_policy": self._policy_stats()},
+                "log": log,
                 **self._counters,
+                **extra,
             }
 
     # ------------------------------------------------------------------ lifecycle
@@ -711,6 +723,10 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
 
         self._log = TLog(os.path.join(self.path, "log"), fsync=self.fsync, recovery=recovery,
                          segment_bytes=self.segment_bytes)
+        self._log.on_fsync = self._telemetry.observe_fsync
+        if self._telemetry.tail_mark is None:  # a new state: a reopen replays the whole log
+            self._mark_tail([])
+        self._start_snapshots()
         # the writer holds the log's lock: no one else is writing a checkpoint here
         remove_incomplete_checkpoints(self.path)
         if read_state_file(self.path) is None:
@@ -747,6 +763,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal):
             if self._log is not None:
                 self._log.close()
                 self._log = None
+                self._final_snapshot()
                 if not self._owns_dir and self._writes_files:  # every epoch is durable now: an open that finds fewer lost some
                     update_state_file(self.path, closed_at=self._epoch)
             if self._owns_dir and not self._snapshot:

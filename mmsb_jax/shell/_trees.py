@@ -33,6 +33,7 @@ from ..deltas._tree_ring import empty_tree_ring, ring_steps, spare_key, tree_rin
 from . import _tree_codec as codec
 from ._tree_writer import BackgroundWriter
 from ._tree_writes import PageWrites, log_write, plan_leaf
+from ..telemetry._recorder import timed
 
 tu = jax.tree_util
 _PENDING_PARTIAL_BYTES = 256 << 20  # partial-row writes held back before the pages take them
@@ -294,6 +295,7 @@ class TreeJournal:
         return np.array(pool.ops.read_slot(arena, np.int32(slot)))
 
     # ------------------------------------------------------------------ save_tree
+    @timed("save_tree")
     def save_tree(self, name, tree, *, step=None, location: str = "cpu") -> int:
         """Journal ``tree`` as one step of tree ``name`` in one epoch; see :func:`mmsb_jax.save_tree`."""
         self._refuse_distributed("save_tree")

@@ -12,6 +12,7 @@ import functools
 import threading
 import time
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._histogram import Histogram
@@ -98,7 +99,7 @@ class Telemetry:
             "full_passes": 0, "full_nodes": 0, "full_edges": 0, "full_rounds": 0,
             "incremental_passes": 0, "incremental_dirty": 0, "incremental_changed": 0, "incremental_nodes": 0,
         }
-        self._changed: list = []  # changed masks of incremental passes not yet counted (device arrays)
+        self._changed: list = []  # changed-node counts of incremental passes not yet read (device scalars)
         self._writes: dict[int, np.ndarray] = {}  # pool index -> writes per slot
         self.replay = {"seconds": None, "records": 0, "bytes": 0, "bytes_per_second": None}
         #: where the replay tail starts: (LogPosition, records before it counted, log appends then)
@@ -139,20 +140,20 @@ class Telemetry:
 
     def incremental_pass(self, seconds: float, nodes: int, dirty: int, changed) -> None:
         """An incremental pass from ``dirty`` nodes of a graph of ``nodes``; ``changed`` is the
-        pass's bool mask (a device array, counted lazily so the write path does not wait)."""
+        pass's bool mask (counted on the device; read back lazily so the write path does not wait)."""
         p = self.propagation
         p["incremental_passes"] += 1
         p["incremental_dirty"] += dirty
         p["incremental_nodes"] += nodes
         self.observe("propagate_incremental", seconds)
         with self._lock:
-            self._changed.append(changed)
+            self._changed.append(jnp.count_nonzero(changed))  # a device scalar: the mask is not kept
             if len(self._changed) > 256:
                 self._fold_changed()
 
     def _fold_changed(self) -> None:  # holds _lock
         pending, self._changed = self._changed, []
-        self.propagation["incremental_changed"] += int(sum(int(np.count_nonzero(np.asarray(m))) for m in pending))
+        self.propagation["incremental_changed"] += int(sum(int(c) for c in pending))
 
     def propagation_figures(self) -> dict:
         """The pass counters plus means per pass and the cutoff rate: the share of the graph an

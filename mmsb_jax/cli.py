@@ -384,7 +384,11 @@ def cmd_bisect(args) -> int:
             loads[0] += 1
             return any_nonfinite(tree)
     else:
-        leaf, bound = args.above[0], float(args.above[1])
+        leaf = args.above[0]
+        try:
+            bound = float(args.above[1])
+        except ValueError:
+            raise SystemExit(f"error: --above {leaf} {args.above[1]!r}: the bound must be a number") from None
         what = f"max({leaf}) > {bound}"
 
         def predicate(tree):

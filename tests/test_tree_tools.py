@@ -104,3 +104,8 @@ def test_mmsbsave_of_a_stopped_state_is_refused_before_orbax_starts(tmp_path):
         mmsb.MMSBSave(state)
     with pytest.raises(mmsb.InvalidArgumentError):
         mmsb.MMSBSave("not a state")
+
+
+def test_cli_bisect_refuses_a_bound_that_is_not_a_number(nan_run, capsys):
+    with pytest.raises(SystemExit, match="must be a number"):
+        run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "abc")

@@ -40,7 +40,7 @@ def inspect_state(path) -> dict:
     }
 
 
-def verify_state(path, progress=None, *, semirings=()) -> dict:
+def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
     """Check a state directory the way opening it would, and more: every file's checksum, the
     log's epoch order, each checkpoint against a replay of the log to its epoch, and the state
     ``mmsb_open`` would build (newest checkpoint + log tail) against a full replay of the log.
@@ -55,7 +55,8 @@ def verify_state(path, progress=None, *, semirings=()) -> dict:
     "notes": [str, ...]}``: ``records`` counts the records whose CRC was checked (those before
     the first damage, if any); each checkpoint is ``{"dir", "epoch", "matches_replay": bool |
     None}``, plus ``"note"`` when it was skipped. ``progress(i, total, what)`` is called as
-    checkpoints are verified. ``semirings``: user-defined semirings the log names.
+    checkpoints are verified. ``semirings``: user-defined semirings the log names; ``derive``:
+    the functions of derived pages by name (as for :func:`mmsb_jax.mmsb_open`).
     """
     from .shell._replay import resolve_semiring
     from .shell._state import MMSBState
@@ -71,7 +72,7 @@ def verify_state(path, progress=None, *, semirings=()) -> dict:
         return {"ok": False, "faults": [f"settings: {e}"], "records": 0, "checkpoints": [], "notes": notes}
 
     def snapshot():
-        return MMSBState(path, semiring=semiring, _snapshot=True)
+        return MMSBState(path, semiring=semiring, derive=derive, _snapshot=True)
 
     has_log = os.path.isdir(log_dir) and bool(list_segments(log_dir))
     try:

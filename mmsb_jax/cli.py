@@ -238,7 +238,7 @@ def cmd_verify(args) -> int:
         def tick(i, total, what):
             progress.update(task, total=total, completed=i)
 
-        rep = verify_state(args.path, progress=tick)
+        rep = verify_state(args.path, progress=tick, derive=_derive_fns(args))
     for c in rep["checkpoints"]:
         status = {True: "matches replay", False: "DIFFERS", None: "not comparable"}[c["matches_replay"]]
         if c.get("note"):
@@ -256,7 +256,7 @@ def cmd_verify(args) -> int:
 def cmd_replay(args) -> int:
     import mmsb_jax as mmsb
 
-    snap = mmsb.replay_to_epoch(args.path, args.epoch)
+    snap = mmsb.replay_to_epoch(args.path, args.epoch, derive=_derive_fns(args))
     stats = snap.stats()
     rows = [("epoch", snap.epoch), ("pages", f"{stats['pages']:,}"), ("bytes", f"{stats['bytes']:,}"),
             ("digest", snap.digest())]
@@ -294,7 +294,7 @@ def cmd_stats(args) -> int:
     if args.url:
         print(json.dumps(url_stats(args.url), indent=1))
         return 0
-    snap = mmsb.replay_to_epoch(args.path, None)
+    snap = mmsb.replay_to_epoch(args.path, None, derive=_derive_fns(args))
     stats = snap.stats()
     stats.pop("path", None)
     stats["files"] = files_stats(args.path)  # what a live state measured (its snapshot) and the files say
@@ -311,10 +311,29 @@ def cmd_report(args) -> int:
 
 
 # --------------------------------------------------------------------------- tree journal
-def _snapshot(path):
+def _snapshot(args):
     import mmsb_jax as mmsb
 
-    return mmsb.replay_to_epoch(path, None)
+    return mmsb.replay_to_epoch(args.path, None, derive=_derive_fns(args))
+
+
+def _derive_fns(args) -> dict:
+    """``--derive NAME=MODULE:FUNCTION`` (repeatable): the functions of derived pages, imported
+    because the caller named them (a state's files never make anything be imported)."""
+    import importlib
+
+    out = {}
+    for spec in getattr(args, "derive", None) or ():
+        name, sep, target = spec.partition("=")
+        module, sep2, attr = target.partition(":")
+        if not (sep and sep2 and name and module and attr):
+            raise SystemExit(f"error: --derive {spec!r}: expected NAME=MODULE:FUNCTION")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise SystemExit(f"error: --derive {spec!r}: {e}") from None
+        out[name] = fn
+    return out
 
 
 def cmd_steps(args) -> int:
@@ -322,7 +341,7 @@ def cmd_steps(args) -> int:
 
     import mmsb_jax as mmsb
 
-    snap = _snapshot(args.path)
+    snap = _snapshot(args)
     steps = mmsb.tree_steps(snap, args.name)
     tree = snap._trees[args.name]
     pages = set(tree.page_ids.tolist())
@@ -356,7 +375,7 @@ def _fmt(x: float) -> str:
 def cmd_diff(args) -> int:
     import mmsb_jax as mmsb
 
-    diff = mmsb.tree_diff(_snapshot(args.path), args.name, args.a, args.b)
+    diff = mmsb.tree_diff(_snapshot(args), args.name, args.a, args.b)
     t = Table(title=f"tree {args.name!r}: step {args.a} -> {args.b}")
     for col in ("leaf", "shape", "dtype", "changed", "max |change|", "norm of change"):
         t.add_column(col, justify="left" if col in ("leaf", "dtype") else "right")
@@ -375,7 +394,7 @@ def cmd_bisect(args) -> int:
     import mmsb_jax as mmsb
     from mmsb_jax.shell import any_nonfinite
 
-    snap = _snapshot(args.path)
+    snap = _snapshot(args)
     loads = [0]
     if args.nonfinite:
         what = "a non-finite leaf"
@@ -494,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--nonfinite", action="store_true", help="a leaf holds a NaN or an infinity")
     cond.add_argument("--above", nargs=2, metavar=("LEAF", "VALUE"), help="max of leaf LEAF (e.g. \"['loss']\") > VALUE")
     bi.set_defaults(fn=cmd_bisect)
+    for sp in (v, r, st, s, df, bi):
+        sp.add_argument("--derive", action="append", metavar="NAME=MODULE:FUNCTION",
+                        help="the function of derived pages logged as NAME (see mmsb.derive); repeatable")
     return p
 
 

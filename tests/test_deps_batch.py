@@ -474,3 +474,18 @@ def test_derived_pages_reopen_through_exist_ok_and_orbax(tmp_path):
 
 def _mul_self(x):
     return x * x
+
+
+def test_cli_takes_derive_functions_by_import_path(tmp_path, capsys):
+    from mmsb_jax.cli import main
+
+    path = str(tmp_path / "s")
+    s = mmsb.mmsb_start(path)
+    a, c = (int(i) for i in mmsb.create_pages(s, 2, size=2, dtype=jnp.float32))
+    mmsb.derive(s, c, jnp.negative, [a], name="neg")
+    mmsb.mmsb_stop(s)
+    assert main(["verify", path, "--derive", "neg=jax.numpy:negative"]) == 0
+    assert main(["verify", path]) != 0  # without it the derived page cannot be rebuilt: said, not guessed
+    with pytest.raises(SystemExit, match="NAME=MODULE:FUNCTION"):
+        main(["verify", path, "--derive", "neg"])
+    capsys.readouterr()

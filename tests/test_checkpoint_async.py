@@ -110,7 +110,9 @@ def test_blocking_checkpoint_joins_a_pending_background_one(tmp_path, held_write
 
 def test_joined_background_failure_is_raised_once(tmp_path, held_writer):
     st = _one_page_state(tmp_path / "s")
+    held_writer.set()  # the first checkpoint goes through the (one) writer thread unheld
     mmsb.checkpoint(st, tmp_path / "taken")
+    held_writer.clear()
     fut = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # will fail: the directory holds one
     threading.Timer(0.5, held_writer.set).start()
     with pytest.raises(SerializationError, match="background checkpoint failed.*already holds a checkpoint"):

@@ -310,7 +310,8 @@ def test_sharded_pages(spec):
 INC = [semirings.TROPICAL, semirings.REAL, semirings.BOOLEAN, semirings.LOG]
 
 
-@pytest.mark.parametrize("sr", INC, ids=lambda s: s.name)
+@pytest.mark.parametrize("sr", [pytest.param(s, marks=() if s.name in ("tropical", "real") else pytest.mark.slow)
+                                for s in INC], ids=lambda s: s.name)  # every semiring: tests/test_incremental.py
 @settings(max_examples=4)
 @given(seed=seeds)
 def test_incremental_equals_full(sr, seed):

@@ -465,6 +465,7 @@ def test_whole_page_rows_last_writer_wins(permute):
     mmsb.mmsb_stop(st)
 
 
+@pytest.mark.slow  # a 2 GiB arena, read back whole: ~40 s and ~10 GB here (the pure path below runs always)
 def test_sparse_batch_into_a_pool_past_int32_flat_targets(tmp_path):
     """A pool of >= 2**31 elements cannot take flat int32 targets: its rows go in rounds
     instead, with the same last-writer result, one epoch, and an exact replay."""

@@ -83,7 +83,7 @@ def test_batch_equals_loop_and_model(tmp_path, semiring):
             for u, v, w in zip(us, vs, ws):
                 mmsb.add_dependency(s, ids[u], ids[v], weight=float(w))
         states[how] = (s, ids, path)
-    (sb, ids, pb), (sl, _, pl) = states["batch"], states["loop"]
+    (sb, ids, pb), (sl, _, _) = states["batch"], states["loop"]
     assert sb.dependencies() == sl.dependencies()
     if semiring == "real":
         want = _model(n, us, vs, ws, b, np.add, np.multiply, 0)

@@ -25,7 +25,6 @@ from .._compat import is_tracer
 from .._errors import (
     InvalidArgumentError,
     InvalidDeltaError,
-    PageNotFoundError,
     RingOverflowError,
     SerializationError,
 )

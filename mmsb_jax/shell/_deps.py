@@ -60,7 +60,7 @@ def _one_weight(weight) -> float:
     return w
 
 
-def check_weight_fit(semiring, w: np.ndarray, dtype, parents, children) -> None:
+def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children) -> None:
     """Refuse weights (float64, NaN: the semiring's one) that pages of ``dtype`` cannot hold
     by the weight rule (``semirings._carriers``): integer pages take integral weights in range
     (or the semiring's zero); float pages refuse a finite weight that would become infinite."""
@@ -108,7 +108,7 @@ class Dependencies:
             self._check_edge_pool(pool, pool_c, pp, pc, edge_type)
             w = _one_weight(weight)
             if edge_type == "data":
-                check_weight_fit(self.semiring, np.array([w]), pool.dtype, [pp], [pc])
+                refuse_unfit_weights(self.semiring, np.array([w]), pool.dtype, [pp], [pc])
             pg = self._pool_graphs.get(pool.index)
             graph = pg.graph if pg is not None else ShadowPageGraph()
             self._check_not_derived(graph, pool, np.array([sc]), edge_type)
@@ -149,7 +149,7 @@ class Dependencies:
             graph = ShadowPageGraph() if pg is None else (pg.graph.copy() if len(groups) > 1 else pg.graph)
             self._check_not_derived(graph, pool, sv, edge_type)
             if edge_type == "data":
-                check_weight_fit(self.semiring, w[sel], pool.dtype, pids[sel], cids[sel])
+                refuse_unfit_weights(self.semiring, w[sel], pool.dtype, pids[sel], cids[sel])
             try:
                 graph.add_dependencies(su, sv, w[sel], edge_type=edge_type)  # atomic in one graph
             except GraphCycleError as e:

@@ -31,7 +31,7 @@ from .._errors import InvalidArgumentError
 from ..semirings import cast_weights
 from ._buckets import ceil_pow2
 from ._compiled import CompiledGraph, check_weight_fit
-from ._propagate import call_derive, check_pages, gather_rows, propagate, propagate_impl, weights_for_pages
+from ._propagate import call_derive, check_pages, fold, gather_rows, propagate, propagate_impl, weights_for_pages
 
 
 def _prefix(counts):
@@ -129,7 +129,7 @@ class _Round:
         flat = rows[..., None] * self.cg.in_width + self.in_k.reshape((1,) * rows.ndim + (-1,))
         src, w = lax.optimization_barrier((gather_rows(self.cg.in_src, flat), gather_rows(self.w_in, flat)))
         xs = x.at[src].get(mode="fill", fill_value=self.zero)
-        return self.sr.reduce(self.sr.mul(w, xs), rows.ndim)
+        return fold(self.sr, self.sr.mul(w, xs), rows.ndim, self.page)
 
     def recompute(self, x, f, valid):
         cg, sr = self.cg, self.sr

@@ -56,6 +56,7 @@ from .shell import (
     mmsb_open as mmsb_open,
     mmsb_start as mmsb_start,
     mmsb_stop as mmsb_stop,
+    optimize_layout as optimize_layout,
     query_log as query_log,
     query_page as query_page,
     remove_dependency as remove_dependency,

@@ -27,7 +27,7 @@ Example:
 from ._builder import EDGE_TYPES as EDGE_TYPES, ShadowPageGraph as ShadowPageGraph
 from ._compile import compile_graph as compile_graph
 from ._compiled import CompiledGraph as CompiledGraph, with_weights as with_weights
-from ._generators import chain as chain, deep_dag as deep_dag, random_dag as random_dag
+from ._generators import chain as chain, deep_dag as deep_dag, power_law_dag as power_law_dag, random_dag as random_dag
 from ._incremental import propagate_incremental as propagate_incremental
 from ._propagate import propagate as propagate
 
@@ -41,5 +41,6 @@ __all__ = [
     "with_weights",
     "chain",
     "deep_dag",
+    "power_law_dag",
     "random_dag",
 ]

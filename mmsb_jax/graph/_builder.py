@@ -526,6 +526,29 @@ class ShadowPageGraph:
         g._children = g._parents = None
         return g
 
+    def relabeled(self, new_id) -> "ShadowPageGraph":
+        """A copy with node ``u`` renamed ``new_id[u]`` (``new_id``: an int array over every
+        node id, one-to-one on the nodes): the same edges, weights and types in the same
+        insertion order (so every node sums its parents in the same order), the same derived
+        nodes with renamed parents.
+
+        Example:
+          >>> import numpy as np
+          >>> g = ShadowPageGraph(); g.add_dependency(0, 1, weight=2.0); g.add_dependency(1, 2)
+          >>> h = g.relabeled(np.array([2, 0, 1]))
+          >>> h.edges(), h.weight(2, 0)
+          ([(2, 0), (0, 1)], 2.0)
+        """
+        new_id = np.asarray(new_id, np.int64)
+        g = self.copy()
+        live = np.flatnonzero(self._alive[: self._n])
+        g._src[live] = new_id[self._src[live]]
+        g._dst[live] = new_id[self._dst[live]]
+        g._ord = {int(new_id[u]): o for u, o in self._ord.items()}
+        g._derived = {int(new_id[c]): (fn, tuple(int(new_id[p]) for p in ps)) for c, (fn, ps) in self._derived.items()}
+        g._version = self._version + 1
+        return g
+
     def compile(self, semiring, num_nodes: int | None = None, **kwargs):
         """Compile to a static-shape :class:`CompiledGraph` for :func:`propagate`.
 

@@ -242,8 +242,22 @@ class Plan:
     depth: int
 
 
-def plan(g, n: int) -> Plan:
-    """Run stages 1-6 for the builder ``g`` over nodes ``0..n-1``."""
+class NodeKeys(NamedTuple):
+    """Stages 1-3 per node: what :func:`row_order` sorts internal rows by (and a layout may
+    follow, :mod:`mmsb_jax.adaptive`)."""
+
+    edges: Edges
+    level: np.ndarray
+    kind: np.ndarray  # 0 roots, 1 reduced nodes, 2 derived
+    chunks: np.ndarray  # chunks per node (0: root or derived)
+    group: np.ndarray  # derive group per node (-1: not derived)
+    rows: int
+    width: int
+    depth: int
+
+
+def node_keys(g, n: int) -> NodeKeys:
+    """Stages 1-3 for the builder ``g`` over nodes ``0..n-1``."""
     edges = edges_of(g)
     level = node_levels(edges, n)
     indeg = np.bincount(edges.dst, minlength=n)
@@ -253,7 +267,13 @@ def plan(g, n: int) -> Plan:
     computed = kind > 0
     depth = int(level[computed].max()) if computed.any() else 0
     rows, width = block_shape(int((kind == 1).sum()), int(edges.src.size), depth)
-    node_chunks = np.where(kind == 1, -(-indeg // width), 0)
+    chunks = np.where(kind == 1, -(-indeg // width), 0)
+    return NodeKeys(edges, level, kind, chunks, group, rows, width, depth)
+
+
+def plan(g, n: int) -> Plan:
+    """Run stages 1-6 for the builder ``g`` over nodes ``0..n-1``."""
+    edges, level, kind, node_chunks, group, rows, width, depth = node_keys(g, n)
     perm, inv = row_order(level, kind, node_chunks, group)
     chunks = chunk_rows(edges, perm, node_chunks, width)
     kind_of_row = kind[perm]

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import ResourceLimitError
+from ._rowmap import RowMap
 
 _MIN_CAPACITY = 16
 _MIN_RESERVE_BYTES = 64 << 20  # a first reservation of large pages stops at this size (>= 1 page)
@@ -59,6 +60,28 @@ def bucket(n: int, minimum: int = 8, steps: int = 1) -> int:
         quantum = size // (2 * steps)
         size = -(-n // quantum) * quantum
     return size
+
+
+@jax.jit
+def _move_rows(arena, src, live):
+    moved = jnp.take(arena, src, axis=0, mode="clip")
+    keep = (jnp.arange(src.shape[0]) < live).reshape((-1,) + (1,) * (arena.ndim - 1))
+    return jnp.where(keep, moved, jnp.zeros((), arena.dtype))
+
+
+def move_rows(arena, order, capacity: int):
+    """A ``(capacity, *page)`` array whose row ``i`` is ``arena[order[i]]`` for
+    ``i < len(order)``, zeros after (how :meth:`PagePool.relayout` moves pages).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> move_rows(jnp.array([10, 11, 12]), [2, 0], 4).tolist()
+      [12, 10, 0, 0]
+    """
+    order = np.asarray(order, np.int64).reshape(-1)
+    src = np.zeros(int(capacity), np.int32)
+    src[: order.size] = order
+    return _move_rows(arena, jnp.asarray(src), np.int32(order.size))
 
 
 def _grow_impl(old, capacity: int):
@@ -150,9 +173,16 @@ class PagePool:
       sharding: ``None``, or the ``NamedSharding`` that splits the arena's slots over devices
         (capacity is then a multiple of the device count).
       ops: the jitted arena operations for this placement (see :mod:`mmsb_jax.deltas._pool_ops`).
-      capacity: slots reserved (the device array grows to it on next access).
-      high_water: one past the highest slot ever handed out.
+      capacity: rows reserved (the device array grows to it on next access).
+      high_water: one past the highest (canonical) slot ever handed out.
       live: slots in use.
+
+    Slots and rows. The allocator hands out *canonical* slots, lowest free first, so the
+    same operations give the same slots in every run; checkpoints store pages by them. A
+    page's arena row is its canonical slot until :meth:`relayout` moves pages (placement,
+    not state); from then on :meth:`alloc` and :meth:`free` take and return rows, and a
+    :class:`~mmsb_jax.pages.RowMap` binds them to slots (:meth:`canonical`,
+    :meth:`canonical_rows`).
     """
 
     def __init__(self, index: int, shape: tuple, dtype, device, location: str, sharding=None, ops=None,
@@ -173,27 +203,45 @@ class PagePool:
         self.live = 0
         self._free: list[int] = []  # a heap: lowest free slot first
         self._array = None
+        self._map: RowMap | None = None  # None: every page's row is its canonical slot
 
     # ------------------------------------------------------------------ allocation
-    def alloc(self, n: int) -> np.ndarray:
-        """Reserve ``n`` slots; returns them as an int64 array (free slots first, lowest first)."""
-        if n == 1:
-            return np.array([self.alloc_one()], np.int64)
+    def rows_needed(self, n: int) -> int:
+        """The arena rows in use once ``n`` more pages are allocated (pure)."""
+        if self._map is not None:
+            return self._map.rows_needed(n)
+        return self.high_water + max(0, n - len(self._free))
+
+    def growth_bytes(self, n: int) -> int:
+        """Bytes the arena would grow by to hold ``n`` more pages (pure)."""
+        return (self.capacity_for(self.rows_needed(n)) - self.capacity) * self.page_bytes
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        """``n`` canonical slots: free slots first, lowest first, then fresh ones."""
         reuse = min(n, len(self._free))
         fresh = n - reuse
-        if fresh:
-            self._reserve(self.high_water + fresh)  # may refuse: before anything changes
         parts = []
         if reuse:
             parts.append(np.array([heapq.heappop(self._free) for _ in range(reuse)], np.int64))
         if fresh:
             parts.append(np.arange(self.high_water, self.high_water + fresh, dtype=np.int64))
             self.high_water += fresh
-        self.live += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def alloc(self, n: int) -> np.ndarray:
+        """Reserve ``n`` pages; returns their rows as an int64 array (free ones first, lowest
+        first)."""
+        if n == 1:
+            return np.array([self.alloc_one()], np.int64)
+        self._reserve(self.rows_needed(n))  # may refuse: before anything changes
+        slots = self._take_slots(n)
+        self.live += n
+        return slots if self._map is None else self._map.bind(slots)
+
     def alloc_one(self) -> int:
-        """Reserve one slot and return it (the fast path of :meth:`alloc`)."""
+        """Reserve one page and return its row (the fast path of :meth:`alloc`)."""
+        if self._map is not None:
+            return self._alloc_one_mapped()
         if self._free:
             slot = heapq.heappop(self._free)
         else:
@@ -204,20 +252,77 @@ class PagePool:
         self.live += 1
         return slot
 
-    def free(self, slots) -> None:
-        """Zero ``slots`` on the device and return them to the free list."""
-        slots = np.asarray(slots, np.int64).reshape(-1)
-        if slots.size == 0:
+    def _alloc_one_mapped(self) -> int:
+        self._reserve(self._map.rows_needed(1))  # may refuse: before anything changes
+        slots = self._take_slots(1)
+        self.live += 1
+        return int(self._map.bind(slots)[0])
+
+    def free(self, rows) -> None:
+        """Zero ``rows`` on the device and return their slots to the free list."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size == 0:
             return
-        padded = np.full(bucket(slots.size), np.iinfo(np.int32).max, np.int32)
-        padded[: slots.size] = slots
+        padded = np.full(bucket(rows.size), np.iinfo(np.int32).max, np.int32)
+        padded[: rows.size] = rows
         self.array = self.ops.zero_slots(self.array, jnp.asarray(padded))
+        slots = rows if self._map is None else self._map.unbind(rows)
         for s in slots.tolist():
             heapq.heappush(self._free, s)
-        self.live -= int(slots.size)
+        self.live -= int(rows.size)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def relaid(self) -> bool:
+        """Whether pages sit in other rows than their canonical slots (:meth:`relayout`)."""
+        return self._map is not None
+
+    def canonical(self, rows) -> np.ndarray:
+        """The canonical slots of the pages in ``rows`` (the rows themselves until a re-layout)."""
+        rows = np.asarray(rows, np.int64)
+        return rows if self._map is None else self._map.slot_of[rows]
+
+    def canonical_rows(self) -> np.ndarray:
+        """The pool's first ``max(high_water, 1)`` canonical slots as a host array: what a
+        checkpoint stores, whatever the layout (free slots read as zeros)."""
+        n = max(self.high_water, 1)
+        if self._map is None:
+            return np.asarray(self.array[:n])
+        out = np.zeros((n, *self.shape), self.dtype)
+        rows = np.flatnonzero(self._map.slot_of[: self.capacity] >= 0)
+        out[self._map.slot_of[rows]] = np.asarray(self.array)[rows]
+        return out
+
+    def relayout(self, order, capacity: int) -> None:
+        """Move the pages to new rows: the page in row ``order[i]`` goes to row ``i`` (``order``
+        lists every live page's row once), and the arena shrinks or grows to ``capacity``
+        rows (at least the live pages; whole shards). Rows past the live pages are free.
+
+        Only placement changes: canonical slots (and so checkpoints) stay as they were.
+        Unsharded pools only.
+        """
+        order = np.asarray(order, np.int64).reshape(-1)
+        if self.sharding is not None:
+            raise ValueError("a sharded pool keeps its layout (its rows are split over devices)")
+        if order.size != self.live or capacity < self.live:
+            raise ValueError(f"order must list the {self.live} live rows once and capacity >= {self.live}")
+        capacity = self._round(max(int(capacity), 1))
+        slots = self.canonical(order)
+        if self.budget is not None:
+            if capacity > self.capacity:
+                self.budget.claim((capacity - self.capacity) * self.page_bytes)
+            else:
+                self.budget.release((self.capacity - capacity) * self.page_bytes)
+        self._array = move_rows(self.array, order, capacity)
+        self.capacity = capacity
+        row_of = np.full(max(self.high_water, 1), -1, np.int64)
+        row_of[slots] = np.arange(order.size)
+        slot_of = np.full(capacity, -1, np.int64)
+        slot_of[: order.size] = slots
+        self._map = RowMap(row_of, slot_of, order.size)
 
     def capacity_for(self, needed: int) -> int:
-        """The capacity a reservation of ``needed`` slots grows to (geometric, within budget)."""
+        """The capacity a reservation of ``needed`` rows grows to (geometric, within budget)."""
         if needed <= self.capacity:
             return self.capacity
         floor = max(1, min(_MIN_CAPACITY, _MIN_RESERVE_BYTES // max(self.page_bytes, 1)))
@@ -269,8 +374,9 @@ class PagePool:
 
     @property
     def free_slots(self) -> int:
-        """Slots freed by deletes, handed out again before the pool grows."""
-        return len(self._free)
+        """Rows freed by deletes (below the high-water mark), handed out again before the
+        pool grows."""
+        return len(self._free) if self._map is None else len(self._map.free)
 
     @property
     def placement(self):
@@ -293,7 +399,8 @@ class PagePool:
             "capacity_bytes": self.capacity * self.page_bytes,
             "materialized_bytes": self.materialized_bytes,
             "pressure": (self.live / self.capacity) if self.capacity else 0.0,
-            "free_slots": len(self._free),
+            "free_slots": self.free_slots,
+            "relaid": self._map is not None,
         }
 
     def restore(self, array, high_water: int, used_slots: np.ndarray) -> None:
@@ -326,3 +433,4 @@ class PagePool:
         self._free = np.flatnonzero(~used).tolist()
         heapq.heapify(self._free)
         self.live = int(used.sum())
+        self._map = None  # a restored pool sits in canonical order

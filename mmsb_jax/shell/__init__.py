@@ -33,6 +33,7 @@ from ._api import (
 )
 from ._distributed import init_distributed as init_distributed
 from ._history import compact_log as compact_log, diff as diff
+from ._layout import optimize_layout as optimize_layout
 from ._page import Page as Page
 from ._state import MMSBState as MMSBState
 from ._tree_api import save_tree as save_tree, tree_ring as tree_ring, tree_steps as tree_steps

@@ -141,7 +141,7 @@ class Checkpointing:
             tree["page_table"] = {
                 "id": ids,
                 "pool": self._table.pool[ids],
-                "slot": self._table.slot[ids],
+                "slot": self._canonical_slots(ids),
                 "epoch": self._table.epoch[ids],
             }
         deps = self.dependencies(insertion_order=True)  # restore re-adds them in this order
@@ -186,13 +186,24 @@ class Checkpointing:
         self._ckpt_pending.append((directory, self._epoch, future, prune))
         return future
 
+    def _canonical_slots(self, ids):
+        """The canonical slots of pages ``ids`` (their rows, unless a pool was re-laid out):
+        a checkpoint does not depend on where pages sit (:meth:`optimize_layout`)."""
+        slots = self._table.slot[ids].copy()
+        pools = self._table.pool[ids]
+        for pool in self._pools:
+            if pool.relaid:
+                sel = pools == pool.index
+                slots[sel] = pool.canonical(slots[sel])
+        return slots
+
     @staticmethod
     def _checkpoint_rows(pool):
         """What a checkpoint saves of a pool: its first ``max(high_water, 1)`` rows, copied to
         the host now; for a pool spread over several processes, a device copy of them (padded
         to whole shards) that orbax writes shard by shard."""
         if pool.array.is_fully_addressable:
-            return np.asarray(pool.array[: max(pool.high_water, 1)])
+            return pool.canonical_rows()
         return _dist_checkpoint.pool_rows(pool)
 
     def _prune_checkpoints(self) -> None:

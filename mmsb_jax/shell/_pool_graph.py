@@ -65,6 +65,20 @@ class PoolGraph:
             self._stale = []
         self._stale.append(np.asarray(slots, np.int64).reshape(-1))
 
+    def move(self, order, new_row, moved_x) -> None:
+        """The pool's pages moved (:meth:`PagePool.relayout`): the page in row ``order[i]``
+        is now in row ``i`` (``new_row[r]``: the new row of old row ``r``, -1 for a free
+        row); ``moved_x(x)``: ``x`` moved the same way. Edges keep their order, so every page
+        sums its parents as before."""
+        self.graph = self.graph.relabeled(new_row)
+        self.derive_names = {int(new_row[s]): name for s, name in self.derive_names.items()}
+        if self.x is not None:
+            self.x = moved_x(self.x)
+        if self._stale is not None:
+            self._stale = [new_row[s][new_row[s] >= 0] for s in self._stale]
+        self._cg = self._cg_key = self._edges_key = None
+        self._warm = set()
+
     def invalidate(self) -> None:
         """Nodes left the graph: ``x`` is recomputed in full when next read."""
         self.x, self._stale = None, None

@@ -46,6 +46,7 @@ from ..deltas._router import host_change_mask, write_page
 from ._batch import BatchRouting
 from ._checkpointing import Checkpointing
 from ._deps import Dependencies
+from ._layout import Layout
 from ._distributed import collective, coordinator_for
 from . import _inputs
 from ._page import Page
@@ -61,7 +62,7 @@ _LOCATIONS = ("cpu", "gpu")
 
 
 # --------------------------------------------------------------------------- the state
-class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemetered):
+class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemetered, Layout):
     """A state store: pages, epochs, the transaction log and the dependency graph.
 
     Create it with :func:`mmsb_start` or :func:`mmsb_open`. Every method is thread-safe.
@@ -285,8 +286,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
     def _check_room(self, pool: PagePool, n: int) -> None:
         """Raise ResourceLimitError unless ``n`` more pages of ``pool`` (and their page ids) fit
         in memory; pure (nothing is reserved)."""
-        fresh = max(0, n - pool.free_slots)
-        pool_bytes = (pool.capacity_for(pool.high_water + fresh) - pool.capacity) * pool.page_bytes
+        pool_bytes = pool.growth_bytes(n)
         table_bytes = self._table.growth_bytes(self._table.next_id + n)
         host = self._host_budget
         if pool.budget is host:

@@ -97,7 +97,7 @@ class Telemetered:
             "propagation": tel.propagation_figures(),
             "checkpoint_files": ck,
             "cost": cost,
-            "adaptive": {"propagation": tel.strategy.report()},
+            "adaptive": {"propagation": tel.strategy.report(), "layout": self._layout_stats()},
             "replay": dict(tel.replay, tail_bytes=t_bytes, tail_records=t_records),
             "opened_at": tel.opened_at,
         }

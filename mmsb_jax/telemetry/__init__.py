@@ -12,7 +12,7 @@ May import ``_errors``, ``_checks``, ``log`` (file helpers and the record types)
 callables).
 """
 
-from ._cost import cost_model as cost_model, write_entropy as write_entropy
+from ._cost import cost_model as cost_model, gather_locality as gather_locality, write_entropy as write_entropy
 from ._export import MetricsServer as MetricsServer, registry_for as registry_for, serve_registry as serve_registry
 from ._histogram import LATENCY_BUCKETS as LATENCY_BUCKETS, Histogram as Histogram
 from ._recorder import Telemetry as Telemetry, timed_call as timed_call

@@ -189,6 +189,17 @@ class Telemetry:
             arr = self._grow(pool, top)
         np.add.at(arr, idx, 1)
 
+    def move_writes(self, pool: int, order) -> None:
+        """Pages of pool ``pool`` moved: the one in row ``order[i]`` is now in row ``i``."""
+        arr = self._writes.get(pool)
+        if arr is None:
+            return
+        order = np.asarray(order, np.int64)
+        moved = np.zeros(max(16, order.size), np.int64)
+        inside = order < arr.shape[0]
+        moved[: order.size][inside] = arr[order[inside]]
+        self._writes[pool] = moved
+
     def _grow(self, pool: int, n: int) -> np.ndarray:
         old = self._writes.get(pool)
         size = max(n, 16, 2 * (old.shape[0] if old is not None else 0))

@@ -202,5 +202,6 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None) -> C
         out_width=tables.out_width,
         out_hub_rows=_hub_rows(tables.out_rows),
         derive_fns=tuple(p.groups),
+        hub_chunks=p.hub_chunks,
         num_edges=p.edges.num_edges,
     )

@@ -70,6 +70,7 @@ class CompiledGraph:
       in_width / out_width (slots per row of the in-edge / child tables); in_hub_rows /
       out_hub_rows (rows an incremental round reads for one node, at most 4: nodes with more
       take the full-pass fallback); derive_fns (``((fn, arity), ...)`` per group);
+      hub_chunks (chunks per hub of a hub step, step kind ``1 + len(derive_fns)``; 0: none);
       num_edges (live edges of the source graph: the length :func:`with_weights` checks, at
       trace time).
     """
@@ -108,6 +109,7 @@ class CompiledGraph:
     out_width: int = dataclasses.field(metadata=dict(static=True))
     out_hub_rows: int = dataclasses.field(metadata=dict(static=True))
     derive_fns: tuple = dataclasses.field(metadata=dict(static=True))
+    hub_chunks: int = dataclasses.field(metadata=dict(static=True))
     num_edges: int = dataclasses.field(metadata=dict(static=True))
 
     @property

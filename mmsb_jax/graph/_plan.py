@@ -19,6 +19,13 @@ within a level rows are sorted by chunk count, so the rows of chunk ``j`` are a 
 every step writes one contiguous block. Every step has the same shape, so the program is one
 loop body however deep the graph is; a derived node's step calls its function instead.
 
+Hubs. A node with many chunks (in a power-law graph: thousands of in-edges) would take one
+step per chunk, each nearly empty. Hubs (more than ``hub_chunks(rows) / 4`` chunks) come
+first among their level's reduced rows and go through *hub steps*: the block's ``rows``
+columns are ``rows / H`` hubs x ``H`` consecutive chunks (``H = hub_chunks(rows)``); the step
+reduces every chunk as an ordinary step does and folds them into the hub's value in chunk
+order, so a hub still computes ``((b ⊕ c0) ⊕ c1) ⊕ ...`` — in ``ceil(chunks / H)`` steps.
+
 Every size that reaches a jitted program (steps, chunk rows, weights, out-edges, the block
 shape itself) is a function of bucketed counts (:mod:`._buckets`), so an edit inside a bucket
 compiles to arrays of the same shapes and the same static metadata.
@@ -38,6 +45,15 @@ DATA_CODE = 0  # the builder's type code of "data" edges (the only ones that car
 
 _SLOTS_PER_STEP = 2048  # width * rows of a step, at most (measured on CPU: see bench_graph)
 _MAX_WIDTH = 64
+_HUB_CHUNKS = 32  # chunks of one hub a hub step takes (at most; rows / hub_chunks hubs per step)
+
+
+def hub_chunks(rows: int) -> int:
+    """Chunks per hub in a hub step: ``min(rows, 32)``, or 0 (no hub steps) when a step has
+    fewer than 8 rows. A node with more than a quarter of that many chunks is a *hub*: all
+    its chunks go through hub steps, ``hub_chunks`` at a time, instead of one step each."""
+    h = min(rows, _HUB_CHUNKS)
+    return h if h >= 8 else 0
 
 
 class Edges(NamedTuple):
@@ -152,27 +168,37 @@ class Steps(NamedTuple):
 
     row0: np.ndarray  # first internal row written
     count: np.ndarray  # valid rows (the rest of the block is left as it is)
-    kind: np.ndarray  # 0: reduce; 1 + g: derive group g
+    kind: np.ndarray  # 0: reduce; 1 + g: derive group g; 1 + groups: hub step
     poff: np.ndarray  # offset into der_par (derive steps)
     ell_src: np.ndarray  # (S, width, rows) internal source rows (padding: -1)
     ell_pos: np.ndarray  # (S, width, rows) edge positions (padding: -1)
     der_par: np.ndarray  # flat internal parent rows of derive steps
 
 
-def ell_steps(chunks: Chunks, level, perm, inv, kind_of_row, rows: int, width: int):
-    """Stage 6a: reduce steps: chunk ``j`` of a level's reduced rows, ``rows`` at a time.
+def _first_rows(level, perm, rows_of_kind) -> np.ndarray:
+    """The first internal row of each level among ``rows_of_kind`` (contiguous per level)."""
+    first = np.zeros(int(level.max()) + 1, np.int64)
+    first[level[perm[rows_of_kind]][::-1]] = rows_of_kind[::-1]
+    return first
+
+
+def ell_steps(chunks: Chunks, level, perm, inv, kind_of_row, rows: int, width: int, hub=None):
+    """Stage 6a: reduce steps: chunk ``j`` of a level's reduced rows that are not hubs
+    (``hub``: per internal row), ``rows`` at a time.
 
     Returns ``(sort_keys, row0, count, ell_src, ell_pos)``; keys ``(level, 0, j, block)``.
     """
+    if hub is not None:
+        keep = ~hub[chunks.row]
+        chunks = Chunks(*(a[keep] for a in chunks))
     if chunks.node.size == 0:
         empty = np.zeros(0, np.int64)
         blocks = np.zeros((0, width, rows), np.int64)
         return np.zeros((0, 4), np.int64), empty, empty, blocks, blocks
     lv = level[chunks.node]
-    reduced = np.flatnonzero(kind_of_row == 1)  # contiguous per level, levels ascending
-    first = np.zeros(int(level.max()) + 1, np.int64)
-    first[level[perm[reduced]][::-1]] = reduced[::-1]  # the first reduced row of each level
-    p = chunks.row - first[lv]  # position among the level's reduced rows
+    plain = np.flatnonzero((kind_of_row == 1) & (True if hub is None else ~hub))
+    first = _first_rows(level, perm, plain)  # the first non-hub reduced row of each level
+    p = chunks.row - first[lv]  # position among the level's non-hub reduced rows
     blk = p // rows
     n_j, n_blk = int(chunks.j.max()) + 1, int(blk.max()) + 1
     flat, step_of = np.unique((lv * n_j + chunks.j) * n_blk + blk, return_inverse=True)  # (level, j, block) order
@@ -188,6 +214,43 @@ def ell_steps(chunks: Chunks, level, perm, inv, kind_of_row, rows: int, width: i
     k = np.arange(width)[None, :]
     ell_src[step_of[:, None], k, col[:, None]] = internal
     ell_pos[step_of[:, None], k, col[:, None]] = chunks.pos
+    return uniq, row0, count, ell_src, ell_pos
+
+
+def hub_steps(chunks: Chunks, level, perm, inv, hub, rows: int, width: int, h: int):
+    """Stage 6c: hub steps: chunks ``g*h .. g*h+h-1`` of a level's hubs, ``rows // h`` hubs
+    at a time; column ``r * h + j`` of a block holds chunk ``g*h + j`` of the block's hub
+    ``r``.
+
+    Returns ``(sort_keys, row0, count, ell_src, ell_pos)``; keys ``(level, 2, g, block)``.
+    """
+    sel = np.flatnonzero(hub[chunks.row]) if chunks.node.size else np.zeros(0, np.int64)
+    if sel.size == 0:
+        empty = np.zeros(0, np.int64)
+        blocks = np.zeros((0, width, rows), np.int64)
+        return np.zeros((0, 4), np.int64), empty, empty, blocks, blocks
+    node, row, j = chunks.node[sel], chunks.row[sel], chunks.j[sel]
+    lv = level[node]
+    first = _first_rows(level, perm, np.flatnonzero(hub))  # a level's hubs are its first reduced rows
+    per = rows // h
+    p = row - first[lv]  # position among the level's hubs
+    g, blk, r, jj = j // h, p // per, p % per, j % h
+    n_g, n_blk = int(g.max()) + 1, int(blk.max()) + 1
+    flat, step_of = np.unique((lv * n_g + g) * n_blk + blk, return_inverse=True)
+    step_of = step_of.reshape(-1)
+    uniq = np.stack([flat // (n_g * n_blk), np.full_like(flat, 2), flat // n_blk % n_g, flat % n_blk], axis=1)
+    s = uniq.shape[0]
+    row0 = first[uniq[:, 0]] + uniq[:, 3] * per
+    count = np.zeros(s, np.int64)
+    np.maximum.at(count, step_of, r + 1)  # hubs are sorted by chunks: the valid ones are a prefix
+    ell_src = np.full((s, width, rows), -1, np.int64)
+    ell_pos = np.full((s, width, rows), -1, np.int64)
+    src = chunks.src[sel]
+    internal = np.where(src >= 0, inv[np.maximum(src, 0)], -1)
+    col = r * h + jj
+    k = np.arange(width)[None, :]
+    ell_src[step_of[:, None], k, col[:, None]] = internal
+    ell_pos[step_of[:, None], k, col[:, None]] = chunks.pos[sel]
     return uniq, row0, count, ell_src, ell_pos
 
 
@@ -240,6 +303,7 @@ class Plan:
     groups: tuple
     group: np.ndarray  # derive group per node (-1: not derived)
     depth: int
+    hub_chunks: int = 0  # chunks per hub of a hub step (0: no hub steps; see hub_chunks())
 
 
 class NodeKeys(NamedTuple):
@@ -277,18 +341,22 @@ def plan(g, n: int) -> Plan:
     perm, inv = row_order(level, kind, node_chunks, group)
     chunks = chunk_rows(edges, perm, node_chunks, width)
     kind_of_row = kind[perm]
-    ekeys, erow0, ecount, ell_src, ell_pos = ell_steps(chunks, level, perm, inv, kind_of_row, rows, width)
+    h = hub_chunks(rows)
+    hub = (kind_of_row == 1) & (node_chunks[perm] > h // 4) if h else np.zeros(n, bool)
+    ekeys, erow0, ecount, ell_src, ell_pos = ell_steps(chunks, level, perm, inv, kind_of_row, rows, width, hub)
+    hkeys, hrow0, hcount, hub_src, hub_pos = hub_steps(chunks, level, perm, inv, hub, rows, width, h)
     dkeys, drow0, dcount, dkind, dpoff, der_par = derive_steps(edges, level, inv, rows)
-    keys = np.concatenate([ekeys, dkeys])
+    keys = np.concatenate([ekeys, hkeys, dkeys])
     order = np.lexsort(keys.T[::-1]) if keys.size else np.zeros(0, np.int64)
-    s_ell, s_der = erow0.size, drow0.size
-    blk_src = np.concatenate([ell_src, np.full((s_der, width, rows), -1, np.int64)])[order]
-    blk_pos = np.concatenate([ell_pos, np.full((s_der, width, rows), -1, np.int64)])[order]
+    s_ell, s_hub, s_der = erow0.size, hrow0.size, drow0.size
+    hub_kind = 1 + len(edges.groups)  # after the derive groups' kinds
+    blk_src = np.concatenate([ell_src, hub_src, np.full((s_der, width, rows), -1, np.int64)])[order]
+    blk_pos = np.concatenate([ell_pos, hub_pos, np.full((s_der, width, rows), -1, np.int64)])[order]
     steps = Steps(
-        row0=np.concatenate([erow0, drow0])[order],
-        count=np.concatenate([ecount, dcount])[order],
-        kind=np.concatenate([np.zeros(s_ell, np.int64), dkind])[order],
-        poff=np.concatenate([np.zeros(s_ell, np.int64), dpoff])[order],
+        row0=np.concatenate([erow0, hrow0, drow0])[order],
+        count=np.concatenate([ecount, hcount, dcount])[order],
+        kind=np.concatenate([np.zeros(s_ell, np.int64), np.full(s_hub, hub_kind, np.int64), dkind])[order],
+        poff=np.concatenate([np.zeros(s_ell + s_hub, np.int64), dpoff])[order],
         ell_src=blk_src,
         ell_pos=blk_pos,
         der_par=der_par,
@@ -296,6 +364,7 @@ def plan(g, n: int) -> Plan:
     return Plan(
         n=n, edges=edges, level=level, perm=perm, inv=inv, rows=rows, width=width, steps=steps,
         chunks=chunks, node_chunks=node_chunks, groups=edges.groups, group=group, depth=depth,
+        hub_chunks=h if s_hub else 0,
     )
 
 

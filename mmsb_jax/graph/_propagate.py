@@ -127,13 +127,18 @@ def _run_steps(cg: CompiledGraph, x):
     w_all = weights_for_pages(cast_weights(sr, cg.ell_weights, dt), 3, page)
     lane = jnp.arange(rows, dtype=jnp.int32).reshape((rows,) + (1,) * len(page))
 
+    def chunk_values(x, src, w):
+        """⊕ of each column's edge slots (a chunk): small pages take one gather and XLA's
+        reduction (see fold); wide pages one gather per edge slot, each ⊗ then ⊕ in fold's
+        association (XLA fuses them elementwise; a (width, rows, *page) product and its
+        reduction cost ~10x more)."""
+        if not wide(page):
+            return fold(sr, sr.mul(w, gather_rows(x, src, expanded=True)), 0, page)
+        return tree_add(sr, [sr.mul(w[k], gather_rows(x, src[k], expanded=True)) for k in range(src.shape[0])])
+
     def reduce_rows(x, src, w, poff, base):
         del poff
-        if not wide(page):  # small pages: one gather and XLA's reduction (see fold)
-            return sr.add(base, fold(sr, sr.mul(w, gather_rows(x, src, expanded=True)), 0, page))
-        # wide pages: one gather per edge slot, each ⊗ then ⊕ in fold's association (XLA fuses
-        # them elementwise; a (width, rows, *page) product and its reduction cost ~10x more)
-        return sr.add(base, tree_add(sr, [sr.mul(w[k], gather_rows(x, src[k], expanded=True)) for k in range(src.shape[0])]))
+        return sr.add(base, chunk_values(x, src, w))
 
     def derive_rows(fn, arity):
         def run(x, src, w, poff, base):
@@ -143,7 +148,22 @@ def _run_steps(cg: CompiledGraph, x):
 
         return run
 
+    def hub_rows(x, src, w, poff, base):
+        """A hub step (see :mod:`._plan`): columns are ``rows // h`` hubs x ``h`` chunks;
+        each hub folds its chunks in order, ``((x ⊕ c0) ⊕ c1) ...`` (padding chunks skipped)."""
+        del poff
+        h = cg.hub_chunks
+        per = rows // h
+        c = chunk_values(x, src, w).reshape((per, h) + page)
+        real = (src[0, :, 0] != cg.num_nodes + rows).reshape(per, h)  # a chunk's first slot is an edge
+        acc = base[:per]
+        for j in range(h):
+            acc = jnp.where(real[:, j].reshape((per,) + (1,) * len(page)), sr.add(acc, c[:, j]), acc)
+        return jnp.concatenate([acc, base[per:]])
+
     branches = [reduce_rows] + [derive_rows(fn, arity) for fn, arity in cg.derive_fns]
+    if cg.hub_chunks:
+        branches.append(hub_rows)
 
     def body(x, step):
         if len(branches) == 1:

@@ -2,7 +2,8 @@
 
 :func:`plan` runs named stages, each a function of the previous ones' results:
 
-1. :func:`edges_of` — data edges (with their positions in ``g.edges()``) and derive relations;
+1. :func:`edges_of` — data edges (with their positions in ``g.edges()``) and derive relations
+   (with ``outputs``, only those the outputs read: :func:`prune`);
 2. :func:`node_levels` — longest-path levels over data and derive relations;
 3. :func:`block_shape` — ``(rows, width)`` of every step, from bucketed graph statistics;
 4. :func:`row_order` — internal rows: level by level, parents before children;
@@ -20,8 +21,9 @@ every step writes one contiguous block. Every step has the same shape, so the pr
 loop body however deep the graph is; a derived node's step calls its function instead.
 
 Hubs. A node with many chunks (in a power-law graph: thousands of in-edges) would take one
-step per chunk, each nearly empty. Hubs (more than ``hub_chunks(rows) / 4`` chunks) come
-first among their level's reduced rows and go through *hub steps*: the block's ``rows``
+step per chunk, each nearly empty. Where that wastes many steps (:func:`hubs_pay`), hubs
+(more than ``hub_chunks(rows) / 4`` chunks) come first among their level's reduced rows and
+go through *hub steps*: the block's ``rows``
 columns are ``rows / H`` hubs x ``H`` consecutive chunks (``H = hub_chunks(rows)``); the step
 reduces every chunk as an ordinary step does and folds them into the hub's value in chunk
 order, so a hub still computes ``((b ⊕ c0) ⊕ c1) ⊕ ...`` — in ``ceil(chunks / H)`` steps.
@@ -91,6 +93,36 @@ def edges_of(g) -> Edges:
         weight=np.where(ea["default_weight"], np.nan, ea["weight"]), num_edges=int(ea["src"].size),
         der_child=der_child, der_group=der_group, der_parents=der_parents, groups=tuple(keys),
         rel_src=rel_src, rel_dst=rel_dst,
+    )
+
+
+def read_by(edges: Edges, n: int, outputs) -> np.ndarray:
+    """The nodes ``outputs`` depend on (themselves included): a reverse walk over data
+    edges and derive relations. A bool mask over ``0..n-1``."""
+    keep = np.zeros(n, bool)
+    frontier = np.unique(np.asarray(outputs, np.int64).reshape(-1))
+    src = np.concatenate([edges.src, edges.rel_src])
+    ptr, order = _topo.csr(np.concatenate([edges.dst, edges.rel_dst]), n)
+    while frontier.size:
+        keep[frontier] = True
+        parents = src[order[_topo.expand_rows(ptr, frontier)]]
+        frontier = np.unique(parents[~keep[parents]])
+    return keep
+
+
+def prune(edges: Edges, keep: np.ndarray) -> Edges:
+    """Rewrite: drop the computation of nodes outside ``keep`` (nodes no output reads). They
+    become roots (their value is ``b``); kept nodes compute exactly what they did, with the
+    same edges in the same order, under every semiring. ``keep`` must be closed under
+    parents (:func:`read_by`)."""
+    d = keep[edges.dst] if edges.dst.size else np.zeros(0, bool)
+    c = keep[edges.der_child] if edges.der_child.size else np.zeros(0, bool)
+    r = keep[edges.rel_dst] if edges.rel_dst.size else np.zeros(0, bool)
+    return edges._replace(
+        src=edges.src[d], dst=edges.dst[d], pos=edges.pos[d],
+        der_child=edges.der_child[c], der_group=edges.der_group[c],
+        der_parents=[ps for ps, k in zip(edges.der_parents, c.tolist()) if k],
+        rel_src=edges.rel_src[r], rel_dst=edges.rel_dst[r],
     )
 
 
@@ -217,6 +249,24 @@ def ell_steps(chunks: Chunks, level, perm, inv, kind_of_row, rows: int, width: i
     return uniq, row0, count, ell_src, ell_pos
 
 
+def _group_steps(level_of, group, rows: int) -> int:
+    """Steps of blocks of ``rows`` over entries grouped by ``(level, group)``."""
+    if level_of.size == 0:
+        return 0
+    _, count = np.unique(level_of * (int(group.max()) + 1) + group, return_counts=True)
+    return int((-(-count // rows)).sum())
+
+
+def hubs_pay(chunks: Chunks, level, hub, rows: int, h: int) -> bool:
+    """Whether hub steps save at least a quarter of the steps (and 64): only then is their
+    branch (compile time, a second gather in the loop body) worth it."""
+    lv, on_hub = level[chunks.node], hub[chunks.row]
+    plain = _group_steps(lv, chunks.j, rows)
+    first = np.unique(np.stack([lv[on_hub], chunks.j[on_hub] // h, chunks.row[on_hub]]), axis=1)  # (level, group, hub)
+    with_hubs = _group_steps(lv[~on_hub], chunks.j[~on_hub], rows) + _group_steps(first[0], first[1], rows // h)
+    return plain - with_hubs >= max(64, plain // 4)
+
+
 def hub_steps(chunks: Chunks, level, perm, inv, hub, rows: int, width: int, h: int):
     """Stage 6c: hub steps: chunks ``g*h .. g*h+h-1`` of a level's hubs, ``rows // h`` hubs
     at a time; column ``r * h + j`` of a block holds chunk ``g*h + j`` of the block's hub
@@ -320,9 +370,12 @@ class NodeKeys(NamedTuple):
     depth: int
 
 
-def node_keys(g, n: int) -> NodeKeys:
-    """Stages 1-3 for the builder ``g`` over nodes ``0..n-1``."""
+def node_keys(g, n: int, outputs=None) -> NodeKeys:
+    """Stages 1-3 for the builder ``g`` over nodes ``0..n-1`` (with ``outputs``: only what
+    they read, :func:`prune`)."""
     edges = edges_of(g)
+    if outputs is not None:
+        edges = prune(edges, read_by(edges, n, outputs))
     level = node_levels(edges, n)
     indeg = np.bincount(edges.dst, minlength=n)
     group = np.full(n, -1, np.int64)
@@ -335,14 +388,17 @@ def node_keys(g, n: int) -> NodeKeys:
     return NodeKeys(edges, level, kind, chunks, group, rows, width, depth)
 
 
-def plan(g, n: int) -> Plan:
-    """Run stages 1-6 for the builder ``g`` over nodes ``0..n-1``."""
-    edges, level, kind, node_chunks, group, rows, width, depth = node_keys(g, n)
+def plan(g, n: int, outputs=None) -> Plan:
+    """Run stages 1-6 for the builder ``g`` over nodes ``0..n-1`` (``outputs``: see
+    :func:`prune`)."""
+    edges, level, kind, node_chunks, group, rows, width, depth = node_keys(g, n, outputs)
     perm, inv = row_order(level, kind, node_chunks, group)
     chunks = chunk_rows(edges, perm, node_chunks, width)
     kind_of_row = kind[perm]
     h = hub_chunks(rows)
     hub = (kind_of_row == 1) & (node_chunks[perm] > h // 4) if h else np.zeros(n, bool)
+    if hub.any() and not hubs_pay(chunks, level, hub, rows, h):
+        hub[:] = False  # a hub branch costs compile time: only where it saves many steps
     ekeys, erow0, ecount, ell_src, ell_pos = ell_steps(chunks, level, perm, inv, kind_of_row, rows, width, hub)
     hkeys, hrow0, hcount, hub_src, hub_pos = hub_steps(chunks, level, perm, inv, hub, rows, width, h)
     dkeys, drow0, dcount, dkind, dpoff, der_par = derive_steps(edges, level, inv, rows)

@@ -58,30 +58,29 @@ def gather_rows(x, idx, *, expanded: bool = False):
     return lax.gather(x, idx, dims, (1,) + page, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def tree_add(sr, parts: list):
-    """⊕ of ``parts`` (arrays of one shape) as a balanced tree, adjacent pairs first:
-    ``(p0 ⊕ p1) ⊕ (p2 ⊕ p3)``, ... (an odd one out joins the next level as it is)."""
-    while len(parts) > 1:
-        pairs = [sr.add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        parts = pairs + parts[len(pairs) * 2 :]
-    return parts[0]
+def fold_left(sr, parts: list):
+    """``((p0 ⊕ p1) ⊕ p2) ⊕ ...`` of ``parts`` (arrays of one shape)."""
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = sr.add(acc, p)
+    return acc
 
 
-#: pages of at least this many elements take :func:`tree_add`; smaller ones XLA's reduction
-#: (measured on CPU, ``benchmarks/bench_propagation.py``: 16-element pages ran 1.7x faster
-#: with the reduction, 256-element pages 7x faster with the tree)
+#: pages of at least this many elements are reduced by :func:`fold_left`; smaller ones by
+#: XLA's reduction (measured on CPU, ``benchmarks/bench_propagation.py``: 16-element pages
+#: ran 1.7x faster with the reduction, 256-element pages 7x faster elementwise)
 WIDE_PAGE = 32
 
 
 def wide(page: tuple) -> bool:
-    """Whether pages of shape ``page`` are reduced by :func:`tree_add` (see :data:`WIDE_PAGE`)."""
+    """Whether pages of shape ``page`` are reduced by :func:`fold_left` (see :data:`WIDE_PAGE`)."""
     return int(np.prod(page, dtype=np.int64)) >= WIDE_PAGE
 
 
 def fold(sr, x, axis: int, page: tuple):
     """⊕ of ``x`` (``(..., *page)``) along ``axis`` in the association full and incremental
-    propagation share: XLA's reduction for small pages, else :func:`tree_add` of the slices
-    along ``axis`` (:func:`wide`).
+    propagation share: XLA's reduction for small pages, else :func:`fold_left` of the slices
+    along ``axis`` in order (:func:`wide`).
 
     XLA's CPU reduction over a short major axis of wide pages is slow (a ``(4, 512, 256)``
     min took 1.4 ms, elementwise ⊕ of its slices 0.07 ms; ``benchmarks/bench_graph.py``); for
@@ -96,7 +95,7 @@ def fold(sr, x, axis: int, page: tuple):
     """
     if not wide(page) or x.shape[axis] == 0:
         return sr.reduce(x, axis)
-    return tree_add(sr, [lax.index_in_dim(x, k, axis, keepdims=False) for k in range(x.shape[axis])])
+    return fold_left(sr, [lax.index_in_dim(x, k, axis, keepdims=False) for k in range(x.shape[axis])])
 
 
 def weights_for_pages(w, lead: int, page: tuple):
@@ -129,12 +128,17 @@ def _run_steps(cg: CompiledGraph, x):
 
     def chunk_values(x, src, w):
         """⊕ of each column's edge slots (a chunk): small pages take one gather and XLA's
-        reduction (see fold); wide pages one gather per edge slot, each ⊗ then ⊕ in fold's
-        association (XLA fuses them elementwise; a (width, rows, *page) product and its
+        reduction (see fold); wide pages one gather per edge slot, each ⊗ then ⊕ in slot
+        order, fold's association (elementwise; a (width, rows, *page) product and its
         reduction cost ~10x more)."""
         if not wide(page):
             return fold(sr, sr.mul(w, gather_rows(x, src, expanded=True)), 0, page)
-        return tree_add(sr, [sr.mul(w[k], gather_rows(x, src[k], expanded=True)) for k in range(src.shape[0])])
+
+        def slot(k):
+            return sr.mul(w[k], gather_rows(x, src[k], expanded=True))
+
+        # a loop, not one gather per slot traced out: compile time does not grow with width
+        return lax.fori_loop(1, src.shape[0], lambda k, acc: sr.add(acc, slot(k)), slot(0))
 
     def reduce_rows(x, src, w, poff, base):
         del poff

@@ -182,6 +182,53 @@ def _integer_pages_cases(repeat, n=100_000, m=500_000):
     return rows
 
 
+# --------------------------------------------------------------------------- rewrites and hubs
+def _rewrite_cases(repeat: int, quick: bool) -> list[dict]:
+    """``compile(outputs=...)`` (drop what no output reads) and hub steps, each against the
+    graph compiled without the rewrite / without hub steps, same run, bit-exact checked."""
+    from mmsb_jax.graph import _plan, power_law_dag
+
+    n = 20_000 if quick else 100_000
+    rows = []
+    src, dst, w = random_dag(n, 5 * n, seed=3)
+    g = _graph(src, dst, w)
+    outputs = np.random.default_rng(0).choice(n, n // 100, replace=False)
+    full = g.compile("tropical", num_nodes=n)
+    part = g.compile("tropical", num_nodes=n, outputs=outputs)
+    b = jnp.asarray(np.random.default_rng(1).random(n), jnp.float32)
+    assert np.array_equal(np.asarray(propagate(full, b))[outputs], np.asarray(propagate(part, b))[outputs])
+    tf = timeit(_block(lambda: propagate(full, b)), repeat=repeat)
+    tp = timeit(_block(lambda: propagate(part, b)), repeat=repeat)
+    read = int(_plan.read_by(_plan.edges_of(g), n, outputs).sum())
+    rows.append(result(
+        f"rewrite_outputs_1pct_{n // 1000}k_{5 * n // 1000}k", value=tp["min"], unit="s",
+        baseline="the whole graph compiled (same run)", baseline_value=tf["min"], higher_is_better=False,
+        target="report (exact under every semiring)", met=True, nodes_read=read, steps=part.num_steps,
+        baseline_steps=full.num_steps, range_s=_span(tp), baseline_range_s=_span(tf),
+    ))
+    src, dst, w = power_law_dag(n, seed=1)
+    g = _graph(src, dst, w)
+    hubs = g.compile("tropical", num_nodes=n)
+    orig = _plan.hub_chunks
+    _plan.hub_chunks = lambda rows: 0
+    try:
+        plain = g.compile("tropical", num_nodes=n)
+    finally:
+        _plan.hub_chunks = orig
+    for width in (None, 16):
+        b = jnp.asarray(np.random.default_rng(2).random((n,) if width is None else (n, width)), jnp.float32)
+        assert np.array_equal(np.asarray(propagate(hubs, b)), np.asarray(propagate(plain, b)))
+        th = timeit(_block(lambda: propagate(hubs, b)), repeat=repeat)
+        tp = timeit(_block(lambda: propagate(plain, b)), repeat=repeat)
+        rows.append(result(
+            f"hub_steps_power_law_{n // 1000}k_width_{width or 1}", value=th["min"], unit="s",
+            baseline="one step per chunk, no hub steps (same graph, same run)", baseline_value=tp["min"],
+            higher_is_better=False, target="report (bit-exact with the baseline)", met=True, edges=int(src.size),
+            steps=hubs.num_steps, baseline_steps=plain.num_steps, range_s=_span(th), baseline_range_s=_span(tp),
+        ))
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
     repeat = 3 if quick else 7
     rows = [
@@ -195,6 +242,7 @@ def run(quick: bool) -> list[dict]:
     rows.append(_deep_grad_case(repeat))
     rows.append(_small_graph_case(repeat))
     rows += _integer_pages_cases(repeat)
+    rows += _rewrite_cases(repeat, quick)
     return rows
 
 

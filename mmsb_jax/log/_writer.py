@@ -12,8 +12,6 @@ the bytes actually present in the file.
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import inspect
 import os
 import threading
 import time
@@ -33,17 +31,12 @@ from .._errors import (
 )
 from ._files import fsync_dir
 from ._encode import (
-    FLAG_BATCH,
-    HEADER_SIZE,
     KINDS,
-    RECORD_HEADER,
     SEGMENT_HEADER_SIZE,
     U64_MAX,
-    BadRecord,
     Kind,
     body_accumulate,
     body_add_dep,
-    body_commit,
     body_create_pages,
     body_delete_pages,
     body_dense,
@@ -62,6 +55,9 @@ from ._encode import (
     segment_header,
     source_bytes,
 )
+from ._batch import TLogBatch, check_epoch, install_log_methods
+from ._flusher import FlushSignal, flusher
+from ._segments import Rotate, SegmentInfo, walk_segment
 from ._reader import (
     SEGMENT_RE,
     LogPosition,
@@ -87,49 +83,6 @@ _writev = getattr(os, "writev", None) or (lambda fd, bufs: os.write(fd, b"".join
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SegmentInfo:
-    """One segment file. ``last_epoch``/``records`` come from a header walk (no CRC)."""
-
-    index: int
-    path: Path
-    first_epoch: int | None
-    last_epoch: int | None
-    bytes: int
-    records: int
-    kind_counts: dict[int, int]
-    complete: bool  # the header walk reached the end of the file exactly
-
-
-def _walk_segment(index: int, path: Path) -> SegmentInfo:
-    with open(path, "rb") as f:
-        buf = f.read()
-    size = len(buf)
-    first = None
-    try:
-        first = _check_segment_header(buf, index, str(path))
-    except BadRecord:
-        return SegmentInfo(index, path, None, None, size, 0, {}, False)
-    off, last, counts = SEGMENT_HEADER_SIZE, None, {}
-    while size - off >= HEADER_SIZE:
-        length, _crc, epoch, _ts, kind = RECORD_HEADER.unpack_from(buf, off)[:5]
-        if length < HEADER_SIZE or length & 7 or length > size - off:
-            break
-        counts[kind] = counts.get(kind, 0) + 1
-        last = epoch
-        off += length
-    return SegmentInfo(index, path, first, last, size, sum(counts.values()), counts, off == size)
-
-
-class _Rotate:
-    """Buffer marker: close the current segment file and create ``path``."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: Path):
-        self.path = path
-
-
 #: The durability policies (``fsync=`` of :class:`TLog` and of a state).
 FSYNC_MODES = ("always", "batch", "never")
 MIN_SEGMENT_BYTES = 4096
@@ -143,50 +96,6 @@ def _close_all() -> None:  # pragma: no cover - interpreter exit
             log.close()
         except Exception:  # noqa: BLE001, S110 - best effort at interpreter exit
             pass
-
-
-class _FlushSignal:
-    """State the flusher thread waits on (guarded by the TLog's lock); never refers to the TLog,
-    so the thread can wait without keeping it alive."""
-
-    __slots__ = ("first_unsynced", "stop")
-
-    def __init__(self):
-        self.first_unsynced: float | None = None  # monotonic time of the oldest buffered append
-        self.stop = False
-
-
-def _flusher(ref, cond: threading.Condition, sig: _FlushSignal, interval: float) -> None:
-    """Background thread of a ``fsync="batch"`` TLog (holds only a weakref to it).
-
-    Syncs the buffer once its oldest record is ``interval`` s old when no append came along to
-    do it inline, so an acknowledged append is durable within ~``interval`` even if the
-    appends stop. (Size-triggered syncs run inline in the appending thread: handing them to
-    this thread costs a GIL hand-off per flush and was measured slower.) The fdatasync runs
-    outside the writer's I/O lock (see :meth:`TLog._background_sync`).
-    """
-    while True:
-        with cond:
-            while not sig.stop:
-                # Poll every interval rather than being notified by each append: a notify per
-                # append costs the appending thread a GIL hand-off (~10 us per update).
-                wait = interval
-                if sig.first_unsynced is not None:
-                    wait = sig.first_unsynced + interval - time.monotonic()
-                    if wait <= 0:
-                        break
-                cond.wait(min(wait, interval))
-            if sig.stop:
-                return
-        log = ref()  # taken and dropped outside the lock: dropping the last ref runs __del__
-        if log is None:
-            return
-        try:
-            log._background_sync()
-        except Exception:  # noqa: BLE001
-            return  # recorded in log._failed; raised by the next append/flush
-        finally:
-            del log
 
 
 class TLog:
@@ -264,7 +173,7 @@ class TLog:
         self._appends = 0
         self._appended_bytes = 0
         self._failed: BaseException | None = None
-        self._sig = _FlushSignal()
+        self._sig = FlushSignal()
         self._thread: threading.Thread | None = None
         self._lockfd: int | None = None
         self._closed = True  # until fully open (so __del__ of a failed __init__ does nothing)
@@ -282,7 +191,7 @@ class TLog:
         self._closed = False
         if fsync == "batch" and background_flush:
             self._thread = threading.Thread(
-                target=_flusher, args=(weakref.ref(self), self._cond, self._sig, self.sync_interval),
+                target=flusher, args=(weakref.ref(self), self._cond, self._sig, self.sync_interval),
                 name=f"tlog-flush:{self.directory.name}", daemon=True,
             )
             self._thread.start()
@@ -351,7 +260,7 @@ class TLog:
         self._next_index = index + 1
         self._active_size = end
         # torn_tail scanned exactly this segment; point_in_time counted every segment
-        self._active_counts = dict(rep.kind_counts) if recovery == "torn_tail" else _walk_segment(index, path).kind_counts
+        self._active_counts = dict(rep.kind_counts) if recovery == "torn_tail" else walk_segment(index, path).kind_counts
         self._last_epoch = rep.last_epoch
         return rep
 
@@ -446,7 +355,7 @@ class TLog:
         index = self._next_index
         path = segment_path(self.directory, index)
         hdr = segment_header(index, epoch, time.time_ns())
-        self._buf.append(_Rotate(path))
+        self._buf.append(Rotate(path))
         self._buf.append(hdr)
         self._buf_bytes += len(hdr)
         self._segments.append(index)
@@ -455,7 +364,7 @@ class TLog:
 
     def _emit(self, epoch, kind, parts, source) -> None:
         if type(epoch) is not int or not 0 <= epoch <= U64_MAX:
-            epoch = _epoch(epoch)
+            epoch = check_epoch(epoch)
         src = self.source if source is None else source
         if self.fsync == "never":  # buffered past this call: copy the parts into one record
             rec = frame(epoch, kind, 0, time.time_ns(), src, parts)
@@ -532,7 +441,7 @@ class TLog:
         its timestamp/source when set. COMMIT records cannot be appended this way."""
         if isinstance(record, Commit) or not isinstance(record, LogRecord):
             raise InvalidArgumentError(f"cannot append {type(record).__name__}; use batch() for multi-record batches")
-        epoch = _epoch(record.epoch)
+        epoch = check_epoch(record.epoch)
         kind, parts = record._body()
         rec = frame(epoch, kind, 0, record.timestamp or time.time_ns(), record.source or self.source, parts)
         self._push(epoch, [rec], len(rec), [kind])
@@ -550,7 +459,7 @@ class TLog:
         of copying them (the caller must not change those arrays until they are written: use
         :meth:`commit_batches`, which writes them out before returning).
         """
-        return TLogBatch(self, _epoch(epoch), self.source if source is None else source, zero_copy)
+        return TLogBatch(self, check_epoch(epoch), self.source if source is None else source, zero_copy)
 
     def commit_batches(self, batches) -> None:
         """Commit several batches (epochs increasing) in one append: one flush, so one fsync
@@ -606,7 +515,7 @@ class TLog:
         try:
             chunk: list = []
             for it in items:
-                if type(it) is _Rotate:
+                if type(it) is Rotate:
                     if chunk:
                         self._write(chunk)
                         chunk = []
@@ -722,7 +631,7 @@ class TLog:
     def _segment_info(self, index: int) -> SegmentInfo:  # closed segments only
         info = self._info.get(index)
         if info is None:
-            info = self._info[index] = _walk_segment(index, segment_path(self.directory, index))
+            info = self._info[index] = walk_segment(index, segment_path(self.directory, index))
         return info
 
     def segments(self) -> list[SegmentInfo]:
@@ -787,7 +696,7 @@ class TLog:
         For the shell after it folded those epochs into a checkpoint. Never deletes the active
         segment; deletes a prefix only (the log stays contiguous). Returns deleted paths.
         """
-        epoch = _epoch(epoch)
+        epoch = check_epoch(epoch)
         deleted = []
         with self._io_lock:
             closed = [i for i in self._segments if i != self._active]
@@ -816,128 +725,4 @@ class TLog:
         return deleted
 
 
-def _epoch(epoch: Any) -> int:
-    try:
-        e = int(epoch)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"epoch={epoch!r} is not an integer") from None
-    if e != epoch or not 0 <= e <= U64_MAX:
-        raise InvalidArgumentError(f"epoch={epoch!r} is not an integer in [0, 2**64)")
-    return e
-
-
-class TLogBatch:
-    """Records of one epoch, written atomically (flagged BATCH, closed by a COMMIT record).
-
-    Same ``log_*`` methods as :class:`TLog`, without the ``epoch`` argument. Arrays are
-    encoded (copied) at call time. ``commit()`` (or leaving the ``with`` normally) writes;
-    ``abort()`` (or an exception in the ``with``) discards. An empty batch writes nothing.
-    """
-
-    def __init__(self, log: TLog, epoch: int, source: str, zero_copy: bool = False):
-        self._log = log
-        self.epoch = epoch
-        self.source = source
-        self._zero_copy = zero_copy
-        self._recs: list = []  # framed chunks (a large record is several)
-        self._kinds: list = []
-        self._nbytes = 0
-        self._done = False
-
-    def _add(self, kind, parts, source, timestamp: int | None = None) -> None:
-        if self._done:
-            raise InvalidArgumentError("this batch was already committed or aborted")
-        ts = timestamp or time.time_ns()
-        src = self.source if source is None else source
-        if self._zero_copy:
-            chunks, nbytes = frame_chunks(self.epoch, kind, FLAG_BATCH, ts, src, parts)
-            self._recs.extend(chunks)
-        else:
-            rec = frame(self.epoch, kind, FLAG_BATCH, ts, src, parts)
-            nbytes = len(rec)
-            self._recs.append(rec)
-        self._kinds.append(kind)
-        self._nbytes += nbytes
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the records added so far (without the closing COMMIT)."""
-        return self._nbytes
-
-    def append_record(self, record: LogRecord) -> None:
-        if isinstance(record, Commit) or not isinstance(record, LogRecord):
-            raise InvalidArgumentError(f"cannot append {type(record).__name__} to a batch")
-        self._add(*record._body(), record.source or None, record.timestamp)
-
-    def __len__(self) -> int:
-        return len(self._kinds)
-
-    def commit(self) -> None:
-        group = self._seal()
-        if group is not None:
-            self._log._push_groups((group,))
-
-    def _seal(self):
-        """Close the batch: its ``(epoch, records + COMMIT, nbytes, kinds)``, or None if empty."""
-        if self._done:
-            raise InvalidArgumentError("this batch was already committed or aborted")
-        self._done = True
-        if not self._kinds:
-            return None
-        kind, parts = body_commit(len(self._kinds))
-        end = frame(self.epoch, kind, FLAG_BATCH, time.time_ns(), self.source, parts)
-        recs, self._recs = self._recs + [end], []
-        return self.epoch, recs, self._nbytes + len(end), self._kinds + [kind]
-
-    def abort(self) -> None:
-        self._done = True
-        self._recs, self._kinds = [], []
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            if not self._done:
-                self.commit()
-        else:
-            self.abort()
-
-
-#: Each ``TLog.log_<kind>`` method and the body encoder it frames, in the same argument order:
-#: :class:`TLogBatch` gets every one of them from this table (without the ``epoch``), so the
-#: two classes cannot drift apart.
-RECORD_BODIES = {
-    "log_create_pages": body_create_pages,
-    "log_delete_pages": body_delete_pages,
-    "log_dense": body_dense,
-    "log_dense_packed": body_dense_packed,
-    "log_sparse": body_sparse,
-    "log_sparse_batch": body_sparse_batch,
-    "log_accumulate": body_accumulate,
-    "log_add_dep": body_add_dep,
-    "log_remove_dep": body_remove_dep,
-    "log_add_deps": body_add_deps,
-    "log_remove_deps": body_remove_deps,
-    "log_derive": body_derive,
-    "log_rows": body_rows,
-    "log_tree_def": body_tree_def,
-    "log_tree_step": body_tree_step,
-}
-
-
-def _batch_method(name: str, body):
-    def method(self, *args, source=None, **kwargs):
-        self._add(*body(*args, **kwargs), source)
-
-    single = getattr(TLog, name)
-    sig = inspect.signature(single)
-    method.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "epoch"])
-    method.__name__, method.__qualname__ = name, f"TLogBatch.{name}"
-    method.__doc__ = f"{single.__doc__.splitlines()[0]} (into the batch's epoch)"
-    return method
-
-
-for _name, _body in RECORD_BODIES.items():
-    setattr(TLogBatch, _name, _batch_method(_name, _body))
-del _name, _body
+install_log_methods(TLog)

@@ -11,7 +11,7 @@ import time
 from ..log import list_segments
 from ..log._checkpoint import MANIFEST
 from ..log._directory import list_checkpoints
-from ..log._writer import _walk_segment
+from ..log._segments import walk_segment as _walk_segment
 
 
 def dir_bytes(directory: str) -> int:

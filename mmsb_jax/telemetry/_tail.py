@@ -11,7 +11,7 @@ import os
 
 from ..log import list_segments, read_records
 from ..log._reader import LogPosition
-from ..log._writer import _walk_segment
+from ..log._segments import walk_segment as _walk_segment
 
 
 def tail_bytes(sizes: dict, mark) -> int:

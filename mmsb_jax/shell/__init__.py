@@ -17,21 +17,23 @@ from ._api import (
     delete_page as delete_page,
     get_stats as get_stats,
     serve_metrics as serve_metrics,
-    mmsb_open as mmsb_open,
-    mmsb_start as mmsb_start,
-    mmsb_stop as mmsb_stop,
     query_log as query_log,
     query_page as query_page,
     remove_dependency as remove_dependency,
     remove_dependencies as remove_dependencies,
     derive as derive,
-    replay_to_epoch as replay_to_epoch,
     route_delta as route_delta,
     route_sparse_batch as route_sparse_batch,
     state_digest as state_digest,
     update_page as update_page,
 )
 from ._distributed import init_distributed as init_distributed
+from ._lifecycle import (
+    mmsb_open as mmsb_open,
+    mmsb_start as mmsb_start,
+    mmsb_stop as mmsb_stop,
+    replay_to_epoch as replay_to_epoch,
+)
 from ._history import compact_log as compact_log, diff as diff
 from ._layout import optimize_layout as optimize_layout
 from ._page import Page as Page

@@ -86,7 +86,7 @@ def diff(state, epoch_a: int, epoch_b: int) -> dict:
       {0: 2}
       >>> mmsb.mmsb_stop(state)
     """
-    from ._api import replay_to_epoch
+    from ._lifecycle import replay_to_epoch
 
     if epoch_a > epoch_b:
         raise InvalidArgumentError(f"diff needs epoch_a <= epoch_b, got {epoch_a} > {epoch_b}")

@@ -78,7 +78,7 @@ class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):
             snap._restore_checkpoint(directory)
             snap.read_only = True
             return snap
-        from ._api import mmsb_open
+        from ._lifecycle import mmsb_open
 
         target = os.path.abspath(os.fspath(args.path))
         if os.path.exists(target) and os.listdir(target):

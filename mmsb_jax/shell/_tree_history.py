@@ -27,7 +27,7 @@ def _leaves_at(state, name, step, host: bool):
         if not ids.size or int(state._table.epoch[ids].max()) <= epoch:  # unchanged since: read the pages
             src = state
         else:
-            from ._api import replay_to_epoch
+            from ._lifecycle import replay_to_epoch
 
             src = replay_to_epoch(state, epoch)
         leaves = [src.query_page(pid) for pid in ids.tolist()]

@@ -116,7 +116,7 @@ def test_batch_cycle_changes_nothing(tmp_path):
         mmsb.add_dependencies(s, [a], [a])
     assert mmsb.state_digest(s) == before and s.epoch == epoch
     assert not any(d[0] == x for d in s.dependencies())
-    s._flush_journal()
+    s._flush_log()
     assert len(_log(path)) == n_recs
     s.close()
 

@@ -11,7 +11,7 @@ from ._checkpoint_policy import (
     CheckpointPolicy as CheckpointPolicy,
     checkpoint_policy as checkpoint_policy,
 )
-from ._layout import METHODS as LAYOUT_METHODS, layout_order as layout_order
+from ._layout import LAYOUT_METHODS as LAYOUT_METHODS, layout_order as layout_order
 from ._kernels import (
     KERNELS as KERNELS,
     MEASURED_FASTER as MEASURED_FASTER,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..graph import _plan
 
-METHODS = ("rcm", "levels", "compact")
+LAYOUT_METHODS = ("rcm", "levels", "compact")
 
 
 def _rcm_rank(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def layout_order(graph, rows, capacity: int, method: str = "rcm") -> np.ndarray:
       graph: the pool's :class:`~mmsb_jax.graph.ShadowPageGraph` over rows (or ``None``).
       rows: the rows that hold pages.
       capacity: the pool's rows (every node id of ``graph`` is below it).
-      method: one of :data:`METHODS`.
+      method: one of :data:`LAYOUT_METHODS`.
 
     Example:
       >>> import numpy as np
@@ -65,8 +65,8 @@ def layout_order(graph, rows, capacity: int, method: str = "rcm") -> np.ndarray:
       [0, 3, 5, 7]
     """
     rows = np.sort(np.asarray(rows, np.int64).reshape(-1))
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in LAYOUT_METHODS:
+        raise ValueError(f"method must be one of {LAYOUT_METHODS}, got {method!r}")
     if method == "compact" or graph is None or graph.num_edges == 0:
         return rows
     keys = _plan.node_keys(graph, capacity)

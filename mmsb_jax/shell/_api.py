@@ -38,7 +38,7 @@ def query_log(state, page_id=None, epochs=None, source=None, kinds=None) -> list
     if page_id is not None:
         page_id = _page_id(page_id)  # a Page handle or an int id, as everywhere else
     if isinstance(state, MMSBState):
-        state._flush_journal()
+        state._flush_log()
         path = state.path
     else:
         path = _inputs.path(state, "state")

@@ -30,7 +30,7 @@ class BatchRouting:
             kernel = self._sparse_kernel()  # may refuse (a bad MMSB_KERNELS): before any change
             self._epoch += 1
             # logged first: observers (called while applying) may raise, the write stays durable
-            self._journal_sparse_batch(pids, ind, vals)
+            self._log_sparse_batch(pids, ind, vals)
             self._apply_sparse_rows(pids, ind, vals, kernel)
             self._counters["deltas_routed"] += int(pids.size)
             self._counters["batches"] += 1
@@ -242,13 +242,13 @@ class BatchRouting:
             self._epoch += 1
             # the whole batch is logged and committed first: observers (called while
             # applying) may raise, the write stays durable
-            self._begin_txn()
+            self._open_log_batch()
             if all_sparse:
-                self._journal_sparse_batch(pids, ind, vals)
+                self._log_sparse_batch(pids, ind, vals)
             else:
                 for pid, _, _, delta in checked:
-                    self._journal_delta(pid, delta)
-            self._journal_commit()
+                    self._log_delta(pid, delta)
+            self._commit_log_batch()
             if all_sparse:
                 self._apply_sparse_rows(pids, ind, vals, kernel)
             else:

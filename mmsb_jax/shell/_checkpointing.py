@@ -129,7 +129,7 @@ class Checkpointing:
             raise InvalidArgumentError(
                 "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
-        self._flush_journal()
+        self._flush_log()
         if self._ckpt_policy is not None and self._log is not None:
             self._tail_mark, self._tail_at_open, self._tail_bytes_at_open = self._log.appended(), 0, 0  # a new tail
         ids = self.page_ids()

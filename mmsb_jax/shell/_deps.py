@@ -120,7 +120,7 @@ class Dependencies:
                 pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring, self._telemetry)
                 pg.graph = graph
             self._epoch += 1
-            self._rec("log_add_dep", pp, pc, None if np.isnan(w) else w, edge_type)
+            self._log_record("log_add_dep", pp, pc, None if np.isnan(w) else w, edge_type)
             self._edges_changed(pool, pg, [sc])
             return self._epoch
 
@@ -160,7 +160,7 @@ class Dependencies:
                 pg = self._pool_graphs[pool.index] = PoolGraph(self.semiring, self._telemetry)
             pg.graph = graph
         self._epoch += 1
-        self._rec("log_add_deps", pids, cids, w, edge_type)
+        self._log_record("log_add_deps", pids, cids, w, edge_type)
         for pool, _, _, sv in staged:
             self._edges_changed(pool, self._pool_graphs[pool.index], sv)
         return self._epoch
@@ -227,7 +227,7 @@ class Dependencies:
                 raise InvalidArgumentError(f"{pp} -> {pc} is an input of derived page {pc}, not a dependency")
             pg.graph.remove_dependency(sp, sc)
             self._epoch += 1
-            self._rec("log_remove_dep", pp, pc)
+            self._log_record("log_remove_dep", pp, pc)
             self._edges_changed(pool, pg, [sc])
             return self._epoch
 
@@ -255,7 +255,7 @@ class Dependencies:
         for pool, _, su, sv in groups:
             self._pool_graphs[pool.index].graph.remove_dependencies(su, sv)
         self._epoch += 1
-        self._rec("log_remove_deps", pids, cids)
+        self._log_record("log_remove_deps", pids, cids)
         for pool, _, _, sv in groups:
             self._edges_changed(pool, self._pool_graphs[pool.index], sv)
         return self._epoch
@@ -304,7 +304,7 @@ class Dependencies:
             pg.derive_names[sc] = name
             self._derive_fns[name] = fn
             self._epoch += 1
-            self._rec("log_derive", pc, name, pids)
+            self._log_record("log_derive", pc, name, pids)
             self._edges_changed(pool, pg, [sc])
             return self._epoch
 

@@ -252,7 +252,7 @@ def replay_to_epoch(path_or_state, epoch: int | None, *, semirings=(), derive=No
     if isinstance(path_or_state, MMSBState):
         if path_or_state.closed:
             raise StateClosedError(f"the state at {path_or_state.path!r} is stopped")
-        path_or_state._flush_journal()
+        path_or_state._flush_log()
         path, last = path_or_state.path, path_or_state.epoch
         semiring = path_or_state.semiring
         mesh = path_or_state.mesh if path_or_state._dist is not None else None

@@ -135,7 +135,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
         self._observers: dict[int, list] = {}  # page id -> callbacks
         self._observed: dict[int, bytes] = {}  # page id -> its visible bytes at the last notification
         self._log = None  # the TLog, opened by mmsb_start / mmsb_open (None: read-only or replaying)
-        self._txn = None  # an open multi-record log batch
+        self._log_batch = None  # an open multi-record log batch
         self._source = None  # a source tag for the records being logged (None: the log's default)
         self._ckpt_pool = None  # the background checkpoint writer (checkpoint(block=False))
         self._ckpt_pending: list = []  # (directory, epoch, Future) of background checkpoints not yet reported
@@ -236,7 +236,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
             t.slot[pid] = slot
             t.epoch[pid] = self._epoch
             self._counters["pages_created"] += 1
-            self._journal_create(pid, 1, pool, value)
+            self._log_create(pid, 1, pool, value)
             self._fill_slots(pool, [slot], value)
             return Page(pid, shape, pool.dtype, pool.location, pool.placement)
 
@@ -300,7 +300,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
             self._table.slot[first : first + n] = slots
             self._table.epoch[first : first + n] = self._epoch
             self._counters["pages_created"] += n
-            self._journal_create(first, n, pool, value)
+            self._log_create(first, n, pool, value)
             self._fill_slots(pool, slots, value)
             return np.arange(first, first + n, dtype=np.int64)
 
@@ -326,7 +326,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
             self._observed.pop(pid, None)
             self._epoch += 1
             self._counters["pages_deleted"] += 1
-            self._journal_delete(pid)
+            self._log_delete(pid)
             if pg is not None:
                 pg.invalidate()
                 self._notify(pool)
@@ -382,7 +382,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
             if self._log is not None:
                 if packed is None:
                     packed = np.packbits(mask)
-                self._rec("log_dense_packed", pid, pool.shape, packed, host.reshape(-1)[mask])
+                self._log_record("log_dense_packed", pid, pool.shape, packed, host.reshape(-1)[mask])
             self._after_write(pool, [slot])
             return self._epoch
 
@@ -400,7 +400,7 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
             self._epoch += 1
             self._table.epoch[pid] = self._epoch
             self._counters["deltas_routed"] += 1
-            self._journal_delta(pid, delta)
+            self._log_delta(pid, delta)
             self._after_write(pool, [slot])
             return self._epoch
 
@@ -418,45 +418,45 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
         pg = self._pool_graphs.get(pool.index)
         return pool.array if pg is None else pg.visible(pool.array)
 
-    # ------------------------------------------------------------------ journal (the TLog)
-    def _rec(self, method: str, *args) -> None:
+    # ------------------------------------------------------------------ the log (TLog)
+    def _log_record(self, method: str, *args) -> None:
         """Log one record of the current epoch (into the open batch, if any)."""
         if self._log is None:  # a read-only snapshot, or replay in progress
             return
         kw = {"source": self._source} if self._source is not None else {}
-        if self._txn is not None:
-            getattr(self._txn, method)(*args, **kw)
+        if self._log_batch is not None:
+            getattr(self._log_batch, method)(*args, **kw)
         else:
             getattr(self._log, method)(self._epoch, *args, **kw)
 
-    def _journal_create(self, first: int, n: int, pool: PagePool, fill=None) -> None:
+    def _log_create(self, first: int, n: int, pool: PagePool, fill=None) -> None:
         if self._log is not None:
-            self._rec("log_create_pages", first, n, pool.shape, pool.dtype, pool.location, fill)
+            self._log_record("log_create_pages", first, n, pool.shape, pool.dtype, pool.location, fill)
 
-    def _journal_delete(self, pid: int) -> None:
-        self._rec("log_delete_pages", np.array([pid], np.uint64))
+    def _log_delete(self, pid: int) -> None:
+        self._log_record("log_delete_pages", np.array([pid], np.uint64))
 
-    def _journal_delta(self, pid: int, delta) -> None:
+    def _log_delta(self, pid: int, delta) -> None:
         if self._log is None:
             return
         if isinstance(delta, DenseDelta):
             mask = np.asarray(delta.mask)
-            self._rec("log_dense", pid, mask, np.asarray(delta.payload)[mask])
+            self._log_record("log_dense", pid, mask, np.asarray(delta.payload)[mask])
         elif isinstance(delta, SparseDelta):
-            self._rec("log_sparse", pid, np.asarray(delta.indices), np.asarray(delta.values))
+            self._log_record("log_sparse", pid, np.asarray(delta.indices), np.asarray(delta.values))
         else:
-            self._rec("log_accumulate", pid, delta.semiring.name, np.asarray(delta.payload))
+            self._log_record("log_accumulate", pid, delta.semiring.name, np.asarray(delta.payload))
 
-    def _journal_sparse_batch(self, pids, ind, vals) -> None:
-        self._rec("log_sparse_batch", pids, ind, vals)
+    def _log_sparse_batch(self, pids, ind, vals) -> None:
+        self._log_record("log_sparse_batch", pids, ind, vals)
 
-    def _begin_txn(self) -> None:
-        """Open a multi-record batch for the current epoch (closed by :meth:`_journal_commit`)."""
+    def _open_log_batch(self) -> None:
+        """Open a multi-record batch for the current epoch (closed by :meth:`_commit_log_batch`)."""
         if self._log is not None:
-            self._txn = self._log.batch(self._epoch)
+            self._log_batch = self._log.batch(self._epoch)
 
-    def _journal_commit(self) -> None:
-        txn, self._txn = self._txn, None
+    def _commit_log_batch(self) -> None:
+        txn, self._log_batch = self._log_batch, None
         if txn is not None:
             txn.commit()
 
@@ -473,9 +473,9 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
           >>> mmsb.mmsb_stop(state)
         """
         self._check_open()
-        self._flush_journal()
+        self._flush_log()
 
-    def _flush_journal(self) -> None:
+    def _flush_log(self) -> None:
         """Make every record so far readable from the log's files (in every process)."""
         with self._lock:  # after the background tree writer's queued steps
             if self._log is not None:

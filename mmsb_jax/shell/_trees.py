@@ -254,7 +254,7 @@ class TreeJournal:
         """Create the leaf pages and the tree in ``epoch``; returns ``(tree, log batch)`` with
         the batch holding their CREATE_PAGES and TREE_DEF records (not yet committed)."""
         first = self._log.batch(epoch, source=source, zero_copy=True) if self._log is not None else None
-        saved, self._txn = self._txn, first
+        saved, self._log_batch = self._log_batch, first
         ids = np.zeros(len(spec.leaves), np.int64)
         try:
             groups: dict[tuple, list[int]] = {}
@@ -265,7 +265,7 @@ class TreeJournal:
                 self._epoch = epoch - 1  # create_pages takes the next epoch: this step's
                 ids[members] = self.create_pages(len(members), None, leaf.dtype, location, shape=leaf.shape)
         finally:
-            self._txn = saved
+            self._log_batch = saved
             self._epoch = epoch
         if first is not None:
             first.log_tree_def(name, spec.text, ids)

@@ -306,6 +306,14 @@ def main(argv):
         os.replace(result + ".tmp", result)
         if not out["ok"]:
             break
+    if me == 0 and out["ok"] and "kill" not in scenarios.split(","):
+        # process 0 hosts the coordination service: leaving before a peer has written its
+        # result resets the peer's connection, and the peer aborts without reporting
+        # (seen under load in the full suite). Wait (bounded) for every peer's result.
+        peers = [os.path.join(work, f"{scenario}.{i}.json") for i in range(n)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(os.path.exists(p) for p in peers):
+            time.sleep(0.01)
     sys.stdout.flush()
     os._exit(0)  # skip the runtime's shutdown barrier: a peer may be gone on purpose
 

@@ -126,8 +126,14 @@ def _worker(argv) -> None:
     if n > 1:
         mmsb.init_distributed(f"127.0.0.1:{port}", n, me, initialization_timeout=60)
     out = _cases(quick, n > 1)
-    with open(os.path.join(os.environ["MMSB_BENCH_DIR"], f"result.{me}.json"), "w") as f:
+    work = os.environ["MMSB_BENCH_DIR"]
+    with open(os.path.join(work, f"result.{me}.json.tmp"), "w") as f:
         json.dump(out, f)
+    os.replace(os.path.join(work, f"result.{me}.json.tmp"), os.path.join(work, f"result.{me}.json"))
+    if me == 0 and n > 1:  # the coordination service's host leaves last (a peer still writing would abort)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(os.path.exists(os.path.join(work, f"result.{i}.json")) for i in range(n)):
+            time.sleep(0.01)
     sys.stdout.flush()
     os._exit(0)
 

@@ -164,6 +164,13 @@ def scenario_bad_input(mmsb, mesh, me, work, params):
         out["page"] = [type(e).__name__, str(e)]
     out["unchanged"] = mmsb.state_digest(state) == digest  # and the state still works
     out["after"] = mmsb.update_page(state, page.id, np.ones(4, np.float32))
+    # the propagation policy is "fixed" here: choices from each process's timings would differ
+    out["policy"] = state.propagation_policy
+    try:
+        state.propagation_policy = "cost"
+        out["policy_cost"] = None
+    except mmsb.MMSBError as e:
+        out["policy_cost"] = [type(e).__name__, str(e)]
     mmsb.mmsb_stop(state)
     return out
 

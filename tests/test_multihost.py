@@ -207,6 +207,8 @@ def test_bad_input_to_a_distributed_state(two):
         assert not res["bad_dir_created"]
         assert res["page"][0] == "PageNotFoundError" and "page_id=7" in res["page"][1]
         assert res["unchanged"] and res["after"] == 2
+        assert res["policy"] == "fixed"
+        assert res["policy_cost"][0] == "InvalidArgumentError" and "several processes" in res["policy_cost"][1]
 
 
 def test_observers_diffs_history_and_compaction(two, tmp_path):

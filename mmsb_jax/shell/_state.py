@@ -100,6 +100,10 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
         self._dist = _dist if _dist is not None else coordinator_for(mesh, path, peer_timeout)
         if self._dist is not None and self._ckpt_policy is not None:
             raise InvalidArgumentError("checkpoint_policy is not supported on a state over several processes yet")
+        if self._dist is not None:
+            # each pass is one program with collectives: every process must choose the same
+            # one, and choices from each process's own timings differ (a gloo mismatch)
+            self._telemetry.strategy.mode = "fixed"
         self.semiring = get_semiring(semiring)
         self._check_semiring_name(self.semiring)
         self.fsync = fsync

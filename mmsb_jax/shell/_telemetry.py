@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from .._errors import InvalidArgumentError
 from ..log._reader import LogPosition
 from ..telemetry import cost_model
 from ..telemetry._counters import STATE_COUNTERS
@@ -25,7 +26,10 @@ class Telemetered:
     def propagation_policy(self) -> str:
         """How a write's propagation pass is chosen: ``"cost"`` (the cost model picks
         incremental or full where both are exact; the default) or ``"fixed"`` (the policy off:
-        incremental whenever exact). Either gives the same values, bit for bit.
+        incremental whenever exact). Either gives the same values, bit for bit. A state over
+        several processes is always ``"fixed"``: each pass is a program with collectives, so
+        every process must choose the same one, and choices made from each process's own
+        timings would differ.
 
         Example:
           >>> import mmsb_jax as mmsb
@@ -39,7 +43,12 @@ class Telemetered:
 
     @propagation_policy.setter
     def propagation_policy(self, mode) -> None:
-        self._telemetry.strategy.mode = check_mode(mode)
+        mode = check_mode(mode)
+        if mode != "fixed" and self._dist is not None:
+            raise InvalidArgumentError(
+                f"propagation_policy={mode!r}: a state over several processes keeps the policy 'fixed' "
+                "(every process must run the same pass; timings differ between processes)")
+        self._telemetry.strategy.mode = mode
 
     # ------------------------------------------------------------------ the replay tail
     def _mark_tail(self, records=None) -> None:

@@ -419,7 +419,8 @@ def get_stats(state) -> dict:
     ``propagation`` (passes, nodes, edges, rounds, cone, cutoff rate), ``checkpoint_files``
     (count, newest epoch, bytes, age; ``checkpoints`` is the counter), ``cost`` (the cost
     model and write entropy, see ``mmsb_jax/telemetry/_cost.py``), ``adaptive`` (the
-    propagation strategy's choices and reasons) and ``replay`` (the last open's replay
+    propagation strategy's choices and reasons, the checkpoint policy's, and the last
+    :func:`optimize_layout` report) and ``replay`` (the last open's replay
     throughput, the current tail).
 
     Example:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .._errors import InvalidArgumentError
+from .._errors import InvalidArgumentError, StateClosedError
 from ..adaptive import LAYOUT_METHODS, layout_order
 from ..pages import move_rows
 from ..telemetry import gather_locality
@@ -33,7 +33,8 @@ class Layout:
         if not isinstance(compact, bool):
             raise InvalidArgumentError(f"compact must be a bool, got compact={compact!r}")
         with self._lock:
-            self._check_open()
+            if self._closed:  # a read-only snapshot may be re-laid out: nothing is logged
+                raise StateClosedError(f"the state at {self.path!r} is stopped")
             t_all = time.perf_counter()
             reports = []
             for pool in self._pools:
@@ -97,7 +98,8 @@ def optimize_layout(state, *, method: str = "rcm", compact: bool = True) -> dict
     shrink pools that deletes left fragmented. Placement only: page ids, values, epochs,
     dependencies, :func:`state_digest`, the log and checkpoints are the same before and
     after (checkpoints store pages by canonical slot), and nothing is logged; a reopened or
-    replayed state starts in canonical order again.
+    replayed state starts in canonical order again. Read-only snapshots
+    (:func:`replay_to_epoch`) may be re-laid out too.
 
     Each pool with dependencies is put in propagation order (level by level, parents before
     children) with ``method`` ordering pages within a level (``"rcm"``: reverse

@@ -186,7 +186,7 @@ def _integer_pages_cases(repeat, n=100_000, m=500_000):
 def _rewrite_cases(repeat: int, quick: bool) -> list[dict]:
     """``compile(outputs=...)`` (drop what no output reads) and hub steps, each against the
     graph compiled without the rewrite / without hub steps, same run, bit-exact checked."""
-    from mmsb_jax.graph import _plan, power_law_dag
+    from mmsb_jax.graph import _plan, _rewrite, power_law_dag
 
     n = 20_000 if quick else 100_000
     rows = []
@@ -199,7 +199,7 @@ def _rewrite_cases(repeat: int, quick: bool) -> list[dict]:
     assert np.array_equal(np.asarray(propagate(full, b))[outputs], np.asarray(propagate(part, b))[outputs])
     tf = timeit(_block(lambda: propagate(full, b)), repeat=repeat)
     tp = timeit(_block(lambda: propagate(part, b)), repeat=repeat)
-    read = int(_plan.read_by(_plan.edges_of(g), n, outputs).sum())
+    read = int(_rewrite.read_by(_plan.edges_of(g), n, outputs).sum())
     rows.append(result(
         f"rewrite_outputs_1pct_{n // 1000}k_{5 * n // 1000}k", value=tp["min"], unit="s",
         baseline="the whole graph compiled (same run)", baseline_value=tf["min"], higher_is_better=False,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmsb_jax import InvalidArgumentError, semirings
-from mmsb_jax.graph import ShadowPageGraph, _plan, propagate, random_dag, with_weights
+from mmsb_jax.graph import ShadowPageGraph, _plan, _rewrite, propagate, random_dag, with_weights
 from tests.helpers import assert_bits_equal
 
 _DTYPE = {"tropical": np.float32, "real": np.float32, "max_plus": np.int32, "max_times": np.float32,
@@ -45,7 +45,7 @@ def test_outputs_keep_their_values_bit_for_bit(name):
     assert int(np.asarray(part.step_count).sum()) < int(np.asarray(full.step_count).sum())
     b = _pages(rng, n, _DTYPE[name])
     x_full, x_part = np.asarray(propagate(full, b)), np.asarray(propagate(part, b))
-    read = _plan.read_by(_plan.edges_of(g), n, outputs)
+    read = _rewrite.read_by(_plan.edges_of(g), n, outputs)
     assert read[outputs].all() and not read.all()
     assert_bits_equal(x_part[read], x_full[read])
     assert_bits_equal(x_part[~read], np.asarray(b)[~read])  # not computed: the base values

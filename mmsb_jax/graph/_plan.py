@@ -3,7 +3,7 @@
 :func:`plan` runs named stages, each a function of the previous ones' results:
 
 1. :func:`edges_of` — data edges (with their positions in ``g.edges()``) and derive relations
-   (with ``outputs``, only those the outputs read: :func:`prune`);
+   (with ``outputs``, only those the outputs read: :func:`._rewrite.prune`);
 2. :func:`node_levels` — longest-path levels over data and derive relations;
 3. :func:`block_shape` — ``(rows, width)`` of every step, from bucketed graph statistics;
 4. :func:`row_order` — internal rows: level by level, parents before children;
@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _topo
+from . import _rewrite, _topo
 from ._buckets import ceil_pow2, ceil_quarter_pow2
 
 DATA_CODE = 0  # the builder's type code of "data" edges (the only ones that carry values)
@@ -93,36 +93,6 @@ def edges_of(g) -> Edges:
         weight=np.where(ea["default_weight"], np.nan, ea["weight"]), num_edges=int(ea["src"].size),
         der_child=der_child, der_group=der_group, der_parents=der_parents, groups=tuple(keys),
         rel_src=rel_src, rel_dst=rel_dst,
-    )
-
-
-def read_by(edges: Edges, n: int, outputs) -> np.ndarray:
-    """The nodes ``outputs`` depend on (themselves included): a reverse walk over data
-    edges and derive relations. A bool mask over ``0..n-1``."""
-    keep = np.zeros(n, bool)
-    frontier = np.unique(np.asarray(outputs, np.int64).reshape(-1))
-    src = np.concatenate([edges.src, edges.rel_src])
-    ptr, order = _topo.csr(np.concatenate([edges.dst, edges.rel_dst]), n)
-    while frontier.size:
-        keep[frontier] = True
-        parents = src[order[_topo.expand_rows(ptr, frontier)]]
-        frontier = np.unique(parents[~keep[parents]])
-    return keep
-
-
-def prune(edges: Edges, keep: np.ndarray) -> Edges:
-    """Rewrite: drop the computation of nodes outside ``keep`` (nodes no output reads). They
-    become roots (their value is ``b``); kept nodes compute exactly what they did, with the
-    same edges in the same order, under every semiring. ``keep`` must be closed under
-    parents (:func:`read_by`)."""
-    d = keep[edges.dst] if edges.dst.size else np.zeros(0, bool)
-    c = keep[edges.der_child] if edges.der_child.size else np.zeros(0, bool)
-    r = keep[edges.rel_dst] if edges.rel_dst.size else np.zeros(0, bool)
-    return edges._replace(
-        src=edges.src[d], dst=edges.dst[d], pos=edges.pos[d],
-        der_child=edges.der_child[c], der_group=edges.der_group[c],
-        der_parents=[ps for ps, k in zip(edges.der_parents, c.tolist()) if k],
-        rel_src=edges.rel_src[r], rel_dst=edges.rel_dst[r],
     )
 
 
@@ -372,10 +342,10 @@ class NodeKeys(NamedTuple):
 
 def node_keys(g, n: int, outputs=None) -> NodeKeys:
     """Stages 1-3 for the builder ``g`` over nodes ``0..n-1`` (with ``outputs``: only what
-    they read, :func:`prune`)."""
+    they read, :func:`._rewrite.prune`)."""
     edges = edges_of(g)
     if outputs is not None:
-        edges = prune(edges, read_by(edges, n, outputs))
+        edges = _rewrite.prune(edges, _rewrite.read_by(edges, n, outputs))
     level = node_levels(edges, n)
     indeg = np.bincount(edges.dst, minlength=n)
     group = np.full(n, -1, np.int64)
@@ -390,7 +360,7 @@ def node_keys(g, n: int, outputs=None) -> NodeKeys:
 
 def plan(g, n: int, outputs=None) -> Plan:
     """Run stages 1-6 for the builder ``g`` over nodes ``0..n-1`` (``outputs``: see
-    :func:`prune`)."""
+    :func:`._rewrite.prune`)."""
     edges, level, kind, node_chunks, group, rows, width, depth = node_keys(g, n, outputs)
     perm, inv = row_order(level, kind, node_chunks, group)
     chunks = chunk_rows(edges, perm, node_chunks, width)

@@ -59,7 +59,7 @@ class Layout:
         graph = pg.graph if pg is not None and pg.graph.num_edges else None
         t0 = time.perf_counter()
         order = layout_order(graph, rows, pool.capacity, method if graph is not None else "compact")
-        capacity = pool._round(max(pool.live, 1)) if compact else pool.capacity
+        capacity = max(pool.live, 1) if compact else pool.capacity  # unsharded: no shard rounding
         if capacity == pool.capacity and np.array_equal(order, np.arange(order.size)):
             return dict(out, rows_after=pool.capacity, bytes_returned=0, moved=0, seconds=time.perf_counter() - t0)
         before = self._locality(graph, pool) if graph is not None else None

@@ -51,17 +51,19 @@ def result(
     ``ratio`` / ``ratio_means`` say the ratio in the words of the case's target: with
     ``ratio_as="faster"`` (default) it is ``ratio_vs_baseline`` ("x faster"); with
     ``ratio_as="time"`` it is ``value / baseline_value`` ("x the baseline's time", for
-    targets such as "<= 3x the numpy time"). ``unit`` applies to ``value`` and
+    targets such as "<= 3x the numpy time"); ``ratio_as="size"`` the same quotient for values
+    that are not times ("x the baseline", e.g. bytes). ``unit`` applies to ``value`` and
     ``baseline_value`` alike.
     """
-    if ratio_as not in ("faster", "time"):
+    if ratio_as not in ("faster", "time", "size"):
         raise ValueError(f"ratio_as={ratio_as!r}")
     if higher_is_better:
         ratio = value / baseline_value if baseline_value else float("inf")
     else:
         ratio = baseline_value / value if value else float("inf")
-    if ratio_as == "time":
-        shown, means = (value / baseline_value if baseline_value else float("inf")), "x the baseline's time"
+    if ratio_as in ("time", "size"):
+        shown = value / baseline_value if baseline_value else float("inf")
+        means = "x the baseline's time" if ratio_as == "time" else "x the baseline"
     else:
         shown, means = ratio, "x faster than the baseline"
     return {

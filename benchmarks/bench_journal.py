@@ -187,7 +187,7 @@ def bench_mlp_loop(quick: bool) -> list[dict]:
         result(
             "journal/MLP 1M params + Adam, record_tree every step, drain every 16: loop time per step",
             value=t_log * 1e3, unit="ms", baseline="max(unlogged loop, plain writes of the same bytes)",
-            baseline_value=bound * 1e3, higher_is_better=False, target="<= 1.10x the bound",
+            baseline_value=bound * 1e3, higher_is_better=False, ratio_as="time", target="<= 1.10x the bound",
             met=t_log <= 1.10 * bound, ratio_to_bound=t_log / bound, unlogged_ms=t_plain * 1e3,
             plain_writes_ms=t_write * 1e3, tree_bytes=nbytes, steps=steps_logged,
             log_bytes_per_step=log_bytes / max(steps_logged, 1), rounds=rounds, **ranges,
@@ -195,14 +195,14 @@ def bench_mlp_loop(quick: bool) -> list[dict]:
         result(
             "journal/MLP 1M params + Adam, save_tree every step (host): loop time per step",
             value=t_save * 1e3, unit="ms", baseline="max(unlogged single-step loop, plain writes of the same bytes)",
-            baseline_value=bound1 * 1e3, higher_is_better=False, target="<= 1.5x the bound",
+            baseline_value=bound1 * 1e3, higher_is_better=False, ratio_as="time", target="<= 1.5x the bound",
             met=t_save <= 1.5 * bound1, ratio_to_bound=t_save / bound1, unlogged_ms=t_one * 1e3,
             plain_writes_ms=t_write1 * 1e3,
         ),
         result(
             "journal/dense updates: journal bytes per step (save_tree, every leaf changed)",
             value=host_bytes, unit="B", baseline="raw bytes of the changed leaves", baseline_value=nbytes,
-            higher_is_better=False, target="<= 1.05x raw", met=host_bytes <= 1.05 * nbytes,
+            higher_is_better=False, ratio_as="size", target="<= 1.05x raw", met=host_bytes <= 1.05 * nbytes,
             bytes_ratio=host_bytes / nbytes, ring_bytes_per_step=log_bytes / max(steps_logged, 1),
         ),
     ]
@@ -373,14 +373,14 @@ def bench_embedding(quick: bool) -> list[dict]:
         result(
             f"journal/embedding 100k x 64, 256 rows per step, {steps} steps: journal bytes per step",
             value=per_step, unit="B", baseline="one orbax checkpoint of the table", baseline_value=orbax_bytes,
-            higher_is_better=False, target="<= 1/50 of one orbax checkpoint per step",
+            higher_is_better=False, ratio_as="size", target="<= 1/50 of one orbax checkpoint per step",
             met=per_step <= orbax_bytes / 50, bytes_ratio=per_step / orbax_bytes,
             log_only_bytes_per_step=(log_bytes - first_step) / steps, checkpoint_every=every,
         ),
         result(
             f"journal/embedding 100k x 64, {steps} steps: load_tree of the last step from disk",
             value=t_ours, unit="s", baseline="restore one orbax checkpoint", baseline_value=t_orbax,
-            higher_is_better=False, target="<= 2x one orbax restore (checkpoint + log tail)",
+            higher_is_better=False, ratio_as="time", target="<= 2x one orbax restore (checkpoint + log tail)",
             met=ok and t_ours <= 2 * t_orbax, bit_exact=ok, restore_ratio=t_ours / t_orbax,
             checkpoint_every=every,
         ),

@@ -154,7 +154,7 @@ def bench_time_travel(quick: bool, *, whole_pages: bool, policy: bool = False) -
         f"time travel/{steps} steps x 1% of 10k pages ({what}{', CheckpointPolicy(max_replay_seconds=0.01)' if policy else ''}): "
         "restore last step",
         value=t_ours, unit="s", baseline="restore one orbax checkpoint (s)", baseline_value=t_orbax,
-        higher_is_better=False,
+        higher_is_better=False, ratio_as="time",
         target=f"restore <= {bound}x orbax restore; disk <= 1/20 of per-step checkpoints",
         met=ok and t_ours <= bound * t_orbax and disk_ratio <= 1 / 20,
         disk_bytes_log_plus_checkpoint=ours, disk_bytes_per_step_checkpoints=per_step,

@@ -169,7 +169,8 @@ def cmd_bench(args) -> int:
             r["case"],
             f"{r['value']:.4g} {r['unit']}",
             f"{r['baseline_value']:.4g} {r['unit']}",
-            f"{r.get('ratio', r['ratio_vs_baseline']):.2f}{'x time' if 'time' in means else 'x faster'}",
+            f"{r.get('ratio', r['ratio_vs_baseline']):.2f}"
+            + ("x time" if "time" in means else "x faster" if "faster" in means else "x"),
             r["target"],
             "yes" if r["met"] else "NO",
         )

@@ -115,7 +115,7 @@ def plan_rounds(slots: np.ndarray, indices: np.ndarray, values: np.ndarray, page
     np.add(indices, (slots.astype(np.int32) * np.int32(page_elems))[:, None], out=targets[:n])
     targets[n:] = 0
     if k > 1:
-        rep = np.flatnonzero(_row_repeats(indices) if repeats is None else repeats)
+        rep = np.flatnonzero(_row_repeats(indices, page_elems) if repeats is None else repeats)
         if rep.size:  # skip every entry a later entry of its own row overwrites
             local = (np.arange(rep.size)[:, None] * page_elems + indices[rep]).reshape(-1)
             win = last_writers(local.astype(np.int64), bound=rep.size * page_elems, scratch=True)

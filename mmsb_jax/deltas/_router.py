@@ -162,15 +162,19 @@ def last_writers(targets: np.ndarray, *, bound: int | None = None,
     return order[last], st[last]
 
 
-def _row_repeats(indices: np.ndarray) -> np.ndarray:
+def _row_repeats(indices: np.ndarray, bound: int | None = None) -> np.ndarray:
     """Whether each row of ``indices`` (n, k) repeats an index: for short rows by comparing
     the columns at each distance ``d`` as one block (measured 3x faster than pair by pair, and
-    than numpy's per-row sort, up to k = 16), else by a row sort."""
+    than numpy's per-row sort, up to k = 16), else by a row sort. ``bound``: the indices are
+    known to lie in ``[0, bound)``."""
     n, k = indices.shape
     if k > 16:
         s = np.sort(indices, axis=1)
         return (s[:, 1:] == s[:, :-1]).any(axis=1)
-    small = indices.size and int(indices.max()) < 1 << 15 and int(indices.min()) >= -(1 << 15)
+    if bound is not None:
+        small = bound <= 1 << 15
+    else:
+        small = indices.size and int(indices.max()) < 1 << 15 and int(indices.min()) >= -(1 << 15)
     cols = np.ascontiguousarray(indices.T, dtype=np.int16 if small else indices.dtype)
     out = np.zeros(n, bool)
     for d in range(1, k):
@@ -211,7 +215,7 @@ def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
     sel = repeated_rows(slots, capacity) if repeated is None else repeated.copy()
     single = np.flatnonzero(~sel)
     if single.size and k > 1:
-        sel[single[_row_repeats(indices if single.size == n else indices[single])]] = True
+        sel[single[_row_repeats(indices if single.size == n else indices[single], page_elems)]] = True
     if not sel.any():
         return None
     bound = capacity * page_elems

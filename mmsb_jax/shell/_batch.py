@@ -30,9 +30,14 @@ class BatchRouting:
                 return None
             kernel = self._sparse_kernel()  # may refuse (a bad MMSB_KERNELS): before any change
             self._epoch += 1
-            # logged first: observers (called while applying) may raise, the write stays durable
+            # Dispatched first, so the device writes while the record goes to the OS (the log
+            # holds the record before any observer runs: an observer may raise, the write stays
+            # durable). The pages live in memory: written before or after the record, a crash
+            # loses them alike, and under fsync="batch" the record reaches the disk later anyway.
+            written = self._apply_sparse_rows(pids, ind, vals, kernel, notify=False)
             self._log_sparse_batch(pids, ind, vals)
-            self._apply_sparse_rows(pids, ind, vals, kernel)
+            for pool, slots in written:
+                self._after_write(pool, slots)
             self._counters["deltas_routed"] += int(pids.size)
             self._counters["batches"] += 1
             return self._epoch
@@ -101,9 +106,11 @@ class BatchRouting:
                 )
         return pids, ind, vals
 
-    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray, kernel: bool = False) -> None:
+    def _apply_sparse_rows(self, pids: np.ndarray, ind: np.ndarray, vals: np.ndarray, kernel: bool = False,
+                           notify: bool = True) -> list:
         """Scatter validated sparse rows (``kernel``: see :meth:`_sparse_kernel`), each target written
-        once (last writer wins)."""
+        once (last writer wins). ``notify=False``: return the ``(pool, slots)`` written for the
+        caller to pass to :meth:`_after_write` (propagation, observers) itself."""
         written = []  # observers run once every pool is written (one may raise)
         pool_idx = self._table.pool[pids]
         one_pool = bool((pool_idx == pool_idx[0]).all())
@@ -179,8 +186,10 @@ class BatchRouting:
             pool.array = pool.ops.scatter_unique(pool.array, t, vv)
             self._table.epoch[pids[rows]] = self._epoch
             written.append((pool, slots))
-        for pool, slots in written:
-            self._after_write(pool, slots)
+        if notify:
+            for pool, slots in written:
+                self._after_write(pool, slots)
+        return written
 
     @collective("drain_ring")
     def drain_ring(self, ring):

@@ -34,6 +34,7 @@ from ._encode import Kind as Kind
 from ._reader import (
     MODES as MODES,
     LogPosition as LogPosition,
+    ResumePoint as ResumePoint,
     ReadResult as ReadResult,
     RecoveryReport as RecoveryReport,
     SkippedRange as SkippedRange,

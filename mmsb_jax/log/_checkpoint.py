@@ -2,7 +2,9 @@
 
 A checkpoint directory holds::
 
-    manifest.json   format, version, epoch, next page id, semiring, pools, log position
+    manifest.json   format, version, epoch, next page id, semiring, pools, counters, checksums
+    log_resume.json where the state's log went on after the checkpoint (a hint: see
+                    :func:`read_resume`); absent for a checkpoint of several processes
     arrays/         an orbax StandardCheckpointer tree:
                       {"pools": {"pool_<i>": (high_water, *shape) array, ...},
                        "page_table": {"pool": int32[n], "slot": int64[n], "epoch": int64[n]}}
@@ -26,23 +28,46 @@ import numpy as np
 from .._errors import SerializationError
 from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
+from ._reader import ResumePoint
 
 FORMAT = "mmsb-checkpoint"
 VERSION = 2  # 2: the manifest carries a crc32c of its own fields
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
+RESUME = "log_resume.json"
 
 
-def save_checkpoint(directory: str, manifest: dict, tree: dict) -> str:
-    """Write ``tree`` with orbax and then ``manifest`` (atomically) into ``directory``.
+def save_checkpoint(directory: str, manifest: dict, tree: dict, resume: ResumePoint | None = None) -> str:
+    """Write ``tree`` with orbax, the ``resume`` hint if given, and then ``manifest``
+    (atomically) into ``directory``.
 
     Raises:
       SerializationError: the directory exists and already holds a checkpoint, or orbax fails.
     """
     directory = prepare_directory(directory)
     write_arrays(os.path.join(directory, ARRAYS), tree)
+    if resume is not None:
+        write_checked_json(os.path.join(directory, RESUME), {"epoch": int(manifest["epoch"]), **resume._asdict()})
     write_manifest(directory, manifest, {key: crc_hex(array_crc(arr)) for key, arr in leaves_by_key(tree)})
     return directory
+
+
+def read_resume(directory: str, epoch: int) -> ResumePoint | None:
+    """The log position a checkpoint of ``epoch`` recorded as where its log went on, or
+    ``None`` (no hint, a damaged one, or one written for another epoch). Only a hint: a read
+    given it checks that the segment is still the one it names (its header's creation stamp)
+    and that intact records follow, else reads the segment from its start."""
+    path = os.path.join(directory, RESUME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        obj = read_checked_json(path, "log resume point")
+        point = ResumePoint(*(obj[k] for k in ResumePoint._fields))
+    except (SerializationError, KeyError):
+        return None
+    if obj.get("epoch") != epoch or not all(type(v) is int and v >= 0 for v in point):
+        return None
+    return point
 
 
 def prepare_directory(directory: str) -> str:

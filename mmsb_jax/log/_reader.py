@@ -100,6 +100,21 @@ class LogPosition(NamedTuple):
     offset: int
 
 
+class ResumePoint(NamedTuple):
+    """A record boundary a writer reported (:meth:`TLog.resume_point`): segment index, offset,
+    and the ``created_ns`` stamp of that segment's header, which names the segment file it is
+    a boundary of (a read given it checks the stamp before starting there)."""
+
+    segment: int
+    offset: int
+    created_ns: int
+
+
+class _Restart(Exception):
+    """A read that started at a resume point met something other than intact records: the
+    segment is read again from its first record, where the recovery mode handles it."""
+
+
 @dataclasses.dataclass
 class SkippedRange:
     """Bytes ``[start, end)`` of segment file ``path`` that were not returned, and why."""
@@ -254,6 +269,17 @@ def _header_first_epoch(path: Path, index: int) -> int | None:
         return None
 
 
+def _stamp_of(path: Path, index: int) -> int | None:
+    """The ``created_ns`` stamp of an intact segment header (None if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SEGMENT_HEADER_SIZE)
+        _check_segment_header(head, index, str(path))
+    except (BadRecord, OSError):
+        return None
+    return SEGMENT_HEADER.unpack_from(head, 0)[6]
+
+
 def first_logged_epoch(directory) -> int | None:
     """The first epoch the oldest segment holds (from its header), or None for an empty log."""
     segs = list_segments(directory)
@@ -315,22 +341,28 @@ class _Reader:
         return s
 
     # -- one segment -----------------------------------------------------------------------
-    def segment(self, index: int, path: Path, buf: bytes, is_last: bool) -> None:
+    def segment(self, index: int, path: Path, buf: bytes, is_last: bool, base: int = 0) -> None:
+        """Read the records of one segment file. ``base > 0``: ``buf`` holds the file from byte
+        ``base`` on, a record boundary (a checked resume point); anything but intact records
+        there raises :class:`_Restart`."""
         spath = str(path)
         rep = self.report
         rep.segments.append(spath)
         size = len(buf)
         mv = memoryview(buf)
         header_epoch = None
-        try:
-            header_epoch = _check_segment_header(buf, index, spath)
-            off = SEGMENT_HEADER_SIZE
-        except BadRecord as e:
-            off = self._bad(spath, buf, mv, 0, 0, f"bad segment header: {e}", is_last, SEGMENT_HEADER_SIZE)
-            if off is None:
-                rep.end = LogPosition(index, 0)
-                return
-        good = off if off == SEGMENT_HEADER_SIZE else 0
+        if base:
+            off = 0
+        else:
+            try:
+                header_epoch = _check_segment_header(buf, index, spath)
+                off = SEGMENT_HEADER_SIZE
+            except BadRecord as e:
+                off = self._bad(spath, buf, mv, 0, 0, f"bad segment header: {e}", is_last, SEGMENT_HEADER_SIZE)
+                if off is None:
+                    rep.end = LogPosition(index, 0)
+                    return
+        good = off if off == SEGMENT_HEADER_SIZE or base else 0
         lo, hi, out, counts = self.lo, self.hi, self.records, rep.kind_counts
         decode, copy, include_commit = self.decode, self.copy, self.include_commit
         pending: list = []
@@ -352,10 +384,12 @@ class _Reader:
                         "source": self._source(buf, off + HEADER_SIZE, sl),
                         "batched": bool(flags & FLAG_BATCH),
                         "segment": index,
-                        "offset": off,
+                        "offset": base + off,
                     }
                     rec = decode_body(kind, buf, p, p + bl, copy, common)
             except BadRecord as e:
+                if base:
+                    raise _Restart from None
                 start = pstart if pkinds else off
                 pending, pkinds = [], []
                 hint = None
@@ -370,6 +404,8 @@ class _Reader:
             if kind == Kind.COMMIT:
                 ok = flags & FLAG_BATCH and pkinds and pepoch == epoch and rec.count == len(pkinds)
                 if not ok:
+                    if base:
+                        raise _Restart
                     start = pstart if pkinds else off
                     n = len(pkinds)
                     pending, pkinds = [], []
@@ -384,6 +420,8 @@ class _Reader:
                 unit = (pstart, off + length)
             else:
                 if pkinds and (not flags & FLAG_BATCH or pepoch != epoch):
+                    if base:
+                        raise _Restart
                     n = len(pkinds)
                     pending, pkinds = [], []
                     if not self._logical(
@@ -407,6 +445,8 @@ class _Reader:
                 reason = f"first record has epoch {epoch}, but the segment header names epoch {header_epoch}"
             first_unit = False
             if reason is not None:
+                if base:
+                    raise _Restart
                 pending, pkinds = [], []
                 if not self._logical(spath, unit[0], unit[1], size, reason):
                     break
@@ -430,16 +470,49 @@ class _Reader:
                 self.done = True  # epochs only increase: nothing after this is <= end_epoch
                 break
         if pkinds and not self.done:
+            if base:
+                raise _Restart
             reason = f"batch of {len(pkinds)} records at epoch {pepoch} has no COMMIT"
             if is_last and self.mode == "torn_tail":
                 rep.torn_tail = SkippedRange(spath, pstart, size, reason + " at the end of the log")
             else:
                 self._logical(spath, pstart, off, size, reason)
-        rep.end = LogPosition(index, good)
+        rep.end = LogPosition(index, base + good)
+
+    def _resumed(self, index: int, path: Path, point: ResumePoint, is_last: bool) -> bool:
+        """Read segment ``index`` (whose header carries the point's stamp) from ``point`` if
+        the bytes from there are intact records; False (nothing changed) otherwise."""
+        try:
+            with open(path, "rb") as f:
+                if point.offset < SEGMENT_HEADER_SIZE or point.offset & 7 or point.offset > os.fstat(f.fileno()).st_size:
+                    return False
+                f.seek(point.offset)
+                buf = f.read()
+        except OSError:
+            return False
+        rep = self.report
+        saved = (len(self.records), dict(rep.kind_counts), len(rep.segments), rep.end, rep.last_epoch,
+                 self.last_unit, self.done)
+        try:
+            self.segment(index, path, buf, is_last, base=point.offset)
+            return True
+        except _Restart:
+            n, counts, nseg, rep.end, rep.last_epoch, self.last_unit, self.done = saved
+            del self.records[n:]
+            del rep.segments[nseg:]
+            rep.kind_counts.clear()
+            rep.kind_counts.update(counts)
+            return False
 
     # -- a directory ---------------------------------------------------------------------
-    def run(self, directory) -> None:
+    def run(self, directory, start_at: ResumePoint | None = None) -> None:
         segs = list_segments(directory)
+        if start_at is not None:
+            at = [p for i, p in segs if i == start_at.segment]
+            if at and _stamp_of(at[0], start_at.segment) == start_at.created_ns:
+                segs = [(i, p) for i, p in segs if i >= start_at.segment]  # the point's segment file
+            else:
+                start_at = None  # not this log's point (or its segment is gone): read it all
         firsts: list[int | None] = []
         if self.lo or self.hi is not None:
             firsts = [_header_first_epoch(p, i) for i, p in segs]
@@ -463,6 +536,8 @@ class _Reader:
                     break
                 if not is_last and firsts[n + 1] is not None and firsts[n + 1] < self.lo:
                     continue  # every record of this segment is older than start_epoch
+            if start_at is not None and index == start_at.segment and self._resumed(index, path, start_at, is_last):
+                continue
             with open(path, "rb") as f:
                 buf = f.read()
             self.segment(index, path, buf, is_last)
@@ -476,6 +551,7 @@ def read_records(
     *,
     include_commit: bool = False,
     copy: bool = False,
+    start_at: ResumePoint | None = None,
 ) -> ReadResult:
     """Read every committed record with ``start_epoch <= epoch <= end_epoch``, in log order.
 
@@ -497,9 +573,15 @@ def read_records(
     Arrays are read-only views into the segment bytes unless ``copy=True``. COMMIT records are
     returned only if ``include_commit``.
     A missing directory reads as an empty log.
+
+    ``start_at``: a :class:`ResumePoint` a writer reported (e.g. the one a checkpoint's
+    manifest keeps): the segments before its segment are not read, and that segment is read
+    from the point on (neither read nor checked before it) when its header still carries the
+    point's stamp and intact records follow; otherwise from its first record, as without it.
+    ``report.kind_counts`` then counts the records from where the read started.
     """
     r = _Reader(_mode(mode), start_epoch, end_epoch, include_commit, copy)
-    r.run(directory)
+    r.run(directory, start_at)
     r.report.kind_counts = dict(r.report.kind_counts)
     return ReadResult(r.records, r.report)
 

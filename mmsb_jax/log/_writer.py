@@ -32,6 +32,7 @@ from .._errors import (
 from ._files import fsync_dir
 from ._encode import (
     KINDS,
+    SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     U64_MAX,
     Kind,
@@ -62,6 +63,7 @@ from ._reader import (
     SEGMENT_RE,
     LogPosition,
     ReadResult,
+    ResumePoint,
     RecoveryReport,
     _check_segment_header,
     _epoch_range,
@@ -163,6 +165,7 @@ class TLog:
         self._info: dict[int, SegmentInfo] = {}  # cache for closed segments
         self._active: int | None = None
         self._active_first: int | None = None
+        self._active_created: int | None = None  # the active segment header's creation stamp
         self._active_size = 0
         self._active_counts: dict[int, int] = {}
         self._next_index = 0
@@ -247,6 +250,7 @@ class TLog:
         with open(path, "rb") as f:
             head = f.read(SEGMENT_HEADER_SIZE)
         self._active_first = _check_segment_header(head, index, str(path))
+        self._active_created = SEGMENT_HEADER.unpack_from(head, 0)[6]
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             if os.fstat(fd).st_size != end:
@@ -269,6 +273,16 @@ class TLog:
     def last_epoch(self) -> int | None:
         """Epoch of the last appended (or, after reopening, last recovered) record."""
         return self._last_epoch
+
+    def resume_point(self) -> ResumePoint | None:
+        """Where the next record will start, with the creation stamp of its segment's header
+        (``None`` before the first segment): a reader given it
+        (``read_records(..., start_at=point)``) starts there, not at the segment's first
+        record, while the segment is still the one that stamp names. Call after a flush."""
+        with self._lock:
+            if self._active is None:
+                return None
+            return ResumePoint(self._active, self._active_size, self._active_created)
 
     @property
     def position(self) -> LogPosition:
@@ -354,13 +368,15 @@ class TLog:
             self._info[self._active] = self._active_info()
         index = self._next_index
         path = segment_path(self.directory, index)
-        hdr = segment_header(index, epoch, time.time_ns())
+        created = time.time_ns()
+        hdr = segment_header(index, epoch, created)
         self._buf.append(Rotate(path))
         self._buf.append(hdr)
         self._buf_bytes += len(hdr)
         self._segments.append(index)
         self._active, self._next_index = index, index + 1
         self._active_first, self._active_size, self._active_counts = epoch, len(hdr), {}
+        self._active_created = created
 
     def _emit(self, epoch, kind, parts, source) -> None:
         if type(epoch) is not int or not 0 <= epoch <= U64_MAX:

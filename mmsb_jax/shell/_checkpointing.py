@@ -130,6 +130,8 @@ class Checkpointing:
                 "an orbax CheckpointManager save (MMSBSave) of a state over several processes is not "
                 "supported; checkpoint it with mmsb.checkpoint (orbax's multi-process save)")
         self._flush_log()
+        # where the log goes on from here: a reopen from this checkpoint reads the log from there
+        resume = self._log.resume_point() if self._log is not None and self._writes_files else None
         if self._ckpt_policy is not None and self._log is not None:
             self._tail_mark, self._tail_at_open, self._tail_bytes_at_open = self._log.appended(), 0, 0  # a new tail
         ids = self.page_ids()
@@ -175,7 +177,7 @@ class Checkpointing:
             self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsb-checkpoint")
         if self._dist is None:
             job = save_checkpoint if ready is None else functools.partial(_once_set, ready, save_checkpoint)
-            future = self._ckpt_pool.submit(job, directory, manifest, tree)
+            future = self._ckpt_pool.submit(job, directory, manifest, tree, resume)
         else:  # orbax's multi-process save: each process writes its shards
             future = _dist_checkpoint.submit(self, directory, manifest, tree)
         if block:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from ..log._checkpoint import read_manifest
+from ..log._checkpoint import read_manifest, read_resume
 from ..log._directory import epoch_of_name, last_closed_epoch, list_checkpoints, log_floor
 from ..log._decode import (
     Accumulate,
@@ -378,6 +378,7 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
     log_dir = os.path.join(path, "log")
     first = log_floor(path)  # the log cannot rebuild the epochs before this one (compacted)
     skipped, claims = [], []  # claims: epochs that damaged checkpoints say they held
+    start_at = None  # where the restored checkpoint's log went on (a checked hint)
     if checkpoint == "newest":
         found = list_checkpoints(path)
         candidates = [c for c in found if c[1] >= 0 and (end_epoch is None or c[1] <= end_epoch)]
@@ -413,13 +414,14 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
             skipped.append((base, str(e)))
             claims.append((base, base_epoch))
             continue
+        start_at = read_resume(base, base_epoch)
         break
     strict = mode in ("torn_tail", "absolute", "tolerate_corrupted_tail_records", "absolute_consistency")
     tel = state._telemetry
     t0 = time.perf_counter()
     tel.paused += 1  # the replayed operations are not timed one by one: the replay is, as a whole
     try:
-        res = read_records(log_dir, mode, base_epoch + 1, end_epoch)
+        res = read_records(log_dir, mode, base_epoch + 1, end_epoch, start_at=start_at)
         res.report.skipped_checkpoints = skipped
         apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict,
                       semirings=semirings, report=res.report)

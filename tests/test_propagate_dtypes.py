@@ -31,11 +31,12 @@ def _mode(dt):
 
 def _weights_for(sr, dt):
     """Float weights valid for ``dt`` pages: integers (some of them the semiring's zero) on
-    integer and bool pages, plain floats on float pages."""
+    integer and bool pages, plain floats on float pages; never negative for MAX_TIMES (defined
+    on values >= 0: a negative weight is refused)."""
     def draw(rng, m):
         if dt.kind == "f":
             return rng.uniform(0.1, 2.0, m)
-        lo = 0 if dt.kind in "ub" else -2
+        lo = 0 if dt.kind in "ub" or sr.nonnegative else -2
         w = rng.integers(lo, 4, m).astype(np.float64)
         return np.where(rng.random(m) < 0.15, float(sr.zero), w)
 

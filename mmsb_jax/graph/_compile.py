@@ -12,7 +12,7 @@ import numpy as np
 
 from .._errors import InvalidArgumentError
 from ..semirings import get_semiring
-from ..semirings._carriers import CHECKED_DTYPES, first_misfit, weights_to_carrier
+from ..semirings._carriers import CHECKED_DTYPES, first_misfit, first_negative, weights_to_carrier
 from . import _plan
 from ._buckets import ceil_eighth_pow2, ceil_pow2, ceil_quarter_pow2
 from ._compiled import CompiledGraph
@@ -67,12 +67,17 @@ def _check_args(g, sr, num_nodes, dtype) -> int:
     return n
 
 
-def _weights(sr, p: _plan.Plan, dtype, capacity: int):
+def _weights(sr, p: _plan.Plan, dtype, capacity: int, check_sign: bool = True):
     """``(weights, weight_fit)``: stored weights (``capacity`` entries, data edges at their
     positions, the rest the semiring's one) and the per-dtype fit table (edge positions)."""
     store = _storage_dtype(sr, dtype)
     e = p.edges
     w_data = np.where(np.isnan(e.weight[e.pos]), float(sr.one), e.weight[e.pos])
+    neg = first_negative(sr, w_data) if check_sign else -1
+    if neg >= 0:
+        raise InvalidArgumentError(
+            f"edge ({int(e.src[neg])}, {int(e.dst[neg])}) has weight {float(w_data[neg])!r}: semiring "
+            f"{sr.name!r} is defined on values >= 0")
     vals, bad = weights_to_carrier(sr, w_data, store)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -92,7 +97,8 @@ def _weights(sr, p: _plan.Plan, dtype, capacity: int):
     return weights, fit.astype(np.int32)
 
 
-def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None, outputs=None) -> CompiledGraph:
+def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None, outputs=None,
+                  check_sign: bool = True) -> CompiledGraph:
     """Compile ``g`` for ``semiring`` into a static-shape :class:`CompiledGraph`.
 
     Only ``"data"`` edges carry values; derive functions are compiled in. Compile time does
@@ -125,11 +131,14 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None, outp
         The outputs' values are bit for bit those of the full graph under every semiring
         (the same edges, in the same order); fewer steps run (``benchmarks/bench_graph.py``).
         Without it every node is computed.
+      check_sign: refuse a negative weight when the semiring is defined on values >= 0
+        (``semiring.nonnegative``: MAX_TIMES). ``False``: the caller vouches for its weights
+        (a state replaying a log written before the rule compiles what was logged).
 
     Raises:
       InvalidArgumentError: a node id outside ``[0, num_nodes)`` (in the graph or
         ``outputs``); a ``dtype`` the semiring refuses (the message says why); a weight that
-        does not fit ``dtype``.
+        does not fit ``dtype``; a negative weight under MAX_TIMES (``check_sign``).
 
     Example:
       >>> import numpy as np, jax.numpy as jnp
@@ -161,7 +170,7 @@ def compile_graph(g, semiring, num_nodes: int | None = None, *, dtype=None, outp
     zero_row = n + rows
     w_cap = ceil_quarter_pow2(p.edges.num_edges + 1, _MIN_BUCKET)
     one_pos = w_cap - 1
-    weights, fit = _weights(sr, p, dtype, w_cap)
+    weights, fit = _weights(sr, p, dtype, w_cap, check_sign)
 
     st = p.steps
     s_cap = ceil_eighth_pow2(st.row0.size, _MIN_BUCKET) if st.row0.size else 0

@@ -50,6 +50,9 @@ class Semiring(NamedTuple):
         (the standard records use the record's ``zero`` / ``one`` on float dtypes, so
         ``_replace(zero=...)`` changes them there). ``None`` (a user record): the floating
         dtypes for ``dtype_kind="float"`` (``zero`` and ``one`` cast), bool for ``"bool"``.
+      nonnegative: the semiring is defined on values ``>= 0`` only (MAX_TIMES: ``max``
+        distributes over ``*`` only there), so a negative edge weight is refused where
+        weights are given (dependencies, ``compile``); traced weights are the caller's.
 
     Example:
       >>> import numpy as np, jax.numpy as jnp
@@ -78,6 +81,7 @@ class Semiring(NamedTuple):
     differentiable: bool = False
     dtype_kind: str = "float"
     identities: Callable[[Any, Any], tuple] | None = None
+    nonnegative: bool = False
 
     # ------------------------------------------------------------------ carriers
     def zero_for(self, dtype):

@@ -15,7 +15,9 @@ turns an edge weight (a Python float, as the graph builder stores it) into a pag
 * integer pages: a weight equal to the semiring's zero (``±inf`` for TROPICAL / MAX_PLUS)
   becomes the dtype's zero (e.g. ``INT32_MAX``); any other weight must be integral and
   representable in the dtype;
-* float pages: the weight rounded to the page dtype.
+* float pages: the weight rounded to the page dtype;
+* MAX_TIMES (``Semiring.nonnegative``), any dtype: a negative weight is refused where weights
+  are given (the semiring is defined on values >= 0), not mapped.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ Where this differs from GraphBLAS, and why:
   wrapping + is enough there; dense pages need the zero to annihilate, or INT32_MAX + 1 would
   wrap to INT32_MIN and win every min.
 * MAX_TIMES: the zero is 0 (GraphBLAS's MAX monoid has INT_MIN / -inf), so that it annihilates
-  ⊗; the semiring is defined on values >= 0, as on floats.
+  ⊗; the semiring is defined on values >= 0, as on floats (negative edge weights are refused).
 * MAX_PLUS on unsigned integers and on bool (LOR_LOR) is refused: its zero (the smallest
   value) would equal its one (0), so the zero could not annihilate ⊗.
 * BOOLEAN is refused on numeric pages: its carrier is {False, True} (GraphBLAS's LOR / LAND
@@ -178,6 +180,22 @@ def cast_weights(semiring, w, dtype):
     if jnp.issubdtype(w.dtype, jnp.floating):
         w = jnp.where(jnp.isfinite(w), w, jnp.zeros((), w.dtype))
     return jnp.where(is_zero, zero, w.astype(dt))
+
+
+def first_negative(semiring, weights) -> int:
+    """The position of the first negative weight (NaN: the semiring's one, never negative) for
+    a semiring defined on values ``>= 0`` (``semiring.nonnegative``), else ``-1``.
+
+    Example:
+      >>> from mmsb_jax.semirings import MAX_TIMES, REAL
+      >>> first_negative(MAX_TIMES, [0.5, float("nan"), -2.0]), first_negative(REAL, [-2.0])
+      (2, -1)
+    """
+    if not semiring.nonnegative:
+        return -1
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(np.asarray(weights, dtype=np.float64) < 0)
+    return int(bad[0]) if bad.size else -1
 
 
 def first_misfit(semiring, weights) -> np.ndarray:

@@ -276,6 +276,7 @@ MAX_TIMES = Semiring(
     reduce=_max_nonneg,
     idempotent=True,
     identities=_real_ids,
+    nonnegative=True,
 )
 
 

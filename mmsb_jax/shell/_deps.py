@@ -10,6 +10,7 @@ import numpy as np
 from .._errors import DeriveFunctionError, GraphCycleError, InvalidArgumentError, PageNotFoundError
 from ..graph import ShadowPageGraph
 from ..semirings import weights_to_carrier
+from ..semirings._carriers import first_negative
 from ..pages import PagePool
 from ..deltas._pool_ops import host_rows
 from . import _inputs
@@ -60,14 +61,21 @@ def _one_weight(weight) -> float:
     return w
 
 
-def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children) -> None:
+def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children, *, new: bool = True) -> None:
     """Refuse weights (float64, NaN: the semiring's one) that pages of ``dtype`` cannot hold
     by the weight rule (``semirings._carriers``): integer pages take integral weights in range
-    (or the semiring's zero); float pages refuse a finite weight that would become infinite."""
+    (or the semiring's zero); float pages refuse a finite weight that would become infinite.
+    ``new`` (not a replayed or restored edge): also refuse a negative weight for a semiring
+    defined on values >= 0 (logs and checkpoints written before that rule replay as written)."""
     dt = np.dtype(dtype)
     given = ~np.isnan(w)
     if not given.any() or not semiring.accepts(dt):
         return
+    i = first_negative(semiring, w) if new else -1
+    if i >= 0:
+        raise InvalidArgumentError(
+            f"weight {float(w[i])!r} of dependency {int(parents[i])} -> {int(children[i])} is negative: semiring "
+            f"{semiring.name!r} is defined on values >= 0")
     if dt.kind in "iu":
         bad = weights_to_carrier(semiring, np.where(given, w, 0.0), dt)[1] & given
         rule = f"{dt} pages take integral weights in the dtype's range (or the semiring's zero)"
@@ -108,7 +116,7 @@ class Dependencies:
             self._check_edge_pool(pool, pool_c, pp, pc, edge_type)
             w = _one_weight(weight)
             if edge_type == "data":
-                refuse_unfit_weights(self.semiring, np.array([w]), pool.dtype, [pp], [pc])
+                refuse_unfit_weights(self.semiring, np.array([w]), pool.dtype, [pp], [pc], new=self._log is not None)
             pg = self._pool_graphs.get(pool.index)
             graph = pg.graph if pg is not None else ShadowPageGraph()
             self._check_not_derived(graph, pool, np.array([sc]), edge_type)
@@ -149,7 +157,7 @@ class Dependencies:
             graph = ShadowPageGraph() if pg is None else (pg.graph.copy() if len(groups) > 1 else pg.graph)
             self._check_not_derived(graph, pool, sv, edge_type)
             if edge_type == "data":
-                refuse_unfit_weights(self.semiring, w[sel], pool.dtype, pids[sel], cids[sel])
+                refuse_unfit_weights(self.semiring, w[sel], pool.dtype, pids[sel], cids[sel], new=self._log is not None)
             try:
                 graph.add_dependencies(su, sv, w[sel], edge_type=edge_type)  # atomic in one graph
             except GraphCycleError as e:

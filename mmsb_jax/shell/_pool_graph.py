@@ -54,7 +54,8 @@ class PoolGraph:
     def compiled(self, capacity: int):
         key = (self.graph.version, capacity)
         if self._cg_key != key:
-            self._cg = self.graph.compile(self.semiring, num_nodes=capacity)
+            # weights were checked when the state took them (a replayed log's are as logged)
+            self._cg = self.graph.compile(self.semiring, num_nodes=capacity, check_sign=False)
             self._cg_key = key
             self._warm = set()  # the first pass of each kind may compile: not a cost sample
         return self._cg

@@ -31,13 +31,15 @@ from ._decode import (
     TreeStep as TreeStep,
 )
 from ._encode import Kind as Kind
-from ._reader import (
+from ._report import (
     MODES as MODES,
     LogPosition as LogPosition,
-    ResumePoint as ResumePoint,
     ReadResult as ReadResult,
     RecoveryReport as RecoveryReport,
+    ResumePoint as ResumePoint,
     SkippedRange as SkippedRange,
+)
+from ._reader import (
     first_logged_epoch as first_logged_epoch,
     list_segments as list_segments,
     query_records as query_records,

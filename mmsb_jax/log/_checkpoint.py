@@ -28,7 +28,7 @@ import numpy as np
 from .._errors import SerializationError
 from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
-from ._reader import ResumePoint
+from ._report import ResumePoint
 
 FORMAT = "mmsb-checkpoint"
 VERSION = 2  # 2: the manifest carries a crc32c of its own fields

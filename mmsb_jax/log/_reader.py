@@ -1,8 +1,9 @@
-"""Reading the transaction log: record validation, the four recovery modes, queries.
+"""Reading the transaction log: segments in order, the four recovery modes, queries.
 
 Pure Python + numpy + ``crc32c``; never pickles and never trusts a length field beyond the
-bytes present in the file. The writer is :mod:`mmsb_jax.log._writer`; the byte format is specified
-in ``docs/tlog-format.md``.
+bytes present in the file (the record checks are :mod:`mmsb_jax.log._scan`, what a read
+returns :mod:`mmsb_jax.log._report`). The writer is :mod:`mmsb_jax.log._writer`; the byte
+format is specified in ``docs/tlog-format.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -25,35 +25,27 @@ from .._checks import is_int
 from .._errors import (
     CorruptLogError,
     InvalidArgumentError,
-    SerializationError,
 )
+from ._report import (
+    LogPosition,
+    ReadResult,
+    RecoveryReport,
+    ResumePoint,
+    SkippedRange,
+    _mode,
+)
+from ._scan import _check, _check_segment_header, _header_first_epoch, _next_valid, _stamp_of
 from ._encode import (
     FLAG_BATCH,
     HEADER_SIZE,
-    KINDS,
-    MAGIC,
-    RECORD_HEADER,
-    SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
-    VERSION,
     BadRecord,
     Kind,
-    crc32c,
     kind_of,
     pad8,
 )
 
 SEGMENT_RE = re.compile(r"^log-(\d{8,})\.mmsblog$")
-MODES = ("torn_tail", "absolute", "point_in_time", "skip_corrupt")
-_MODE_ALIASES = {
-    "torn_tail": "torn_tail",
-    "tolerate_corrupted_tail_records": "torn_tail",
-    "absolute": "absolute",
-    "absolute_consistency": "absolute",
-    "point_in_time": "point_in_time",
-    "skip_corrupt": "skip_corrupt",
-    "skip_any_corrupted_records": "skip_corrupt",
-}
 _Q = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
@@ -93,191 +85,9 @@ def log_bytes_from(directory: str | os.PathLike, segment: int, offset: int) -> i
 # --------------------------------------------------------------------------------------------
 
 
-class LogPosition(NamedTuple):
-    """A byte position in the log: segment index and offset in that segment file."""
-
-    segment: int
-    offset: int
-
-
-class ResumePoint(NamedTuple):
-    """A record boundary a writer reported (:meth:`TLog.resume_point`): segment index, offset,
-    and the ``created_ns`` stamp of that segment's header, which names the segment file it is
-    a boundary of (a read given it checks the stamp before starting there)."""
-
-    segment: int
-    offset: int
-    created_ns: int
-
-
 class _Restart(Exception):
     """A read that started at a resume point met something other than intact records: the
     segment is read again from its first record, where the recovery mode handles it."""
-
-
-@dataclasses.dataclass
-class SkippedRange:
-    """Bytes ``[start, end)`` of segment file ``path`` that were not returned, and why."""
-
-    path: str
-    start: int
-    end: int
-    reason: str
-
-
-@dataclasses.dataclass
-class RecoveryReport:
-    """What a read found besides the records.
-
-    ``torn_tail``: the dropped incomplete tail (``torn_tail`` mode); ``stopped_at``: where a
-    ``point_in_time`` read stopped; ``skipped``: regions ``skip_corrupt`` jumped over (also
-    missing segments, with ``start == end == 0``); ``end``: position just after the last
-    valid committed record read (where a writer continues); ``kind_counts``: committed
-    records seen per kind (int kind -> count), including ones filtered out by epoch;
-    ``skipped_checkpoints``: ``(directory, reason)`` of checkpoints a state's replay could not
-    use (damaged, or not continued by the log), newest first.
-    """
-
-    mode: str
-    segments: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[SkippedRange] = dataclasses.field(default_factory=list)
-    torn_tail: SkippedRange | None = None
-    stopped_at: SkippedRange | None = None
-    end: LogPosition | None = None
-    last_epoch: int | None = None
-    kind_counts: dict[int, int] = dataclasses.field(default_factory=dict)
-    skipped_checkpoints: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not self.skipped and self.torn_tail is None and self.stopped_at is None and not self.skipped_checkpoints
-
-
-@dataclasses.dataclass
-class ReadResult:
-    """Records (in log order) plus the :class:`RecoveryReport`; iterates over the records."""
-
-    records: list[LogRecord]
-    report: RecoveryReport
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.records[i]
-
-
-def _mode(mode: str) -> str:
-    try:
-        return _MODE_ALIASES[mode]
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(f"mode={mode!r}; expected one of {MODES}") from None
-
-
-def _check(buf: bytes, mv: memoryview, off: int, size: int) -> tuple:
-    """Validate the record at ``off`` (header + CRC); BadRecord(reason) if it is not intact."""
-    left = size - off
-    if left < HEADER_SIZE:
-        raise BadRecord(f"truncated record header ({left} of {HEADER_SIZE} bytes)")
-    length, crc, epoch, ts, kind, flags, sl, res, bl = RECORD_HEADER.unpack_from(buf, off)
-    if length < HEADER_SIZE or length & 7:
-        raise BadRecord(f"invalid record length {length}")
-    if length > left:
-        raise BadRecord(f"record length {length} exceeds the {left} bytes left in the file")
-    if kind not in KINDS:
-        raise BadRecord(f"unknown record kind {kind}")
-    if res or flags & ~FLAG_BATCH:
-        raise BadRecord("reserved header bits are set")
-    if HEADER_SIZE + sl + pad8(sl) + bl + pad8(bl) != length:
-        raise BadRecord("record length does not match its source and body lengths")
-    if crc32c(mv[off + 8 : off + length]) != crc:
-        raise BadRecord("CRC mismatch")
-    return length, epoch, ts, kind, flags, sl, bl
-
-
-def _valid_at(buf, mv, off, size) -> bool:
-    try:
-        _check(buf, mv, off, size)
-        return True
-    except BadRecord:
-        return False
-
-
-def _next_valid(buf: bytes, mv: memoryview, start: int, size: int, hint: int | None = None) -> int | None:
-    """Offset of the first intact record at an 8-aligned offset >= ``start`` (or None).
-
-    Header plausibility is checked vectorised over every aligned offset; only survivors pay
-    for a CRC. ``hint`` (e.g. bad offset + its claimed length) is tried first, so with a hint
-    the answer is *an* intact record, not necessarily the first (use it for existence checks).
-    """
-    if hint is not None and start <= hint and not hint & 7 and _valid_at(buf, mv, hint, size):
-        return hint
-    a = start + pad8(start)
-    chunk = 1 << 20
-    while size - a >= HEADER_SIZE:
-        n = min((size - a) // 8, chunk + 3)
-        w = np.frombuffer(buf, "<u8", n, a)
-        length = (w[:-3] & 0xFFFFFFFF).astype(np.int64)
-        w3 = w[3:]
-        kind = (w3 & 0xFF).astype(np.int64)
-        flags = (w3 >> 8) & 0xFF
-        sl = ((w3 >> 16) & 0xFF).astype(np.int64)
-        res = (w3 >> 24) & 0xFF
-        bl = (w3 >> 32).astype(np.int64)
-        room = (size - a) - 8 * np.arange(n - 3, dtype=np.int64)
-        ok = (
-            (length == HEADER_SIZE + ((sl + 7) & -8) + ((bl + 7) & -8))
-            & (kind >= 1)
-            & (kind <= max(KINDS))
-            & (res == 0)
-            & ((flags & 0xFE) == 0)
-            & (length <= room)
-        )
-        for i in np.flatnonzero(ok):
-            off = a + 8 * int(i)
-            if _valid_at(buf, mv, off, size):
-                return off
-        a += 8 * (n - 3)
-    return None
-
-
-def _check_segment_header(buf: bytes, index: int, path: str) -> int:
-    """Validate a segment header; returns its first epoch. BadRecord if damaged."""
-    if len(buf) < SEGMENT_HEADER_SIZE:
-        raise BadRecord(f"truncated segment header ({len(buf)} of {SEGMENT_HEADER_SIZE} bytes)")
-    magic, version, hlen, _flags, sidx, first_epoch, _created, _res = SEGMENT_HEADER.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise BadRecord("bad segment magic")
-    if crc32c(buf[:44]) != _U32.unpack_from(buf, 44)[0]:
-        raise BadRecord("segment header CRC mismatch")
-    if version != VERSION:
-        raise SerializationError(f"{path}: TLog format version {version} is not supported (this build reads {VERSION})")
-    if hlen != SEGMENT_HEADER_SIZE or sidx != index:
-        raise BadRecord(f"segment header names index {sidx} / size {hlen}")
-    return first_epoch
-
-
-def _header_first_epoch(path: Path, index: int) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SEGMENT_HEADER_SIZE)
-        return _check_segment_header(head, index, str(path))
-    except (BadRecord, OSError):
-        return None
-
-
-def _stamp_of(path: Path, index: int) -> int | None:
-    """The ``created_ns`` stamp of an intact segment header (None if unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SEGMENT_HEADER_SIZE)
-        _check_segment_header(head, index, str(path))
-    except (BadRecord, OSError):
-        return None
-    return SEGMENT_HEADER.unpack_from(head, 0)[6]
 
 
 def first_logged_epoch(directory) -> int | None:

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ._encode import HEADER_SIZE, RECORD_HEADER, SEGMENT_HEADER_SIZE, BadRecord
-from ._reader import _check_segment_header
+from ._scan import _check_segment_header
 
 
 @dataclasses.dataclass

@@ -59,13 +59,10 @@ from ._encode import (
 from ._batch import TLogBatch, check_epoch, install_log_methods
 from ._flusher import FlushSignal, flusher
 from ._segments import Rotate, SegmentInfo, walk_segment
+from ._report import LogPosition, ReadResult, RecoveryReport, ResumePoint
+from ._scan import _check_segment_header
 from ._reader import (
     SEGMENT_RE,
-    LogPosition,
-    ReadResult,
-    ResumePoint,
-    RecoveryReport,
-    _check_segment_header,
     _epoch_range,
     _filter,
     _Reader,

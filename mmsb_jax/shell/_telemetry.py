@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .._errors import InvalidArgumentError
-from ..log._reader import LogPosition
+from ..log._report import LogPosition
 from ..telemetry import cost_model
 from ..telemetry._counters import STATE_COUNTERS
 from ..telemetry._disk import checkpoint_figures

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..log import list_segments, read_records
-from ..log._reader import LogPosition
+from ..log._report import LogPosition
 from ..log._segments import walk_segment as _walk_segment
 
 
@@ -19,7 +19,7 @@ def tail_bytes(sizes: dict, mark) -> int:
     end of the log whose segment index -> size is ``sizes``.
 
     Example:
-      >>> from mmsb_jax.log._reader import LogPosition
+      >>> from mmsb_jax.log._report import LogPosition
       >>> tail_bytes({0: 100, 1: 50, 2: 30}, LogPosition(1, 20))
       60
     """

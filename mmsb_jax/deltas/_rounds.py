@@ -10,8 +10,9 @@ dependence on the order XLA applies a scatter.
 The host work is linear: each row's round (a stable radix argsort of the slots, 16 bits a pass)
 and the rows' order by round; the device runs every round in one compiled loop over fixed-size
 chunks of rows, each chunk one unique-index scatter. Measured on the 2-core CPU of this
-project, 100k rows of 16 entries over 10k pages: 0.15 s with the (target, position) sort of
-:func:`~mmsb_jax.deltas._router.last_writers`, ~30 ms in rounds (docs/performance.md).
+project, ``route_sparse_batch`` of 100k rows of 16 entries over 10k pages: 0.16 s with the
+(target, position) sort of :func:`~mmsb_jax.deltas._router.last_writers`, ~23 ms in rounds
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -87,14 +88,13 @@ class RoundPlan(NamedTuple):
 
 
 def plan_rounds(slots: np.ndarray, indices: np.ndarray, values: np.ndarray, page_elems: int,
-                capacity: int, repeats: np.ndarray | None = None) -> RoundPlan | None:
+                capacity: int) -> RoundPlan | None:
     """Plan the rounds of sparse rows ``pool[slots[i], indices[i]] = values[i]`` (validated,
     indices in range).
 
-    ``repeats``: which rows repeat an index of their own (``None``: computed); within such a
-    row its last entry for an index wins, the earlier ones are skipped. Returns ``None`` when
-    the flat targets of the pool and the skipped entries do not fit in int32 (the caller keeps
-    its other path).
+    Within a row that repeats an index its last entry for it wins; the earlier ones are
+    skipped. Returns ``None`` when the flat targets of the pool and the skipped entries do not
+    fit in int32 (the caller keeps its other path).
 
     Example:
       >>> p = plan_rounds(np.array([0, 1, 0]), np.array([[1], [1], [1]]), np.ones((3, 1)), 4, 2)
@@ -115,7 +115,7 @@ def plan_rounds(slots: np.ndarray, indices: np.ndarray, values: np.ndarray, page
     np.add(indices, (slots.astype(np.int32) * np.int32(page_elems))[:, None], out=targets[:n])
     targets[n:] = 0
     if k > 1:
-        rep = np.flatnonzero(_row_repeats(indices, page_elems) if repeats is None else repeats)
+        rep = np.flatnonzero(_row_repeats(indices, page_elems))
         if rep.size:  # skip every entry a later entry of its own row overwrites
             local = (np.arange(rep.size)[:, None] * page_elems + indices[rep]).reshape(-1)
             win = last_writers(local.astype(np.int64), bound=rep.size * page_elems, scratch=True)

@@ -56,7 +56,8 @@ class RecoveryReport:
     ``point_in_time`` read stopped; ``skipped``: regions ``skip_corrupt`` jumped over (also
     missing segments, with ``start == end == 0``); ``end``: position just after the last
     valid committed record read (where a writer continues); ``kind_counts``: committed
-    records seen per kind (int kind -> count), including ones filtered out by epoch;
+    records seen per kind (int kind -> count), including ones filtered out by epoch (from
+    where the read started: a read from a resume point counts what follows the point);
     ``skipped_checkpoints``: ``(directory, reason)`` of checkpoints a state's replay could not
     use (damaged, or not continued by the log), newest first.
     """

@@ -146,3 +146,18 @@ def every_write(state, semiring_zero):
     mmsb.update_page(state, ids[1], np.full(16, 1.5, np.float32))
     mmsb.remove_dependencies(state, [ids[1]], [kids[0]])
     return ids + more + flags + kids
+
+
+def parse_source(text: str):
+    """``ast.parse(text)``; on CPython 3.11's spurious ``SystemError: AST constructor recursion
+    depth mismatch`` (python/cpython#106905: the parser's depth count goes stale after deep
+    recursion elsewhere in the process, seen when test_faults ran first) it parses again in a
+    fresh thread, whose depth count starts clean."""
+    import ast
+    import concurrent.futures
+
+    try:
+        return ast.parse(text)
+    except SystemError:
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            return ex.submit(ast.parse, text).result()

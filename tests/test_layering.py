@@ -4,6 +4,7 @@ import ast
 import pathlib
 
 import pytest
+from helpers import parse_source
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "mmsb_jax"
 
@@ -21,7 +22,7 @@ def _imports(path: pathlib.Path):
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
     pkg = parts[:-1]  # the package a relative import starts from
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from helpers import parse_source
 
 from mmsb_jax.log import _encode as R
 from mmsb_jax._errors import CorruptLogError, InvalidArgumentError, SerializationError
@@ -599,7 +600,7 @@ def test_concurrent_appends_from_threads(tmp_path):
 
 def test_never_unpickles():
     for path in sorted((REPO / "mmsb_jax" / "log").glob("*.py")):
-        tree = ast.parse(path.read_text())
+        tree = parse_source(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] + [getattr(node, "module", None) or ""]

@@ -200,3 +200,31 @@ def test_damage_after_the_point_reads_as_without_it(tmp_path):
 def test_damage_after_the_point_reads_as_without_it_campaign(tmp_path):
     for seed in range(8):
         _damage_after_point_campaign(tmp_path / str(seed), cases=60, seed=100 + seed)
+
+
+@pytest.mark.parametrize("where", ["next-boundary", "last-record", "end-of-log"])
+def test_a_checksum_valid_hint_at_another_boundary_is_not_trusted(tmp_path, where):
+    """A hint naming a real record boundary after the checkpoint's (a hand-edited file with its
+    CRC recomputed, or a log that lost and rewrote bytes) does not match the record that ends
+    at the checkpoint's point: the read starts at the segment's start, the state reopens."""
+    from mmsb_jax.log._files import write_checked_json
+
+    path = str(tmp_path / "s")
+    ckpt, epoch, digest = _build(path)
+    point = read_resume(ckpt, epoch)
+    recs = list(read_records(_log(path)))
+    ends = {r.offset: (recs[i + 1].offset if i + 1 < len(recs) else None) for i, r in enumerate(recs)}
+    seg = os.path.join(_log(path), sorted(f for f in os.listdir(_log(path)) if f.endswith(".mmsblog"))[-1])
+    off = {"next-boundary": ends[point.offset], "last-record": recs[-1].offset,
+           "end-of-log": os.path.getsize(seg)}[where]
+    bad = point._replace(offset=off)
+    full = read_records(_log(path), "torn_tail", epoch + 1)
+    got = read_records(_log(path), "torn_tail", epoch + 1, start_at=bad)
+    assert [r.epoch for r in got] == [r.epoch for r in full] == list(range(epoch + 1, epoch + 26))
+    hint = os.path.join(ckpt, RESUME)
+    obj = {k: v for k, v in json.load(open(hint)).items() if k != "crc32c"}
+    write_checked_json(hint, {**obj, "offset": off})
+    assert read_resume(ckpt, epoch) == bad  # read back as a valid hint ...
+    again = mmsb.mmsb_open(path)  # ... and still not trusted
+    assert mmsb.state_digest(again) == digest
+    again.close()

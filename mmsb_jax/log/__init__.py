@@ -46,4 +46,5 @@ from ._reader import (
     read_records as read_records,
     segment_path as segment_path,
 )
+from ._checkpoint import read_resume as read_resume
 from ._writer import SegmentInfo as SegmentInfo, TLog as TLog, TLogBatch as TLogBatch

@@ -111,6 +111,7 @@ class _Reader:
         self.done = False
         self.last_unit: int | None = None  # epoch of the last committed unit (record or batch) read
         self._sources: dict[bytes, str] = {}
+        self.last_record: tuple[int, int, int] | None = None  # (end offset, length, header CRC)
 
     # -- problems ------------------------------------------------------------------------
     def _bad(self, path, buf, mv, off, start, reason, is_last, hint=None):
@@ -274,6 +275,7 @@ class _Reader:
                 out.append(rec)
             counts[kind] = counts.get(kind, 0) + 1
             good = off + length
+            self.last_record = (base + good, length, _U32.unpack_from(buf, off + 4)[0])
             rep.last_epoch = self.last_unit = epoch
             off += length
             if hi is not None and epoch >= hi:
@@ -292,14 +294,25 @@ class _Reader:
     def _resumed(self, index: int, path: Path, point: ResumePoint, is_last: bool) -> bool:
         """Read segment ``index`` (whose header carries the point's stamp) from ``point`` if
         the bytes from there are intact records; False (nothing changed) otherwise."""
+        off, plen = point.offset, point.prev_length
+        if off < SEGMENT_HEADER_SIZE or off & 7 or (plen == 0) != (off == SEGMENT_HEADER_SIZE):
+            return False
         try:
             with open(path, "rb") as f:
-                if point.offset < SEGMENT_HEADER_SIZE or point.offset & 7 or point.offset > os.fstat(f.fileno()).st_size:
+                if off > os.fstat(f.fileno()).st_size or (plen and (plen > off - SEGMENT_HEADER_SIZE or plen & 7)):
                     return False
-                f.seek(point.offset)
+                f.seek(off - plen)
                 buf = f.read()
         except OSError:
             return False
+        if plen:  # the record the writer last wrote before the point must end exactly there
+            try:
+                length = _check(buf, memoryview(buf), 0, plen)[0]
+            except BadRecord:
+                return False
+            if length != plen or _U32.unpack_from(buf, 4)[0] != point.prev_crc:
+                return False
+            buf = buf[plen:]
         rep = self.report
         saved = (len(self.records), dict(rep.kind_counts), len(rep.segments), rep.end, rep.last_epoch,
                  self.last_unit, self.done)
@@ -384,10 +397,11 @@ def read_records(
     returned only if ``include_commit``.
     A missing directory reads as an empty log.
 
-    ``start_at``: a :class:`ResumePoint` a writer reported (e.g. the one a checkpoint's
-    manifest keeps): the segments before its segment are not read, and that segment is read
-    from the point on (neither read nor checked before it) when its header still carries the
-    point's stamp and intact records follow; otherwise from its first record, as without it.
+    ``start_at``: a :class:`ResumePoint` a writer reported (e.g. the one a checkpoint keeps in
+    its ``log_resume.json``): the segments before its segment are not read, and that segment
+    is read from the point on (not checked before the record that ends there) when its header
+    still carries the point's stamp, that record (length and CRC) ends exactly at the point,
+    and intact records follow; otherwise from its first record, as without it.
     ``report.kind_counts`` then counts the records from where the read started.
     """
     r = _Reader(_mode(mode), start_epoch, end_epoch, include_commit, copy)

@@ -30,12 +30,16 @@ class LogPosition(NamedTuple):
 
 class ResumePoint(NamedTuple):
     """A record boundary a writer reported (:meth:`TLog.resume_point`): segment index, offset,
-    and the ``created_ns`` stamp of that segment's header, which names the segment file it is
-    a boundary of (a read given it checks the stamp before starting there)."""
+    the ``created_ns`` stamp of that segment's header (which names the segment file), and the
+    length and header CRC of the record that ends at the boundary (``0, 0`` when the boundary
+    is the end of the segment header). A read given it starts there only if the stamp matches
+    and that very record ends there; it then reads what follows."""
 
     segment: int
     offset: int
     created_ns: int
+    prev_length: int
+    prev_crc: int
 
 
 @dataclasses.dataclass

@@ -163,6 +163,7 @@ class TLog:
         self._active: int | None = None
         self._active_first: int | None = None
         self._active_created: int | None = None  # the active segment header's creation stamp
+        self._last_rec: tuple[int, int] | None = None  # (length, header CRC) of the last record appended
         self._active_size = 0
         self._active_counts: dict[int, int] = {}
         self._next_index = 0
@@ -248,6 +249,8 @@ class TLog:
             head = f.read(SEGMENT_HEADER_SIZE)
         self._active_first = _check_segment_header(head, index, str(path))
         self._active_created = SEGMENT_HEADER.unpack_from(head, 0)[6]
+        if r.last_record is not None and r.last_record[0] == end:  # the record a resume point pins
+            self._last_rec = r.last_record[1:]
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             if os.fstat(fd).st_size != end:
@@ -272,14 +275,19 @@ class TLog:
         return self._last_epoch
 
     def resume_point(self) -> ResumePoint | None:
-        """Where the next record will start, with the creation stamp of its segment's header
-        (``None`` before the first segment): a reader given it
-        (``read_records(..., start_at=point)``) starts there, not at the segment's first
-        record, while the segment is still the one that stamp names. Call after a flush."""
+        """Where the next record will start, pinned by the creation stamp of its segment's
+        header and the record that ends there (``None`` before the first segment, and after a
+        reopen until the next append): a reader given it (``read_records(..., start_at=point)``)
+        starts there, not at the segment's first record, while the segment is still the one
+        that stamp names and that record still ends there. Call after a flush."""
         with self._lock:
             if self._active is None:
                 return None
-            return ResumePoint(self._active, self._active_size, self._active_created)
+            if self._active_size == SEGMENT_HEADER_SIZE:
+                return ResumePoint(self._active, self._active_size, self._active_created, 0, 0)
+            if self._last_rec is None:
+                return None
+            return ResumePoint(self._active, self._active_size, self._active_created, *self._last_rec)
 
     @property
     def position(self) -> LogPosition:
@@ -323,6 +331,10 @@ class TLog:
                     self._start_segment(epoch)
                     counts = self._active_counts
                 buf.extend(recs)
+                # the group's last record: a batch's COMMIT, else the group is one record
+                end_rec = recs[-1] if kinds[-1] == Kind.COMMIT else recs[0]
+                self._last_rec = (len(end_rec) if kinds[-1] == Kind.COMMIT else nbytes,
+                                  int.from_bytes(bytes(end_rec[4:8]), "little"))
                 self._buf_bytes += nbytes
                 self._active_size += nbytes
                 self._appends += len(kinds)

@@ -276,8 +276,8 @@ class TLog:
 
     def resume_point(self) -> ResumePoint | None:
         """Where the next record will start, pinned by the creation stamp of its segment's
-        header and the record that ends there (``None`` before the first segment, and after a
-        reopen until the next append): a reader given it (``read_records(..., start_at=point)``)
+        header and the record that ends there (``None`` before the first segment, or after a
+        reopen whose recovery did not end on a whole record): a reader given it (``read_records(..., start_at=point)``)
         starts there, not at the segment's first record, while the segment is still the one
         that stamp names and that record still ends there. Call after a flush."""
         with self._lock:

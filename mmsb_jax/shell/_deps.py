@@ -73,8 +73,9 @@ def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children, *, n
         return
     i = first_negative(semiring, w) if new else -1
     if i >= 0:
+        shown = int(w[i]) if dt.kind in "iub" and float(w[i]).is_integer() else float(w[i])
         raise InvalidArgumentError(
-            f"weight {float(w[i])!r} of dependency {int(parents[i])} -> {int(children[i])} is negative: semiring "
+            f"weight {shown!r} of dependency {int(parents[i])} -> {int(children[i])} is negative: semiring "
             f"{semiring.name!r} is defined on values >= 0")
     if dt.kind in "iu":
         bad = weights_to_carrier(semiring, np.where(given, w, 0.0), dt)[1] & given

@@ -73,11 +73,12 @@ def test_rounds_too_large_for_int32_targets_is_declined():
     assert plan_rounds(slots, ind, ind, 2**20, 2**11) is None
 
 
+@pytest.mark.parametrize("pipeline_from", [None, 100])
 @pytest.mark.parametrize("dup_frac", [0.3, 0.9])
-def test_state_batch_in_rounds_equals_model(monkeypatch, dup_frac):
-    """route_sparse_batch over repeated pages goes in rounds from ROUNDS_FROM entries; the
-    result, the epoch stamps and the replayed state equal the row-by-row model, and the path
-    was taken (counted through a wrapper)."""
+def test_state_batch_in_rounds_equals_model(monkeypatch, dup_frac, pipeline_from):
+    """route_sparse_batch over repeated pages goes in rounds from ROUNDS_FROM entries (from
+    PIPELINE_FROM rows in consecutive parts); the result and the epoch stamps equal the
+    row-by-row model, and the path was taken (counted through a wrapper)."""
     calls = []
     real = _rounds.scatter_rounds
 
@@ -87,8 +88,10 @@ def test_state_batch_in_rounds_equals_model(monkeypatch, dup_frac):
 
     import mmsb_jax.shell._batch as batch_mod
 
-    monkeypatch.setattr(batch_mod, "scatter_rounds", counting)
+    monkeypatch.setattr(_rounds, "scatter_rounds", counting)
     monkeypatch.setattr(batch_mod, "ROUNDS_FROM", 64)
+    if pipeline_from is not None:
+        monkeypatch.setattr(_rounds, "PIPELINE_FROM", pipeline_from)
     rng = np.random.default_rng(3)
     n_pages, n, k, pe = 40, 400, 5, 32
     st_ = mmsb.mmsb_start()
@@ -98,7 +101,7 @@ def test_state_batch_in_rounds_equals_model(monkeypatch, dup_frac):
     ind = rng.integers(0, pe, (n, k)).astype(np.int32)
     vals = rng.integers(-3000, 3000, (n, k)).astype(np.int16)
     epoch = mmsb.route_sparse_batch(st_, ids[rows], ind, vals)
-    assert calls, "the batch did not go in rounds"
+    assert len(calls) == (1 if pipeline_from is None else _rounds.PIPELINE_PARTS), calls
     want = sequential(n_pages, pe, rows, ind, vals, np.int16)
     got = np.stack([np.asarray(mmsb.query_page(st_, int(i))) for i in ids])
     np.testing.assert_array_equal(got, want)

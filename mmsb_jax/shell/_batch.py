@@ -12,7 +12,7 @@ from ._distributed import collective
 from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_nothing
 from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
-from ..deltas._rounds import ROUNDS_FROM, plan_rounds, scatter_rounds
+from ..deltas._rounds import ROUNDS_FROM, apply_rounds
 from ..deltas._router import pad_rows, repeated_rows, sparse_rows_winners
 from ..deltas._tree_ring import TreeRing
 
@@ -158,9 +158,9 @@ class BatchRouting:
             repeated = repeated_rows(slots, pool.capacity)
             if pool.sharding is None and int(np.count_nonzero(repeated)) * sub_ind.shape[1] >= ROUNDS_FROM:
                 # many rows of repeated pages: in rounds (linear), not by sorting their targets
-                plan = plan_rounds(slots, sub_ind, vals[rows], pool.page_elems, pool.capacity)
-                if plan is not None:
-                    pool.array = scatter_rounds(pool.array, plan)
+                new = apply_rounds(pool.array, slots, sub_ind, vals[rows], pool.page_elems, pool.capacity)
+                if new is not None:
+                    pool.array = new
                     self._table.epoch[pids[rows]] = self._epoch
                     written.append((pool, slots))
                     continue

@@ -71,6 +71,9 @@ def test_rounds_too_large_for_int32_targets_is_declined():
     slots = np.array([0, 0])
     ind = np.zeros((2, 1), np.int32)
     assert plan_rounds(slots, ind, ind, 2**20, 2**11) is None
+    pool = jnp.zeros((1, 4), jnp.int32)
+    assert _rounds.apply_rounds(pool, slots, ind, ind, 2**20, 2**11) is None
+    assert not pool.is_deleted()  # declined before anything was applied (nothing donated)
 
 
 @pytest.mark.parametrize("pipeline_from", [None, 100])

@@ -11,8 +11,8 @@ The host work is linear: each row's round (a stable radix argsort of the slots, 
 and the rows' order by round; the device runs every round in one compiled loop over fixed-size
 chunks of rows, each chunk one unique-index scatter. Measured on the 2-core CPU of this
 project, ``route_sparse_batch`` of 100k rows of 16 entries over 10k pages: 0.16 s with the
-(target, position) sort of :func:`~mmsb_jax.deltas._router.last_writers`, ~23 ms in rounds
-(docs/performance.md).
+(target, position) sort of :func:`~mmsb_jax.deltas._router.last_writers`, ~23 ms in rounds,
+~15-19 ms with the batch in pipelined parts (:func:`apply_rounds`; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def apply_rounds(pool, slots: np.ndarray, indices: np.ndarray, values: np.ndarra
       [[0, 7]]
     """
     n, k = indices.shape
-    if capacity * page_elems + 2 * bucket(n, steps=4) * k >= 2**31:  # every part's plan fits below
+    if capacity * page_elems + (2 * bucket(n, steps=4) + 16) * k >= 2**31:  # then every part's plan fits
         return None
     parts = PIPELINE_PARTS if n >= PIPELINE_FROM else 1
     bounds = [n * i // parts for i in range(parts + 1)]

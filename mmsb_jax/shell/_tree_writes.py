@@ -219,12 +219,13 @@ def _resolved(writes) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_whole_pages(pool, items) -> None:
     """Write whole pages into distinct slots of ``pool``, in groups of powers of two (few
-    compiled shapes, no padding pages to copy)."""
+    compiled shapes, no padding pages to copy). The page arrays are the caller's own copies,
+    left unchanged afterwards (jax may read host memory later, in place)."""
     i = 0
     while i < len(items):
         m = 1 << ((len(items) - i).bit_length() - 1)
         group = items[i:i + m]
         slots = np.array([s for s, _ in group], np.int32)
-        rows = np.stack([v for _, v in group])  # a copy: jax may read host memory later, in place
+        rows = group[0][1][None] if m == 1 else np.stack([v for _, v in group])  # one page: no copy
         pool.array = pool.ops.write_rows(pool.array, slots, rows)
         i += m

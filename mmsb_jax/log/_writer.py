@@ -5,6 +5,10 @@ Reader: :func:`read_records` (modes ``"torn_tail"`` (default), ``"absolute"``,
 ``"point_in_time"``, ``"skip_corrupt"``) and :func:`query_records`. Record types live in
 :mod:`mmsb_jax.log._encode`; the byte format is specified in ``docs/tlog-format.md``.
 
+The writer's parts are mixins, one concept each: typed appends (:mod:`._appends`), I/O and
+syncing (:mod:`._io`), reads and stats (:mod:`._views`), compaction (:mod:`._compaction`);
+this module holds opening, recovery and the append buffer.
+
 Pure Python + numpy + ``crc32c``: no jax, never pickles, never trusts a length field beyond
 the bytes actually present in the file.
 """
@@ -17,70 +21,22 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-from ._decode import (
-    Commit,
-    LogRecord,
-)
 from .._checks import is_int
-from .._errors import (
-    InvalidArgumentError,
-    SerializationError,
-    StateClosedError,
-)
-from ._files import fsync_dir
-from ._encode import (
-    KINDS,
-    SEGMENT_HEADER,
-    SEGMENT_HEADER_SIZE,
-    U64_MAX,
-    Kind,
-    body_accumulate,
-    body_add_dep,
-    body_create_pages,
-    body_delete_pages,
-    body_dense,
-    body_dense_packed,
-    body_remove_dep,
-    body_remove_deps,
-    body_derive,
-    body_add_deps,
-    body_rows,
-    body_sparse,
-    body_sparse_batch,
-    body_tree_def,
-    body_tree_step,
-    frame,
-    frame_chunks,
-    segment_header,
-    source_bytes,
-)
+from .._errors import InvalidArgumentError, SerializationError, StateClosedError
+from ._appends import RecordAppends
 from ._batch import TLogBatch, check_epoch, install_log_methods
+from ._compaction import Compaction
+from ._encode import SEGMENT_HEADER, SEGMENT_HEADER_SIZE, Kind, segment_header, source_bytes
+from ._files import fsync_dir
 from ._flusher import FlushSignal, flusher
-from ._segments import Rotate, SegmentInfo, walk_segment
-from ._report import LogPosition, ReadResult, RecoveryReport, ResumePoint
+from ._io import SegmentIO
+from ._reader import _Reader, list_segments, segment_path
+from ._report import LogPosition, RecoveryReport, ResumePoint
 from ._scan import _check_segment_header
-from ._reader import (
-    SEGMENT_RE,
-    _epoch_range,
-    _filter,
-    _Reader,
-    list_segments,
-    read_records,
-    segment_path,
-)
-
-
-
-_datasync = getattr(os, "fdatasync", os.fsync)
-_writev = getattr(os, "writev", None) or (lambda fd, bufs: os.write(fd, b"".join(bufs)))
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-
+from ._segments import Rotate, SegmentInfo, walk_segment
+from ._views import LogViews
 
 #: The durability policies (``fsync=`` of :class:`TLog` and of a state).
 FSYNC_MODES = ("always", "batch", "never")
@@ -97,7 +53,7 @@ def _close_all() -> None:  # pragma: no cover - interpreter exit
             pass
 
 
-class TLog:
+class TLog(RecordAppends, SegmentIO, LogViews, Compaction):
     """Append-only writer of one log directory. Thread-safe; one writer per directory.
 
     Args:
@@ -387,90 +343,6 @@ class TLog:
         self._active_first, self._active_size, self._active_counts = epoch, len(hdr), {}
         self._active_created = created
 
-    def _emit(self, epoch, kind, parts, source) -> None:
-        if type(epoch) is not int or not 0 <= epoch <= U64_MAX:
-            epoch = check_epoch(epoch)
-        src = self.source if source is None else source
-        if self.fsync == "never":  # buffered past this call: copy the parts into one record
-            rec = frame(epoch, kind, 0, time.time_ns(), src, parts)
-            self._push(epoch, [rec], len(rec), [kind])
-        else:  # written to the OS before this returns: a large record's arrays are not copied
-            chunks, nbytes = frame_chunks(epoch, kind, 0, time.time_ns(), src, parts)
-            self._push(epoch, chunks, nbytes, [kind])
-
-    def log_create_pages(self, epoch, first_page_id, count, shape, dtype, location="cpu", fill=None, *, source=None):
-        """CREATE_PAGES: pages ``first_page_id .. first_page_id+count-1`` of ``shape``/``dtype``,
-        every element ``fill`` (``None``: zero)."""
-        self._emit(epoch, *body_create_pages(first_page_id, count, shape, dtype, location, fill), source)
-
-    def log_delete_pages(self, epoch, page_ids, *, source=None):
-        """DELETE_PAGES: ``page_ids`` (int array-like)."""
-        self._emit(epoch, *body_delete_pages(page_ids), source)
-
-    def log_dense(self, epoch, page_id, mask, values, *, source=None):
-        """DENSE: bool ``mask`` (page shape) and ``values``: either one per true mask entry
-        (C order) or a full page array (the masked positions are taken)."""
-        self._emit(epoch, *body_dense(page_id, mask, values), source)
-
-    def log_dense_packed(self, epoch, page_id, shape, packed, values, *, source=None):
-        """DENSE from a packed mask (``np.packbits`` of the flat mask): the unchecked fast path."""
-        self._emit(epoch, *body_dense_packed(page_id, shape, packed, values), source)
-
-    def log_sparse(self, epoch, page_id, indices, values, *, source=None):
-        """SPARSE: flat ``indices`` (int32 range) and equally many ``values``."""
-        self._emit(epoch, *body_sparse(page_id, indices, values), source)
-
-    def log_sparse_batch(self, epoch, page_ids, indices, values, *, source=None):
-        """SPARSE_BATCH: ``page_ids`` (n,), ``indices`` (n, k), ``values`` (n, k) — n sparse deltas."""
-        self._emit(epoch, *body_sparse_batch(page_ids, indices, values), source)
-
-    def log_accumulate(self, epoch, page_id, semiring, payload, *, source=None):
-        """ACCUMULATE: ``page ⊕= payload`` under the semiring named ``semiring``."""
-        self._emit(epoch, *body_accumulate(page_id, semiring, payload), source)
-
-    def log_add_dep(self, epoch, parent, child, weight=None, edge_type="", *, source=None):
-        """ADD_DEP: edge ``parent -> child``; ``weight=None`` is the semiring's one."""
-        self._emit(epoch, *body_add_dep(parent, child, weight, edge_type), source)
-
-    def log_remove_dep(self, epoch, parent, child, *, source=None):
-        """REMOVE_DEP: edge ``parent -> child``."""
-        self._emit(epoch, *body_remove_dep(parent, child), source)
-
-    def log_add_deps(self, epoch, parents, children, weights=None, edge_type="", *, source=None):
-        """ADD_DEPS: edges ``parents[i] -> children[i]``; a NaN weight is the semiring's one."""
-        self._emit(epoch, *body_add_deps(parents, children, weights, edge_type), source)
-
-    def log_remove_deps(self, epoch, parents, children, *, source=None):
-        """REMOVE_DEPS: edges ``parents[i] -> children[i]``."""
-        self._emit(epoch, *body_remove_deps(parents, children), source)
-
-    def log_derive(self, epoch, child, name, parents, *, source=None):
-        """DERIVE: page ``child`` is the function registered as ``name`` of ``parents``."""
-        self._emit(epoch, *body_derive(child, name, parents), source)
-
-    def log_rows(self, epoch, page_id, row_len, rows, values, *, source=None):
-        """ROWS: rows ``rows`` (int32, (r,)) of ``row_len`` elements of the flat page become
-        ``values`` (r * row_len,); ``rows=[0]``, ``row_len`` = page size: a whole-page write."""
-        self._emit(epoch, *body_rows(page_id, row_len, rows, values), source)
-
-    def log_tree_def(self, epoch, name, structure, page_ids, *, source=None):
-        """TREE_DEF: tree ``name`` with ``structure`` (canonical JSON) and its leaf ``page_ids``."""
-        self._emit(epoch, *body_tree_def(name, structure, page_ids), source)
-
-    def log_tree_step(self, epoch, name, step, *, source=None):
-        """TREE_STEP: tag ``epoch`` as step ``step`` (int64) of tree ``name``."""
-        self._emit(epoch, *body_tree_step(name, step), source)
-
-    def append_record(self, record: LogRecord) -> None:
-        """Append a (decoded or hand-made) record as a single record; keeps its epoch, and
-        its timestamp/source when set. COMMIT records cannot be appended this way."""
-        if isinstance(record, Commit) or not isinstance(record, LogRecord):
-            raise InvalidArgumentError(f"cannot append {type(record).__name__}; use batch() for multi-record batches")
-        epoch = check_epoch(record.epoch)
-        kind, parts = record._body()
-        rec = frame(epoch, kind, 0, record.timestamp or time.time_ns(), record.source or self.source, parts)
-        self._push(epoch, [rec], len(rec), [kind])
-
     def batch(self, epoch: int, *, source: str | None = None, zero_copy: bool = False) -> TLogBatch:
         """A multi-record batch sharing ``epoch``, written atomically on exit (or ``commit()``)::
 
@@ -496,101 +368,6 @@ class TLog:
             self._push_groups(groups)
             if any(b._zero_copy for b in batches) and self._buf_bytes:  # ("never" buffers up to 1 MiB)
                 self._flush(False)
-
-    # -- flushing --------------------------------------------------------------------------
-    def _flush(self, fsync: bool, seq: int | None = None) -> None:
-        with self._io_lock:
-            self._flush_io(fsync, seq)
-
-    def _background_sync(self) -> None:
-        """The flusher thread's sync: write what is buffered, then fdatasync a duplicate of the
-        file descriptor *outside* the I/O lock, so an appender (which writes to the OS under
-        that lock) never waits for the disk."""
-        with self._lock:
-            self._sig.first_unsynced = None  # appends from now on open the next window
-        with self._io_lock:
-            self._flush_io(False)
-            if not self._dirty or self._fd is None:
-                return
-            upto = self._written_seq
-            fd = os.dup(self._fd)  # stays valid if a rotation closes the segment meanwhile
-            self._dirty = False  # a write during the sync sets it again
-        try:
-            _datasync(fd)
-        except OSError as e:
-            with self._lock:
-                self._failed = e
-            raise SerializationError(f"TLog sync of {self.directory} failed: {e}") from e
-        finally:
-            os.close(fd)
-        with self._lock:
-            self._fsyncs += 1
-            self._durable_seq = max(self._durable_seq, upto)
-
-    def _flush_io(self, fsync: bool, seq: int | None = None) -> None:  # holds _io_lock
-        if seq is not None and (self._durable_seq if fsync else self._written_seq) >= seq:
-            return  # someone else's group commit already covered it
-        with self._lock:
-            items, self._buf, self._buf_bytes = self._buf, [], 0
-            if fsync:
-                self._sig.first_unsynced = None
-            upto = self._seq
-            if self._failed is not None:
-                raise SerializationError(f"TLog {self.directory} failed earlier: {self._failed}") from self._failed
-        try:
-            chunk: list = []
-            for it in items:
-                if type(it) is Rotate:
-                    if chunk:
-                        self._write(chunk)
-                        chunk = []
-                    self._rotate_io(it.path)
-                else:
-                    chunk.append(it)
-            if chunk:
-                self._write(chunk)
-            if fsync and self._dirty:
-                self._datasync()
-                self._dirty = False
-        except OSError as e:
-            with self._lock:
-                self._failed = e
-            raise SerializationError(f"TLog write to {self.directory} failed: {e}") from e
-        with self._lock:
-            self._written_seq = upto
-            if fsync:
-                self._durable_seq = upto
-
-    def _datasync(self) -> None:  # holds _io_lock
-        """fdatasync the active segment; its duration goes to ``on_fsync`` (the state's telemetry)."""
-        t0 = time.perf_counter()
-        _datasync(self._fd)
-        self._fsyncs += 1
-        if self.on_fsync is not None:
-            self.on_fsync(time.perf_counter() - t0)
-
-    def _write(self, chunks: list) -> None:
-        fd = self._fd
-        for i in range(0, len(chunks), 1024):
-            group = chunks[i : i + 1024]
-            total = sum(len(c) for c in group)
-            n = _writev(fd, group) if len(group) > 1 else os.write(fd, group[0])
-            if n < total:  # short write: finish byte by byte-range
-                rest = memoryview(b"".join(group))[n:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
-        self._dirty = True
-
-    def _rotate_io(self, path: Path) -> None:
-        if self._fd is not None:
-            if self._dirty and self.fsync != "never":
-                self._datasync()
-            os.close(self._fd)
-            self._fd = None
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._dirty = True
-        if self.fsync != "never":
-            fsync_dir(self.directory)
 
     def flush(self) -> None:
         """Write buffered records to the OS, and fsync them unless ``fsync="never"``."""
@@ -638,116 +415,6 @@ class TLog:
 
     def __repr__(self) -> str:
         return f"TLog({str(self.directory)!r}, fsync={self.fsync!r}, last_epoch={self._last_epoch}, closed={self._closed})"
-
-    # -- reading ---------------------------------------------------------------------------
-    def read(self, mode="torn_tail", start_epoch=None, end_epoch=None, *, include_commit=False, copy=False) -> ReadResult:
-        """:func:`read_records` on this log, after pushing buffered appends to the OS."""
-        with self._io_lock:
-            if not self._closed:
-                self._flush_io(False)
-            return read_records(self.directory, mode, start_epoch, end_epoch, include_commit=include_commit, copy=copy)
-
-    def query(self, page_id=None, epochs=None, source=None, kinds=None) -> list[LogRecord]:
-        """:func:`query_records` on this log (includes buffered appends)."""
-        a, b = _epoch_range(epochs)
-        res = self.read("torn_tail", a, b, include_commit=kinds is not None)
-        return _filter(res.records, page_id, epochs, source, kinds)
-
-    def _segment_info(self, index: int) -> SegmentInfo:  # closed segments only
-        info = self._info.get(index)
-        if info is None:
-            info = self._info[index] = walk_segment(index, segment_path(self.directory, index))
-        return info
-
-    def segments(self) -> list[SegmentInfo]:
-        """Info on every live segment, oldest first (the active one last)."""
-        with self._io_lock:
-            out = [self._segment_info(i) for i in self._segments if i != self._active]
-            with self._lock:
-                if self._active is not None:
-                    out.append(self._active_info())
-            return out
-
-    def appended(self) -> tuple[int, int]:
-        """``(records, bytes)`` appended by this writer since it was opened."""
-        return self._appends, self._appended_bytes
-
-    def stats(self) -> dict[str, Any]:
-        """Counts over the whole log (older segments by a cached header walk) plus this
-        writer's counters."""
-        segs = self.segments()
-        by_kind: dict[str, int] = {}
-        for s in segs:
-            for k, n in s.kind_counts.items():
-                name = Kind(k).name if k in KINDS else str(k)
-                by_kind[name] = by_kind.get(name, 0) + n
-        with self._lock:
-            return {
-                "directory": str(self.directory),
-                "fsync": self.fsync,
-                "segments": len(segs),
-                "bytes": sum(s.bytes for s in segs),
-                "buffered_bytes": self._buf_bytes,
-                "records": sum(by_kind.values()),
-                "records_by_kind": by_kind,
-                "first_epoch": segs[0].first_epoch if segs else None,
-                "last_epoch": self._last_epoch,
-                "fsyncs": self._fsyncs,
-                "appends": self._appends,
-                "segment_bytes": self.segment_bytes,
-            }
-
-    # -- compaction ------------------------------------------------------------------------
-    def seal(self) -> None:
-        """Write and fsync everything appended so far and close the active segment: the next
-        append starts a new one. Compaction seals first, so that every committed record lies
-        in a closed segment it may drop."""
-        with self._io_lock:
-            self._flush_io(True)
-            with self._lock:
-                if self._closed:
-                    raise StateClosedError(f"TLog {self.directory} is closed")
-                if self._active is None:
-                    return
-                self._info[self._active] = self._active_info()
-                self._active = None
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-    def drop_segments_through(self, epoch: int) -> list[Path]:
-        """Delete the oldest whole segments whose records all have epoch <= ``epoch``.
-
-        For the shell after it folded those epochs into a checkpoint. Never deletes the active
-        segment; deletes a prefix only (the log stays contiguous). Returns deleted paths.
-        """
-        epoch = check_epoch(epoch)
-        deleted = []
-        with self._io_lock:
-            closed = [i for i in self._segments if i != self._active]
-            for n, index in enumerate(closed):
-                info = self._segment_info(index)
-                nxt = self._segments[n + 1] if n + 1 < len(self._segments) else None
-                if nxt is None:
-                    nxt_first = None
-                elif nxt == self._active:
-                    nxt_first = self._active_first
-                else:
-                    nxt_first = self._segment_info(nxt).first_epoch
-                safe = (info.complete and (info.last_epoch is None or info.last_epoch <= epoch)) or (
-                    nxt_first is not None and nxt_first <= epoch
-                )
-                if not safe:
-                    break
-                info.path.unlink()
-                deleted.append(info.path)
-            if deleted:
-                fsync_dir(self.directory)
-                with self._lock:
-                    self._segments = self._segments[len(deleted) :]
-                    for p in deleted:
-                        self._info.pop(int(SEGMENT_RE.match(p.name).group(1)), None)
-        return deleted
 
 
 install_log_methods(TLog)

@@ -700,3 +700,69 @@ def test_batch_methods_mirror_the_log_methods():
         body = list(inspect.signature(RECORD_BODIES[name]).parameters)
         batch = [p for p in inspect.signature(getattr(TLogBatch, name)).parameters if p not in ("self", "source")]
         assert single == body == batch, name
+
+
+# ---------------------------------------------------------------- SPARSE_BATCH's shared index row
+def _decode(kind, parts, copy=True):
+    from mmsb_jax.log._decode import decode_body
+
+    body = b"".join(bytes(p) for p in parts)
+    common = dict(epoch=1, timestamp=0, source="", batched=False, segment=0, offset=0)
+    return body, decode_body(kind, body, 0, len(body), copy, common)
+
+
+@pytest.mark.parametrize("n", [2, 3, 64])
+def test_sparse_batch_logs_one_shared_index_row(n):
+    """Rows that all index the same elements (whole-page rewrites) log one row; it decodes
+    as the (n, k) indices it stands for, and the body shrinks by (n - 1) * k * 4 bytes."""
+    rng = np.random.default_rng(n)
+    k = 256
+    ind = np.tile(np.arange(k, dtype=np.int32), (n, 1))
+    vals = rng.integers(0, 255, (n, k)).astype(np.uint8)
+    pids = np.arange(n, dtype=np.uint64)
+    body, rec = _decode(*R.body_sparse_batch(pids, ind, vals))
+    assert rec.indices.shape == (n, k) and np.array_equal(rec.indices, ind)
+    assert np.array_equal(rec.values, vals) and np.array_equal(rec.page_ids, pids)
+    scattered = ind.copy()
+    scattered[-1, :2] = scattered[-1, 1::-1]  # one row differs: every row is logged
+    full, rec2 = _decode(*R.body_sparse_batch(pids, scattered, vals))
+    assert np.array_equal(rec2.indices, scattered)
+    assert len(full) - len(body) == (n - 1) * k * 4
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 4), (4, 4)])
+def test_sparse_batch_index_rows_that_fit_no_reading_are_refused(shape):
+    """Indices of (1, k') with k' != k, or (m, k) with 1 < m != n, are damage, not a shared row."""
+    from mmsb_jax.log._encode import BadRecord, _arr_parts
+
+    parts: list = []
+    _arr_parts(np.arange(3, dtype=np.uint64), parts)
+    _arr_parts(np.zeros(shape, np.int32), parts)
+    _arr_parts(np.zeros((3, 4), np.uint8), parts)
+    with pytest.raises(BadRecord):
+        _decode(Kind.SPARSE_BATCH, parts)
+
+
+def test_whole_page_rewrites_replay_from_shared_rows(tmp_path):
+    """route_sparse_batch of whole-page rewrites logs one shared row; replay and reopen
+    rebuild the same digest, and the log holds no per-row indices."""
+    import mmsb_jax as mmsb
+
+    path = str(tmp_path / "s")
+    st = mmsb.mmsb_start(path, fsync="batch")
+    ids = mmsb.create_pages(st, 8, size=1024)
+    rng = np.random.default_rng(0)
+    ind = np.tile(np.arange(1024, dtype=np.int32), (6, 1))
+    for _ in range(3):
+        rows = rng.choice(8, 6)  # repeats: the last rewrite of a page wins
+        mmsb.route_sparse_batch(st, ids[rows], ind, rng.integers(0, 255, (6, 1024)).astype(np.uint8))
+    digest = mmsb.state_digest(st)
+    mmsb.mmsb_stop(st)
+    recs = [r for r in read_records(os.path.join(path, "log")).records if isinstance(r, SparseBatch)]
+    assert len(recs) == 3 and all(r.indices.strides[0] == 0 for r in recs)
+    log_dir = os.path.join(path, "log")
+    assert sum(os.path.getsize(os.path.join(log_dir, f)) for f in os.listdir(log_dir)) < 3 * 6 * 1024 * 2
+    assert mmsb.replay_to_epoch(path, None).digest() == digest
+    st = mmsb.mmsb_open(path)
+    assert mmsb.state_digest(st) == digest
+    mmsb.mmsb_stop(st)

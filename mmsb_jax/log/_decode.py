@@ -165,7 +165,10 @@ class Sparse(LogRecord):
 
 @dataclasses.dataclass(kw_only=True, slots=True, eq=False)
 class SparseBatch(LogRecord):
-    """Row ``i`` is a sparse delta ``(indices[i], values[i])`` to page ``page_ids[i]``."""
+    """Row ``i`` is a sparse delta ``(indices[i], values[i])`` to page ``page_ids[i]``.
+
+    A record that logged one index row shared by every delta decodes ``indices`` as a
+    read-only broadcast view of shape ``values.shape``."""
 
     kind: ClassVar[Kind] = Kind.SPARSE_BATCH
     page_ids: np.ndarray
@@ -419,10 +422,14 @@ def decode_body(kind: int, buf: bytes, p: int, end: int, copy: bool, common: dic
             or idx.dtype != np.int32
             or pids.ndim != 1
             or idx.ndim != 2
-            or vals.shape != idx.shape
-            or idx.shape[0] != pids.shape[0]
+            or vals.ndim != 2
+            or vals.shape[0] != pids.shape[0]
+            or idx.shape[1] != vals.shape[1]
+            or idx.shape[0] not in (vals.shape[0], 1)
         ):
             raise BadRecord("inconsistent SPARSE_BATCH arrays")
+        if idx.shape[0] != vals.shape[0]:  # one row shared by every delta (read-only view)
+            idx = np.broadcast_to(idx, vals.shape)
         return SparseBatch(page_ids=pids, indices=idx, values=vals, **common)
     if kind == Kind.SPARSE:
         _need(p, 8, end)

@@ -323,9 +323,31 @@ def body_sparse_batch(page_ids, indices, values) -> tuple[int, list]:
         )
     parts: list = []
     _arr_parts(pids, parts)
-    _arr_parts(idx, parts)
+    _arr_parts(shared_row(idx), parts)
     _arr_parts(values, parts)
     return Kind.SPARSE_BATCH, parts
+
+
+def shared_row(indices: np.ndarray) -> np.ndarray:
+    """``indices[:1]`` when every row of ``indices`` (n, k) equals the first (e.g. whole-page
+    rewrites, ``0 .. k-1`` in every row), else ``indices``: SPARSE_BATCH logs one shared row
+    instead of n equal ones (docs/tlog-format.md).
+
+    Example:
+      >>> import numpy as np
+      >>> shared_row(np.tile(np.arange(4, dtype=np.int32), (3, 1))).shape
+      (1, 4)
+      >>> shared_row(np.array([[0, 1], [1, 0]], np.int32)).shape
+      (2, 2)
+    """
+    n = indices.shape[0]
+    if n < 2 or indices.shape[1] == 0:
+        return indices
+    first = indices[0]
+    # a few rows first: batches of scattered rows are told apart in O(k)
+    if not (np.array_equal(indices[-1], first) and np.array_equal(indices[n // 2], first)):
+        return indices
+    return indices[:1] if bool((indices == first).all()) else indices
 
 
 def body_accumulate(page_id, semiring, payload) -> tuple[int, list]:

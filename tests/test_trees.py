@@ -406,6 +406,56 @@ def test_background_failure_is_raised_never_swallowed(tmp_path, monkeypatch):
         state.close()
 
 
+@pytest.mark.parametrize("fsync", ["batch", "always"])
+def test_step_none_past_int64_is_refused_and_nothing_changes(tmp_path, fsync):
+    """After step 2**63-1, ``step=None`` (last + 1) is no int64: refused up front, the state
+    and the store unchanged (it used to fail in the writer and leave the store unopenable)."""
+    path = tmp_path / "s"
+    state = mmsb.mmsb_start(path, fsync=fsync)
+    for i in range(3):
+        mmsb.save_tree(state, "good", {"x": np.full(2, float(i), np.float32)}, step=i)
+    last = mmsb.save_tree(state, "a", {"x": np.zeros(2, np.float32)}, step=2**63 - 1)
+    digest = mmsb.state_digest(state)
+    with pytest.raises(mmsb.InvalidArgumentError, match=r"step=None.*9223372036854775808.*int64"):
+        mmsb.save_tree(state, "a", {"x": np.ones(2, np.float32)})
+    assert state.epoch == last and mmsb.state_digest(state) == digest
+    assert mmsb.tree_steps(state, "a") == [(2**63 - 1, last)]
+    mmsb.save_tree(state, "good", {"x": np.full(2, 7.0, np.float32)})  # still usable
+    mmsb.mmsb_stop(state)
+    state = mmsb.mmsb_open(path)
+    assert [s for s, _ in mmsb.tree_steps(state, "good")] == [0, 1, 2, 3]
+    assert mmsb.load_tree(state, "a")["x"].tolist() == [0.0, 0.0]
+    mmsb.mmsb_stop(state)
+
+
+def test_a_step_failing_in_the_writer_keeps_the_steps_before_it(tmp_path, monkeypatch):
+    """A step the background writer cannot journal poisons the state (every call raises),
+    but the acknowledged steps before it stay logged and the store reopens at them."""
+    from mmsb_jax.shell import _trees
+
+    real = _trees.plan_leaf
+
+    def failing(prev, new, scratch=None):
+        if np.asarray(new).reshape(-1)[0] == 666:
+            raise ValueError("cannot plan (injected)")
+        return real(prev, new, scratch)
+
+    path = tmp_path / "s"
+    state = mmsb.mmsb_start(path)
+    monkeypatch.setattr(_trees, "plan_leaf", failing)
+    state._lock.writer = None  # (a fresh writer: the steps below queue together)
+    for i in range(5):
+        mmsb.save_tree(state, "t", {"x": np.full(3, float(i), np.float32)}, step=i)
+    mmsb.save_tree(state, "t", {"x": np.full(3, 666.0, np.float32)}, step=5)  # accepted; fails later
+    with pytest.raises(mmsb.SerializationError, match="injected"):
+        mmsb.mmsb_stop(state)
+    monkeypatch.undo()
+    state = mmsb.mmsb_open(path)  # opens: what the log holds is what the stop recorded
+    assert [s for s, _ in mmsb.tree_steps(state, "t")] == [0, 1, 2, 3, 4]
+    assert mmsb.load_tree(state, "t")["x"].tolist() == [4.0, 4.0, 4.0]
+    mmsb.mmsb_stop(state)
+
+
 def test_scalar_pages_everywhere(tmp_path):
     path = str(tmp_path / "s")
     state = mmsb.mmsb_start(path)

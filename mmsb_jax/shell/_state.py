@@ -512,11 +512,13 @@ class MMSBState(BatchRouting, Dependencies, Checkpointing, TreeJournal, Telemete
         with self._lock:
             self._closed = True
             if self._log is not None:
-                self._log.close()
-                self._log = None
+                log, self._log = self._log, None
+                log.close()
                 self._final_snapshot()
                 if not self._owns_dir and self._writes_files:  # every epoch is durable now: an open that finds fewer lost some
-                    update_state_file(self.path, closed_at=self._epoch)
+                    # (after a failed tree write: the epochs the log holds, which reopen gives back)
+                    reached = self._epoch if self._tree_failure is None else (log.last_epoch or 0)
+                    update_state_file(self.path, closed_at=reached)
             if self._owns_dir and not self._snapshot:
                 shutil.rmtree(self.path, ignore_errors=True)
 

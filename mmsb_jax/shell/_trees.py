@@ -214,6 +214,10 @@ class TreeJournal:
     def _next_step(self, t: TreeInfo | None, name: str, step) -> int:
         last = t.steps[-1] if t is not None else None
         if step is None:
+            if last is not None and last + 1 >= 2**63:
+                raise InvalidArgumentError(
+                    f"step=None would be step {last + 1} of tree {name!r} (its last step + 1), past int64; "
+                    "steps are int64")
             return 0 if last is None else last + 1
         if not is_int(step) or not -(2**63) <= step < 2**63:
             raise InvalidArgumentError(f"step={step!r} must be an int64 (or None: the last step + 1)")
@@ -435,7 +439,13 @@ class TreeJournal:
         writes = PageWrites()
         batches: list = []
         for job in jobs:
-            self._plan_job(job, log, writes, batches)
+            done = len(batches)
+            try:
+                self._plan_job(job, log, writes, batches)
+            except BaseException:
+                if log is not None:  # the steps before this one stay logged: they were acknowledged
+                    log.commit_batches(batches[:done])
+                raise
         if log is not None:
             log.commit_batches(batches)  # written out: the memory the records point into may be reused
         with self._lock:

@@ -5,6 +5,7 @@ and after reopening; bad input changes nothing (``state_digest`` equal).
 """
 
 import collections
+import dataclasses
 import os
 
 import jax
@@ -544,3 +545,32 @@ def test_unflattenable_trees_and_bad_devices_are_mmsb_errors():
         mmsb.tree_ring(state, "r", {"w": np.zeros(3, np.float32)}, steps=2, device=3)
     assert state.epoch == 0
     state.close()
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Pair:
+    p: jax.Array
+    q: jax.Array
+
+
+def test_a_dataclass_changed_since_is_rebuilt_as_a_dict_not_by_position(tmp_path, monkeypatch):
+    """A class found by name whose fields were reordered or renamed since the tree was
+    journaled would take the values by position, in the wrong fields: a dict of the
+    journaled fields comes back instead. The unchanged class is rebuilt as itself."""
+    path = tmp_path / "s"
+    state = mmsb.mmsb_start(path)
+    mmsb.save_tree(state, "rd", _Pair(np.ones(2, np.float32), np.zeros(3, np.float32)))
+    back = mmsb.load_tree(state, "rd")
+    assert type(back) is _Pair and back.p.shape == (2,) and back.q.shape == (3,)
+    mmsb.mmsb_stop(state)
+
+    for fields in (("q", "p"), ("p", "r")):
+        changed = jax.tree_util.register_dataclass(
+            dataclasses.make_dataclass("_Pair", [(f, jax.Array) for f in fields]))
+        changed.__module__, changed.__qualname__ = __name__, "_Pair"
+        monkeypatch.setitem(globals(), "_Pair", changed)
+        state = mmsb.mmsb_open(path)
+        back = mmsb.load_tree(state, "rd")
+        mmsb.mmsb_stop(state)
+        assert type(back) is dict and back["p"].tolist() == [1.0, 1.0] and back["q"].tolist() == [0.0] * 3

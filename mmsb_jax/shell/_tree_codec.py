@@ -4,8 +4,10 @@ A tree's structure (its containers, their keys, the leaf paths, shapes and dtype
 once, in its TREE_DEF record, as canonical JSON (``docs/tlog-format.md`` gives the schema).
 Nothing is pickled and no module named in a file is ever imported: reading a structure back
 rebuilds a namedtuple or registered pytree node as its own class only when that class is
-already imported (found in ``sys.modules`` by its recorded name) and registered as a pytree;
-any other node becomes the plain container with the same keys (a dict).
+already imported (found in ``sys.modules`` by its recorded name), registered as a pytree, and
+gives its children the journaled keys in the journaled order (a dataclass whose fields were
+renamed or reordered since would take the values by position, in the wrong fields); any other
+node becomes the plain container with the same keys (a dict).
 
 Why not ``jax.export``'s pytree serialization (``register_pytree_node_serialization``)? It
 needs every namedtuple and custom node type registered by hand before anything is written
@@ -272,6 +274,23 @@ def _dict_of(keys, children):
     return _make((dict, [keys[i] for i in order]), [children[i] for i in order])
 
 
+def _child_keys(cls, node) -> list | None:
+    """The child keys ``cls`` (with the node's aux) gives its children, in order, as the
+    journal writes them (None: it cannot say). A class found by name is used only when they
+    are the journaled keys: a dataclass whose fields were renamed or reordered since would
+    otherwise take the values by position, in the wrong fields."""
+    n = len(node["k"])
+    try:
+        probe = _make((cls, _unaux(node["aux"])), [_LEAF] * n).unflatten(list(range(n)))
+        pairs, _ = tu.flatten_one_level_with_keys(probe)
+        pairs = list(pairs)
+        if [v for _, v in pairs] != list(range(n)):
+            return None
+        return [_key_entry(k, "") for k, _ in pairs]
+    except Exception:  # noqa: BLE001 - a user class that cannot be probed is not trusted: a dict
+        return None
+
+
 def _build(node, plain: bool, notes: list):
     t = node["t"]
     if t == "leaf":
@@ -293,7 +312,9 @@ def _build(node, plain: bool, notes: list):
             return _make((cls, None), kids)
         if t == "custom" and cls is not None and "aux" in node:
             try:
-                return _make((cls, _unaux(node["aux"])), kids)
+                made = _make((cls, _unaux(node["aux"])), kids)
+                if _child_keys(cls, node) == node["k"]:  # (a class of that name with other fields: a dict)
+                    return made
             except (RuntimeError, TypeError, ValueError):
                 pass  # not a registered pytree, or aux it does not take: a plain container
     notes.append(node["type"])

@@ -357,16 +357,29 @@ def cmd_steps(args) -> int:
     t = Table(title=f"tree {args.name!r}: {len(tree.spec.leaves)} leaves, {len(steps)} steps")
     for col in ("step", "epoch", "leaves written", "bytes written", "source"):
         t.add_column(col, justify="right" if col != "source" else "left")
-    shown = steps if args.all or len(steps) <= args.limit else steps[: args.limit // 2] + [None] + steps[-(args.limit // 2):]
+    head, tail = args.limit - args.limit // 2, args.limit // 2  # the first and the last steps
+    shown = steps if args.all or len(steps) <= args.limit else (
+        steps[:head] + [None] + (steps[len(steps) - tail:] if tail else []))
     for row in shown:
         if row is None:
-            t.add_row("...", "...", "", "", f"({len(steps) - 2 * (args.limit // 2)} more; --all shows them)")
+            t.add_row("...", "...", "", "", f"({len(steps) - head - tail} more; --all shows them)")
             continue
         step, epoch = row
         n, b = written.get(epoch, (0, 0))
         t.add_row(str(step), str(epoch), f"{n} / {len(tree.spec.leaves)}", f"{b:,}", sources.get(epoch, ""))
     console.print(t)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive integer (at least 1)")
+    return n
 
 
 def _fmt(x: float) -> str:
@@ -498,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("steps", help="the journaled steps of a tree: step, epoch, what each wrote")
     s.add_argument("path")
     s.add_argument("name")
-    s.add_argument("--limit", type=int, default=20, help="show the first and last limit/2 steps (default 20)")
+    s.add_argument("--limit", type=_positive_int, default=20,
+                   help="show this many steps, the first and the last half (default 20)")
     s.add_argument("--all", action="store_true", help="show every step")
     s.set_defaults(fn=cmd_steps)
     df = sub.add_parser("diff", help="per leaf of a tree: elements changed, max |change|, norm, between two steps")

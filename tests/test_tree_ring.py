@@ -170,6 +170,41 @@ def test_record_tree_refuses_a_tree_that_does_not_fit_while_tracing(tmp_path, tr
     mmsb.mmsb_stop(state)
 
 
+@pytest.mark.parametrize(
+    "step, needle",
+    [
+        (2**31, "does not fit"), (-(2**31) - 1, "does not fit"), (10**30, "does not fit"),
+        (np.uint32(2**32 - 1), "does not fit"), (np.int64(2**33 + 5), "does not fit"),
+        (None, "integer scalar"), ("3", "integer scalar"), (True, "integer scalar"),
+        (np.arange(2), "integer scalar"),
+    ],
+)
+def test_record_tree_refuses_a_step_outside_int32_instead_of_wrapping(tmp_path, step, needle):
+    """Concrete steps are checked against the ring's int32 steps (they used to wrap:
+    uint32 2**32-1 was journaled as step -1); the ring is left as it was."""
+    state = mmsb.mmsb_start(tmp_path / "s")
+    ring = mmsb.tree_ring(state, "t", like(), steps=2)
+    with pytest.raises(mmsb.InvalidArgumentError, match=needle):
+        mmsb.record_tree(ring, like(), step)
+    assert int(ring.count) == 0
+    ring = mmsb.record_tree(ring, like(), 2**31 - 1)  # the largest that fits
+    assert int(ring.steps[0]) == 2**31 - 1
+    mmsb.mmsb_stop(state)
+
+
+def test_a_traced_step_wider_than_int32_is_refused_and_narrower_ones_fit(tmp_path):
+    state = mmsb.mmsb_start(tmp_path / "s")
+    ring = mmsb.tree_ring(state, "t", like(), steps=4)
+    record = jax.jit(mmsb.record_tree)
+    with pytest.raises(mmsb.InvalidArgumentError, match=r"uint32.*astype\(jnp.int32\)"):
+        record(ring, like(), jnp.uint32(5))
+    for i, dtype in enumerate((jnp.int8, jnp.uint16, jnp.int32)):
+        ring = record(ring, like(), jnp.asarray(i + 1, dtype))
+    _, ring = state.drain_ring(ring)
+    assert [s for s, _ in mmsb.tree_steps(state, "t")] == [1, 2, 3]
+    mmsb.mmsb_stop(state)
+
+
 def test_steps_must_increase_and_nothing_is_applied_otherwise(tmp_path):
     state = mmsb.mmsb_start(tmp_path / "s")
     tree = like()

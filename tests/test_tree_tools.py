@@ -1,5 +1,6 @@
 """The tree journal from outside: an orbax CheckpointManager, and the mmsb steps / diff / bisect commands."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -36,6 +37,21 @@ def test_cli_steps(nan_run, capsys):
     assert lines[-1].split("│")[1].strip() == "123"
     code, out = run_cli(capsys, "steps", nan_run, "nope")
     assert code == 2 and "no tree named 'nope'" in out
+
+
+@pytest.mark.parametrize("limit, first, last", [(1, ["100"], []), (2, ["100"], ["123"]), (5, ["100", "101", "102"], ["122", "123"])])
+def test_cli_steps_shows_exactly_limit_steps(nan_run, capsys, limit, first, last):
+    code, out = run_cli(capsys, "steps", nan_run, "train", "--limit", str(limit))
+    assert code == 0 and f"({24 - limit} more; --all shows them)" in out
+    rows = [ln.split("│")[1].strip() for ln in out.splitlines() if ln.strip().startswith("│ ")]
+    assert rows == first + ["..."] + last
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "x"])
+def test_cli_steps_refuses_a_limit_below_one(nan_run, capsys, limit):
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["steps", nan_run, "train", "--limit", limit])
+    assert ei.value.code == 2 and "--limit" in capsys.readouterr().err
 
 
 def test_cli_diff(nan_run, capsys):
@@ -109,3 +125,29 @@ def test_mmsbsave_of_a_stopped_state_is_refused_before_orbax_starts(tmp_path):
 def test_cli_bisect_refuses_a_bound_that_is_not_a_number(nan_run, capsys):
     with pytest.raises(SystemExit, match="must be a number"):
         run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "abc")
+
+
+def test_find_step_after_compaction_searches_the_steps_that_can_be_restored():
+    """compact_log drops the epochs of the first steps: the search covers the steps from
+    the first restorable one (the compaction's checkpoint), and finds the answer past it."""
+    state = mmsb.mmsb_start()
+    for i in range(4):
+        mmsb.save_tree(state, "t", {"k": jnp.int32(i)}, step=i)
+    mmsb.compact_log(state)  # a checkpoint at step 3; the epochs of steps 0..2 are gone
+    for i in range(4, 9):
+        mmsb.save_tree(state, "t", {"k": jnp.int32(i)}, step=i)
+    with pytest.raises(mmsb.SerializationError):
+        mmsb.load_tree(state, "t", step=1)
+    for bound in range(3, 9):
+        assert mmsb.find_step(state, "t", lambda t, b=bound: int(t["k"]) >= b) == bound
+    assert mmsb.find_step(state, "t", lambda t: True) == 3
+    assert mmsb.find_step(state, "t", lambda t: False) is None
+    mmsb.mmsb_stop(state)
+
+
+def test_find_step_refuses_a_predicate_that_is_not_callable():
+    state = mmsb.mmsb_start()
+    mmsb.save_tree(state, "t", {"k": jnp.int32(0)})
+    with pytest.raises(mmsb.InvalidArgumentError, match="predicate=5 is not callable"):
+        mmsb.find_step(state, "t", 5)
+    mmsb.mmsb_stop(state)

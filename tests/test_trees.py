@@ -574,3 +574,15 @@ def test_a_dataclass_changed_since_is_rebuilt_as_a_dict_not_by_position(tmp_path
         back = mmsb.load_tree(state, "rd")
         mmsb.mmsb_stop(state)
         assert type(back) is dict and back["p"].tolist() == [1.0, 1.0] and back["q"].tolist() == [0.0] * 3
+
+
+def test_a_deleted_leaf_is_refused_by_path_and_nothing_changes(tmp_path):
+    state = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.save_tree(state, "t", {"a": jnp.zeros(3), "b": jnp.ones(2)})
+    gone = jnp.full(2, 5.0)
+    gone.delete()
+    epoch = state.epoch
+    with pytest.raises(mmsb.InvalidArgumentError, match=r"leaf \['b'\] cannot be read"):
+        mmsb.save_tree(state, "t", {"a": jnp.zeros(3), "b": gone})
+    assert state.epoch == epoch and len(mmsb.tree_steps(state, "t")) == 1
+    mmsb.mmsb_stop(state)

@@ -82,8 +82,9 @@ def record_tree(ring: TreeRing, tree, step) -> TreeRing:
     Args:
       ring: a :class:`TreeRing` from ``mmsb_jax.tree_ring``.
       tree: a pytree with the ring's structure, leaf shapes and dtypes.
-      step: an integer scalar (traced or not), below ``2**31``; a drain checks that steps
-        increase.
+      step: an integer scalar in int32's range (``-2**31 <= step < 2**31``), concrete or
+        traced (a traced step of a wider dtype, uint32 or 64-bit, is refused rather than
+        wrapped: cast it with ``step.astype(jnp.int32)``); a drain checks that steps increase.
 
     Returns:
       the ring with the step written (in place when the ring is donated or carried by
@@ -120,13 +121,41 @@ def record_tree(ring: TreeRing, tree, step) -> TreeRing:
                 f"{'a ' + type(leaf).__name__ if dtype is None else str(jnp.dtype(dtype)) + str(list(shape))}; "
                 f"the ring holds {buf.dtype}{list(buf.shape[1:])}"
             )
-    step = jnp.asarray(step)
-    if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
-        raise InvalidArgumentError(f"record_tree: step must be an integer scalar, got {step.dtype}{list(step.shape)}")
+    step = _ring_step(step)
     pos = ring.count % ring.capacity  # past the capacity it wraps: the drain reports the overflow
     buffers = tuple(lax.dynamic_update_index_in_dim(b, jnp.asarray(x), pos, 0) for x, b in zip(leaves, ring.buffers))
     steps = lax.dynamic_update_index_in_dim(ring.steps, step.astype(jnp.int32), pos, 0)
     return dataclasses.replace(ring, buffers=buffers, steps=steps, count=ring.count + jnp.int32(1))
+
+
+def _ring_step(step):
+    """``step`` as the int32 a ring stores, or InvalidArgumentError: an integer scalar, a
+    concrete one in int32's range, a traced one of a dtype that fits (wider: cast it first)."""
+    if isinstance(step, jax.core.Tracer):
+        dtype, shape = jnp.dtype(step.dtype), tuple(step.shape)
+        if shape != () or not jnp.issubdtype(dtype, jnp.integer):
+            raise InvalidArgumentError(f"record_tree: step must be an integer scalar, got {dtype}{list(shape)}")
+        if dtype.itemsize > 4 or dtype == jnp.uint32:
+            raise InvalidArgumentError(
+                f"record_tree: a traced step of dtype {dtype} may not fit the ring's int32 steps (it would wrap); "
+                "cast it in the loop: step.astype(jnp.int32)")
+        return step.astype(jnp.int32)
+    if type(step) is int:
+        value, dtype, shape = step, None, ()
+    else:
+        try:
+            a = np.asarray(step)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InvalidArgumentError(f"record_tree: step={step!r:.80} is not an integer scalar ({e})") from None
+        dtype, shape = a.dtype, a.shape
+        if shape != () or dtype.kind not in "iu":
+            raise InvalidArgumentError(
+                f"record_tree: step must be an integer scalar, got {step!r:.80} ({dtype}{list(shape)})")
+        value = int(a)
+    if not -(2**31) <= value < 2**31:
+        raise InvalidArgumentError(f"record_tree: step={value} does not fit the ring's int32 steps "
+                                   f"(-2**31 <= step < 2**31); save_tree takes int64 steps")
+    return jnp.asarray(value, jnp.int32)
 
 
 _STOCK = 64

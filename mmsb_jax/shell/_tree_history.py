@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import StateClosedError
+from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from . import _tree_codec as codec
 from ._tree_writes import as_bits
 
@@ -132,7 +132,13 @@ def find_step(state, name, predicate):
     assumes that once the predicate holds it keeps holding (as a NaN that entered training
     stays), and costs O(log steps) restores (:func:`load_tree` calls), not a scan; if the
     predicate can turn false again, the result is *a* step where it turns true. Returns the
-    step, or None when even the last step does not satisfy it.
+    step, or None when even the last step does not satisfy it. Steps whose epochs
+    :func:`~mmsb_jax.compact_log` removed cannot be restored: the search covers the steps
+    from the first one that can.
+
+    Raises:
+      InvalidArgumentError: ``predicate`` is not callable, or no tree is called ``name``.
+      SerializationError: not even the last step can be restored.
 
     Example:
       >>> import jax.numpy as jnp, mmsb_jax as mmsb
@@ -143,11 +149,13 @@ def find_step(state, name, predicate):
       2
       >>> mmsb.mmsb_stop(state)
     """
+    if not callable(predicate):
+        raise InvalidArgumentError(f"predicate={predicate!r:.80} is not callable; find_step calls predicate(tree) -> bool")
     steps = [s for s, _ in state.tree_steps(name)]
     holds = lambda s: bool(predicate(load_tree(state, name, s)))  # noqa: E731
     if not holds(steps[-1]):
         return None
-    lo, hi = 0, len(steps) - 1  # invariant: the predicate holds at steps[hi]
+    lo, hi = _first_restorable(state, name, steps), len(steps) - 1  # invariant: the predicate holds at steps[hi]
     while lo < hi:
         mid = (lo + hi) // 2
         if holds(steps[mid]):
@@ -155,3 +163,25 @@ def find_step(state, name, predicate):
         else:
             lo = mid + 1
     return steps[lo]
+
+
+def _first_restorable(state, name, steps) -> int:
+    """The index of the first step that can be restored (compaction removes a prefix of the
+    log, so the restorable steps are a suffix; the last one is)."""
+    def restorable(i):
+        try:
+            load_tree(state, name, steps[i])
+            return True
+        except SerializationError:
+            return False
+
+    if restorable(0):
+        return 0
+    lo, hi = 1, len(steps) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if restorable(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

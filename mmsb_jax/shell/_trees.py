@@ -101,7 +101,10 @@ def host_view(x, path: str) -> np.ndarray:
             f"leaf {path} is a {type(x).__name__} ({x!r:.40}), not an array; journal arrays "
             "(e.g. jnp.asarray(x) for a Python number)"
         )
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except RuntimeError as e:  # e.g. a donated or deleted jax.Array
+        raise InvalidArgumentError(f"leaf {path} cannot be read ({e}); pass a live array") from e
     check_leaf_spec(tuple(arr.shape), arr.dtype, path)
     return arr
 

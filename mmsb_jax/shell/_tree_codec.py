@@ -367,8 +367,8 @@ def first_difference(paths: list, tree) -> str:
     got = [tu.keystr(p) for p, _ in tu.tree_flatten_with_path(tree)[0]]
     for i, (x, y) in enumerate(zip(paths, got)):
         if x != y:
-            return f"leaf {i} is {y}, the journal has {x}"
+            return f"leaf {i} is {y or '(the root)'}, the journal has {x or '(the root)'}"
     if len(paths) != len(got):
         extra = got[len(paths)] if len(got) > len(paths) else paths[len(got)]
-        return f"{len(got)} leaves vs {len(paths)} in the journal (first unmatched: {extra})"
+        return f"{len(got)} leaves vs {len(paths)} in the journal (first unmatched: {extra or '(the root)'})"
     return "the leaf paths agree but a container type or its static data differs"

@@ -766,3 +766,42 @@ def test_whole_page_rewrites_replay_from_shared_rows(tmp_path):
     st = mmsb.mmsb_open(path)
     assert mmsb.state_digest(st) == digest
     mmsb.mmsb_stop(st)
+
+
+def test_replay_of_runs_mixing_shared_rows_equals_the_live_state(tmp_path):
+    """Records with different shared rows, and with full index rows, in one replay run: the
+    run takes one broadcast row only when every record shares the same one."""
+    import mmsb_jax as mmsb
+
+    path = str(tmp_path / "s")
+    st = mmsb.mmsb_start(path, fsync="batch")
+    ids = mmsb.create_pages(st, 6, size=8)
+    rng = np.random.default_rng(1)
+    fwd = np.tile(np.arange(8, dtype=np.int32), (4, 1))
+    rows = [fwd, fwd[:, ::-1].copy(), fwd, rng.integers(0, 8, (4, 8)).astype(np.int32), fwd[:, :3].copy()]
+    for ind in rows:
+        mmsb.route_sparse_batch(st, ids[rng.choice(6, 4)], ind, rng.integers(0, 255, ind.shape).astype(np.uint8))
+    digest = mmsb.state_digest(st)
+    mmsb.mmsb_stop(st)
+    assert mmsb.replay_to_epoch(path, None).digest() == digest
+
+
+def test_a_broadcast_index_row_is_checked_and_refused_by_entry():
+    """A (n, k) index array that is one row broadcast (as a shared-row record reads) is
+    checked on that row: an index past the page is refused, naming the first entry."""
+    import mmsb_jax as mmsb
+
+    st = mmsb.mmsb_start()
+    ids = mmsb.create_pages(st, 3, size=4)
+    mmsb.create_pages(st, 2, size=8)  # a second pool: the multi-pool check path
+    ind = np.broadcast_to(np.array([[0, 5]], np.int32), (3, 2))
+    digest = mmsb.state_digest(st)
+    with pytest.raises(mmsb.InvalidDeltaError, match=r"batch entry 0 \(page 0\): index 5 is out of range"):
+        mmsb.route_sparse_batch(st, ids, ind, np.ones((3, 2), np.uint8))
+    with pytest.raises(mmsb.InvalidDeltaError, match=r"batch entry 1 \(page 0\): index 5 is out of range"):
+        mmsb.route_sparse_batch(st, np.array([4, 0, 1]), ind, np.ones((3, 2), np.uint8))
+    assert mmsb.state_digest(st) == digest
+    ok = np.broadcast_to(np.array([[0, 3]], np.int32), (3, 2))
+    mmsb.route_sparse_batch(st, ids, ok, np.full((3, 2), 2, np.uint8))
+    assert mmsb.query_page(st, ids[2]).tolist() == [2, 0, 0, 2]
+    mmsb.mmsb_stop(st)

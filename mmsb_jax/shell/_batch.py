@@ -93,7 +93,7 @@ class BatchRouting:
                 raise InvalidDeltaError(
                     f"batch entry {i} (page {int(pids[i])}): values dtype {vals.dtype} does not match the page dtype {pool.dtype}"
                 )
-            sub = ind[rows]
+            sub = shared_row(ind) if lo == hi or ind.strides[0] == 0 else ind[rows]
             if sub.size and int(sub.min()) >= 0 and int(sub.max()) < pool.page_elems:
                 continue  # every index inside the page (two reductions, no temporaries)
             out = (sub < 0) | (sub >= pool.page_elems)
@@ -348,4 +348,10 @@ def _apply_group(pool, group):
 
 def _whole_pages(indices: np.ndarray) -> bool:
     """Whether every row of ``indices`` is ``0, 1, ..., k-1`` (a whole-page rewrite)."""
-    return bool((indices == np.arange(indices.shape[1], dtype=indices.dtype)).all())
+    return bool((shared_row(indices) == np.arange(indices.shape[1], dtype=indices.dtype)).all())
+
+
+def shared_row(indices: np.ndarray) -> np.ndarray:
+    """``indices[:1]`` when ``indices`` (n, k) is one row broadcast over n (a logged SPARSE_BATCH
+    with a shared index row reads so), else ``indices``: what checks need to look at."""
+    return indices[:1] if indices.ndim == 2 and indices.shape[0] > 1 and indices.strides[0] == 0 else indices

@@ -31,6 +31,7 @@ from ..log._decode import (
     TreeDef,
     TreeStep,
 )
+from ._batch import shared_row
 from ._tree_replay import TreeRun
 from ..deltas._delta import AccumulateDelta
 from .._errors import (
@@ -110,7 +111,9 @@ class _SparseRun:
         state = self.state
         k = max(r[1].shape[1] for r in rows)
         pids = np.concatenate([r[0] for r in rows])
-        ind = pad_rows([r[1] for r in rows], k, 0).astype(np.int32)
+        ind = _one_row(rows, k, pids.shape[0])
+        if ind is None:
+            ind = pad_rows([r[1] for r in rows], k, 0).astype(np.int32)
         vals = pad_rows([r[2] for r in rows], k, 0)
         try:
             state._check_sparse_batch(pids, ind, vals)
@@ -138,6 +141,20 @@ class _SparseRun:
                 continue
             kept.append((pids, ind, vals, rec))
         return kept
+
+
+def _one_row(rows, k: int, n: int) -> np.ndarray | None:
+    """The run's indices as one int32 row broadcast over its ``n`` rows, when every record
+    logged the same shared row of ``k`` (e.g. whole-page rewrites), else None: checks and the
+    whole-page write then look at one row, not n (nothing is materialized)."""
+    first = shared_row(rows[0][1])
+    if first.shape != (1, k) or first.dtype != np.int32:
+        return None
+    for r in rows[1:]:
+        other = shared_row(r[1])
+        if other.shape != (1, k) or not np.array_equal(other, first):
+            return None
+    return np.broadcast_to(first, (n, k))
 
 
 #: The largest epoch (and page id) a replayed record may carry: far past any real state, and

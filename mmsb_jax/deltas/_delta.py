@@ -25,7 +25,7 @@ import numpy as np
 from .._checks import is_int
 from .._compat import is_tracer
 from .._errors import InvalidDeltaError
-from ..pages import MAX_PAGE_ELEMS
+from ..pages import MAX_PAGE_ELEMS, moved, unmoved
 from ..semirings import Semiring, get_semiring
 
 Array = Any
@@ -283,7 +283,8 @@ def _scatter_last_wins(flat: Array, indices: Array, values: Array) -> Array:
     size = flat.shape[0]
     keep = last_writer_mask(indices) & (indices >= 0) & (indices < size)
     target = jnp.where(keep, indices, size)  # losers go out of bounds and are dropped
-    return flat.at[target].set(values.astype(flat.dtype), mode="drop")
+    out = moved(flat).at[target].set(moved(values.astype(flat.dtype)), mode="drop")
+    return unmoved(out, flat.dtype)
 
 
 def apply_delta(page: Array, delta: Delta) -> Array:
@@ -301,7 +302,7 @@ def apply_delta(page: Array, delta: Delta) -> Array:
     page = jnp.asarray(page)
     check_delta_fits(delta, page.shape, page.dtype)
     if isinstance(delta, DenseDelta):
-        return jnp.where(delta.mask, delta.payload, page)
+        return unmoved(jnp.where(delta.mask, moved(jnp.asarray(delta.payload).astype(page.dtype)), moved(page)), page.dtype)
     if isinstance(delta, SparseDelta):
         flat = _scatter_last_wins(page.reshape(-1), delta.indices, delta.values)
         return flat.reshape(page.shape)

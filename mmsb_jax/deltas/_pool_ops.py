@@ -26,7 +26,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ._delta import apply_delta, bit_equal
-from ..pages import bucket, pool_jit
+from ..pages import bucket, moved, pool_jit, unmoved
 from ._router import apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_rows, zero_slots
 
 
@@ -88,18 +88,19 @@ def sharded_ops(sharding) -> PoolOps:
         mine = (local >= 0) & (local < rows)
         return jnp.where(mine, local, rows + jnp.arange(slots.shape[0], dtype=slots.dtype))
 
+    # (every write moves bfloat16 as its bits: see mmsb_jax.pages.moved)
     def _write_diff(p, slot, new):
         row, mine = owned(p, slot)
         old = lax.dynamic_index_in_dim(p, row, keepdims=False)
         packed = jnp.packbits((~bit_equal(old, new)).reshape(-1))
-        p = lax.dynamic_update_index_in_dim(p, jnp.where(mine, new, old), row, 0)
-        return p, _from_owner(packed, mine, axes)
+        out = lax.dynamic_update_index_in_dim(moved(p), jnp.where(mine, moved(new), moved(old)), row, 0)
+        return unmoved(out, p.dtype), _from_owner(packed, mine, axes)
 
     def _apply_at(p, slot, delta):
         row, mine = owned(p, slot)
         page = lax.dynamic_index_in_dim(p, row, keepdims=False)
-        new = jnp.where(mine, apply_delta(page, delta), page)
-        return lax.dynamic_update_index_in_dim(p, new, row, 0)
+        new = jnp.where(mine, moved(apply_delta(page, delta)), moved(page))
+        return unmoved(lax.dynamic_update_index_in_dim(moved(p), new, row, 0), p.dtype)
 
     def _read_slot(p, slot):
         row, mine = owned(p, slot)
@@ -107,24 +108,26 @@ def sharded_ops(sharding) -> PoolOps:
 
     def _apply_rows(p, slots, deltas):
         rows = local_rows(p, slots)
-        pages = jnp.take(p, rows, axis=0, mode="clip")
+        pages = unmoved(jnp.take(moved(p), rows, axis=0, mode="clip"), p.dtype)
         new = jax.vmap(apply_delta)(pages, deltas)
-        return p.at[rows].set(new, mode="drop", unique_indices=True)
+        return unmoved(moved(p).at[rows].set(moved(new), mode="drop", unique_indices=True), p.dtype)
 
     def _write_rows(p, slots, new_rows):
-        return p.at[local_rows(p, slots)].set(new_rows.astype(p.dtype), mode="drop", unique_indices=True)
+        out = moved(p).at[local_rows(p, slots)].set(moved(new_rows.astype(p.dtype)), mode="drop", unique_indices=True)
+        return unmoved(out, p.dtype)
 
     def _zero_slots(p, slots):
-        zeros = jnp.zeros((slots.shape[0],) + p.shape[1:], p.dtype)
-        return p.at[local_rows(p, slots)].set(zeros, mode="drop", unique_indices=True)
+        bits = moved(p)
+        zeros = jnp.zeros((slots.shape[0],) + p.shape[1:], bits.dtype)
+        return unmoved(bits.at[local_rows(p, slots)].set(zeros, mode="drop", unique_indices=True), p.dtype)
 
     def _scatter_unique(p, targets, values):
         size = p.size  # this shard's elements
         local = targets - lax.axis_index(axes) * size
         mine = (local >= 0) & (local < size)
         local = jnp.where(mine, local, size + jnp.arange(targets.shape[0], dtype=targets.dtype))
-        flat = p.reshape(-1).at[local].set(values.astype(p.dtype), mode="drop", unique_indices=True)
-        return flat.reshape(p.shape)
+        flat = moved(p.reshape(-1)).at[local].set(moved(values.astype(p.dtype)), mode="drop", unique_indices=True)
+        return unmoved(flat, p.dtype).reshape(p.shape)
 
     def on_shards(fn, n_rest: int, out_specs, *, update: bool = True):
         mapped = jax.shard_map(fn, mesh=mesh, in_specs=(pool_spec,) + (P(),) * n_rest, out_specs=out_specs)
@@ -177,7 +180,7 @@ def _read_rows(sharding):
         n = p.shape[0]
         local = slots - lax.axis_index(axes) * n
         mine = (local >= 0) & (local < n)
-        vals = jnp.take(p, jnp.clip(local, 0, n - 1), axis=0)
+        vals = unmoved(jnp.take(moved(p), jnp.clip(local, 0, n - 1), axis=0), p.dtype)
         return _from_owner(vals, mine.reshape((-1,) + (1,) * (vals.ndim - 1)), axes)
 
     return jax.jit(jax.shard_map(read, mesh=mesh, in_specs=(P(axes), P()), out_specs=P()))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InvalidArgumentError, RingOverflowError
+from ..pages import moved, unmoved
 
 Array = Any
 
@@ -81,7 +82,7 @@ def ring_append(ring: DeltaRing, page_ids: Array, indices: Array, values: Array)
     return DeltaRing(
         ring.page_ids.at[pos].set(page_ids.astype(jnp.int32), unique_indices=True),
         ring.indices.at[pos].set(indices.astype(jnp.int32), unique_indices=True),
-        ring.values.at[pos].set(values, unique_indices=True),
+        unmoved(moved(ring.values).at[pos].set(moved(values), unique_indices=True), values.dtype),
         ring.count + jnp.int32(n),
     )
 

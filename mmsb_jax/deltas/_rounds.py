@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..pages import bucket, pool_jit
+from ..pages import bucket, moved, pool_jit, unmoved
 from ._router import _row_repeats, last_writers
 
 
@@ -147,24 +147,26 @@ def plan_rounds(slots: np.ndarray, indices: np.ndarray, values: np.ndarray, page
 @jax.jit
 def _in_round_order(targets, values, order):
     # its own program: fused into the loop's, the same gathers cost ~4x more (measured)
-    return jnp.take(targets, order, axis=0, mode="clip"), jnp.take(values, order, axis=0, mode="clip")
+    return (jnp.take(targets, order, axis=0, mode="clip"),
+            unmoved(jnp.take(moved(values), order, axis=0, mode="clip"), values.dtype))
 
 
 @functools.partial(pool_jit, static_argnames=("window",))
 def _scatter_chunks(pool, targets, values, starts, stops, n_chunks, *, window):
-    flat = pool.reshape(-1)
+    flat = moved(pool.reshape(-1))  # (bits: bfloat16 NaN payloads stay)
     n, k = targets.shape
     # distinct padding targets past every skipped entry's (unique_indices stays true)
     pad = flat.shape[0] + n * k + jnp.arange(window * k, dtype=jnp.int32).reshape(window, k)
     live = jnp.arange(window)[:, None]
+    values = moved(values.astype(pool.dtype))
 
     def chunk(c, flat):
         lo, hi = starts[c], stops[c]
         t = jnp.where(live < hi - lo, lax.dynamic_slice_in_dim(targets, lo, window), pad)
-        v = lax.dynamic_slice_in_dim(values, lo, window).astype(flat.dtype)
+        v = lax.dynamic_slice_in_dim(values, lo, window)
         return flat.at[t].set(v, mode="drop", unique_indices=True)
 
-    return lax.fori_loop(0, n_chunks, chunk, flat).reshape(pool.shape)
+    return unmoved(lax.fori_loop(0, n_chunks, chunk, flat), pool.dtype).reshape(pool.shape)
 
 
 #: Rows from which a batch is planned and applied in parts (in batch order): the device applies

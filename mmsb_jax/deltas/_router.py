@@ -23,7 +23,7 @@ import numpy as np
 
 from ._delta import DELTA_TYPES, apply_delta, bit_equal
 from .._errors import InvalidDeltaError
-from ..pages import pool_jit
+from ..pages import moved, pool_jit, unmoved
 
 Array = Any
 
@@ -50,13 +50,15 @@ def route_pool(pool: Array, slots: Array, deltas) -> Array:
     if not isinstance(deltas, DELTA_TYPES):
         raise InvalidDeltaError(f"route_pool needs a stacked Delta, got {type(deltas).__name__}")
 
-    def step(p, xs):
-        slot, d = xs
-        page = jax.lax.dynamic_index_in_dim(p, slot, keepdims=False)
-        return jax.lax.dynamic_update_index_in_dim(p, apply_delta(page, d), slot, 0), None
+    dtype = jnp.asarray(pool).dtype
 
-    pool, _ = jax.lax.scan(step, pool, (jnp.asarray(slots, jnp.int32), deltas))
-    return pool
+    def step(p, xs):  # (the pool moves as bits: bfloat16 NaN payloads stay)
+        slot, d = xs
+        page = unmoved(jax.lax.dynamic_index_in_dim(p, slot, keepdims=False), dtype)
+        return jax.lax.dynamic_update_index_in_dim(p, moved(apply_delta(page, d)), slot, 0), None
+
+    pool, _ = jax.lax.scan(step, moved(jnp.asarray(pool)), (jnp.asarray(slots, jnp.int32), deltas))
+    return unmoved(pool, dtype)
 
 
 def _flat_targets(slots, indices, page_elems: int, xp):
@@ -88,8 +90,9 @@ def route_sparse(pool: Array, slots: Array, indices: Array, values: Array) -> Ar
         sl = jnp.where(valid, jnp.broadcast_to(jnp.asarray(slots, jnp.int32)[:, None], (n, k)), pool.shape[0])
         ss, si, sp = jax.lax.sort((sl.reshape(-1), indices.reshape(-1), jnp.arange(n * k, dtype=jnp.int32)), num_keys=3)
         last = jnp.concatenate([(ss[1:] != ss[:-1]) | (si[1:] != si[:-1]), jnp.ones((1,), jnp.bool_)])
-        win_v = jnp.asarray(values).reshape(-1)[sp].astype(pool.dtype)
-        return rows.at[jnp.where(last, ss, pool.shape[0]), si].set(win_v, mode="drop").reshape(pool.shape)
+        win_v = moved(jnp.asarray(values).astype(pool.dtype)).reshape(-1)[sp]
+        out = moved(rows).at[jnp.where(last, ss, pool.shape[0]), si].set(win_v, mode="drop")
+        return unmoved(out, pool.dtype).reshape(pool.shape)
     flat = pool.reshape(-1)
     targets = _flat_targets(jnp.asarray(slots), indices, page_elems, jnp)
     targets = jnp.where(valid.reshape(-1), targets, flat.shape[0])
@@ -99,8 +102,8 @@ def route_sparse(pool: Array, slots: Array, indices: Array, values: Array) -> Ar
     st, sp = jax.lax.sort((targets, pos), num_keys=2)
     last = jnp.concatenate([st[1:] != st[:-1], jnp.ones((1,), jnp.bool_)])
     win_t = jnp.where(last, st, flat.shape[0])
-    win_v = jnp.asarray(values).reshape(-1)[sp].astype(flat.dtype)
-    return flat.at[win_t].set(win_v, mode="drop").reshape(pool.shape)
+    win_v = moved(jnp.asarray(values).astype(flat.dtype)).reshape(-1)[sp]
+    return unmoved(moved(flat).at[win_t].set(win_v, mode="drop"), flat.dtype).reshape(pool.shape)
 
 
 def pad_rows(blocks: list, k: int, fill) -> np.ndarray:
@@ -237,8 +240,9 @@ def sparse_rows_winners(slots: np.ndarray, indices: np.ndarray, page_elems: int,
 @pool_jit
 def scatter_unique(pool, targets, values):
     """``pool.flat[targets] = values`` for targets known to be unique (out-of-range: dropped)."""
-    flat = pool.reshape(-1)
-    return flat.at[targets].set(values.astype(flat.dtype), mode="drop", unique_indices=True).reshape(pool.shape)
+    flat = moved(pool.reshape(-1))
+    out = flat.at[targets].set(moved(values.astype(pool.dtype)), mode="drop", unique_indices=True)
+    return unmoved(out, pool.dtype).reshape(pool.shape)
 
 
 # --------------------------------------------------------------------------- page reads and writes
@@ -248,13 +252,15 @@ def write_diff(pool, slot, new):
     and packed 8 per byte (``np.packbits`` order) to keep the device-to-host copy small."""
     old = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
     mask = ~bit_equal(old, new)
-    return jax.lax.dynamic_update_index_in_dim(pool, new, slot, 0), jnp.packbits(mask.reshape(-1))
+    out = jax.lax.dynamic_update_index_in_dim(moved(pool), moved(new), slot, 0)
+    return unmoved(out, pool.dtype), jnp.packbits(mask.reshape(-1))
 
 
 @pool_jit
 def write_page(pool, slot, new):
     """``pool[slot] = new`` (donated: in place)."""
-    return jax.lax.dynamic_update_index_in_dim(pool, new.astype(pool.dtype), slot, 0)
+    out = jax.lax.dynamic_update_index_in_dim(moved(pool), moved(new.astype(pool.dtype)), slot, 0)
+    return unmoved(out, pool.dtype)
 
 
 def host_change_mask(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -274,7 +280,8 @@ def host_change_mask(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 @pool_jit
 def apply_at(pool, slot, delta):
     page = jax.lax.dynamic_index_in_dim(pool, slot, keepdims=False)
-    return jax.lax.dynamic_update_index_in_dim(pool, apply_delta(page, delta), slot, 0)
+    out = jax.lax.dynamic_update_index_in_dim(moved(pool), moved(apply_delta(page, delta)), slot, 0)
+    return unmoved(out, pool.dtype)
 
 
 @jax.jit
@@ -286,19 +293,21 @@ def read_slot(pool, slot):
 def apply_rows(pool, slots, deltas):
     """Apply stacked ``deltas[i]`` to ``pool[slots[i]]`` for distinct slots, in one pass;
     slots past the pool's end are padding and change nothing."""
-    pages = jnp.take(pool, slots, axis=0, mode="clip")
+    pages = unmoved(jnp.take(moved(pool), slots, axis=0, mode="clip"), pool.dtype)
     new = jax.vmap(apply_delta)(pages, deltas)
-    return pool.at[slots].set(new, mode="drop", unique_indices=True)
+    return unmoved(moved(pool).at[slots].set(moved(new), mode="drop", unique_indices=True), pool.dtype)
 
 
 @pool_jit
 def write_rows(pool, slots, rows):
     """``pool[slots[i]] = rows[i]`` for distinct slots; slots past the end are padding."""
-    return pool.at[slots].set(rows.astype(pool.dtype), mode="drop", unique_indices=True)
+    out = moved(pool).at[slots].set(moved(rows.astype(pool.dtype)), mode="drop", unique_indices=True)
+    return unmoved(out, pool.dtype)
 
 
 @pool_jit
 def zero_slots(pool, slots):
     """Zero ``pool[slots]``; slots past the end are padding (they may repeat)."""
-    zeros = jnp.zeros((slots.shape[0],) + pool.shape[1:], pool.dtype)
-    return pool.at[slots].set(zeros, mode="drop")
+    bits = moved(pool)  # (a bfloat16 scatter would quiet the NaN payloads of every other slot)
+    zeros = jnp.zeros((slots.shape[0],) + pool.shape[1:], bits.dtype)
+    return unmoved(bits.at[slots].set(zeros, mode="drop"), pool.dtype)

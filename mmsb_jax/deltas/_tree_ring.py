@@ -26,6 +26,7 @@ from jax import lax
 from .._checks import is_int
 from .._errors import InvalidArgumentError
 from ._delta import _static
+from ..pages import moved, unmoved
 
 Array = Any
 
@@ -123,7 +124,8 @@ def record_tree(ring: TreeRing, tree, step) -> TreeRing:
             )
     step = _ring_step(step)
     pos = ring.count % ring.capacity  # past the capacity it wraps: the drain reports the overflow
-    buffers = tuple(lax.dynamic_update_index_in_dim(b, jnp.asarray(x), pos, 0) for x, b in zip(leaves, ring.buffers))
+    buffers = tuple(unmoved(lax.dynamic_update_index_in_dim(moved(b), moved(jnp.asarray(x)), pos, 0), b.dtype)
+                    for x, b in zip(leaves, ring.buffers))  # (bits: bfloat16 NaN payloads stay)
     steps = lax.dynamic_update_index_in_dim(ring.steps, step.astype(jnp.int32), pos, 0)
     return dataclasses.replace(ring, buffers=buffers, steps=steps, count=ring.count + jnp.int32(1))
 

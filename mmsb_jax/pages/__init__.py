@@ -16,4 +16,5 @@ from ._pool import (
     restore_capacity as restore_capacity,
     pool_jit as pool_jit,
 )
+from ._bits import moved as moved, unmoved as unmoved
 from ._rowmap import RowMap as RowMap

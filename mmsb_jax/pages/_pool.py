@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import ResourceLimitError
+from ._bits import moved, unmoved
 from ._rowmap import RowMap
 
 _MIN_CAPACITY = 16
@@ -64,9 +65,9 @@ def bucket(n: int, minimum: int = 8, steps: int = 1) -> int:
 
 @jax.jit
 def _move_rows(arena, src, live):
-    moved = jnp.take(arena, src, axis=0, mode="clip")
+    rows = jnp.take(moved(arena), src, axis=0, mode="clip")  # (bits: bfloat16 NaN payloads stay)
     keep = (jnp.arange(src.shape[0]) < live).reshape((-1,) + (1,) * (arena.ndim - 1))
-    return jnp.where(keep, moved, jnp.zeros((), arena.dtype))
+    return unmoved(jnp.where(keep, rows, jnp.zeros((), rows.dtype)), arena.dtype)
 
 
 def move_rows(arena, order, capacity: int):
@@ -85,8 +86,8 @@ def move_rows(arena, order, capacity: int):
 
 
 def _grow_impl(old, capacity: int):
-    new = jnp.zeros((capacity,) + old.shape[1:], old.dtype)
-    return jax.lax.dynamic_update_slice_in_dim(new, old, 0, axis=0)
+    new = jnp.zeros((capacity,) + old.shape[1:], moved(old).dtype)
+    return unmoved(jax.lax.dynamic_update_slice_in_dim(new, moved(old), 0, axis=0), old.dtype)
 
 
 _grow = jax.jit(_grow_impl, static_argnames=("capacity",))

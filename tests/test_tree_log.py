@@ -5,7 +5,8 @@ import pytest
 
 import mmsb_jax as mmsb
 from mmsb_jax.log import Rows, TLog, TreeDef, TreeStep, read_records
-from mmsb_jax.log._encode import Kind, body_rows, body_tree_step, frame
+from mmsb_jax.log._encode import Kind, body_rows, body_tree_step
+from mmsb_jax.log._framing import frame
 from mmsb_jax.shell._tree_codec import decode_structure
 
 

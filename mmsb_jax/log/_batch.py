@@ -28,9 +28,8 @@ from ._encode import (
     body_sparse_batch,
     body_tree_def,
     body_tree_step,
-    frame,
-    frame_chunks,
 )
+from ._framing import frame, frame_chunks
 
 if TYPE_CHECKING:
     from ._writer import TLog

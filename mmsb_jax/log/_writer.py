@@ -28,9 +28,10 @@ from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ._appends import RecordAppends
 from ._batch import TLogBatch, check_epoch, install_log_methods
 from ._compaction import Compaction
-from ._encode import SEGMENT_HEADER, SEGMENT_HEADER_SIZE, Kind, segment_header, source_bytes
+from ._encode import SEGMENT_HEADER, SEGMENT_HEADER_SIZE, Kind
 from ._files import fsync_dir
 from ._flusher import FlushSignal, flusher
+from ._framing import segment_header, source_bytes
 from ._io import SegmentIO
 from ._reader import _Reader, list_segments, segment_path
 from ._report import LogPosition, RecoveryReport, ResumePoint

@@ -12,7 +12,7 @@ Pure Python + numpy + ``crc32c`` (orbax for checkpoint arrays): no jax arrays, n
 pickles, never trusts a length field beyond the bytes present. May import ``mmsb_jax._errors``.
 """
 
-from ._decode import (
+from ._records import (
     Accumulate as Accumulate,
     AddDep as AddDep,
     AddDeps as AddDeps,

@@ -7,7 +7,7 @@ import time
 
 from .._errors import InvalidArgumentError
 from ._batch import check_epoch
-from ._decode import Commit, LogRecord
+from ._records import Commit, LogRecord
 from ._encode import (
     U64_MAX,
     body_accumulate,

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import InvalidArgumentError
-from ._decode import Commit, LogRecord
+from ._records import Commit, LogRecord
 from ._encode import (
     FLAG_BATCH,
     U64_MAX,

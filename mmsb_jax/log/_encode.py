@@ -1,8 +1,8 @@
 """TLog record format, write side: record kinds, dtypes and body encoding.
 
 The byte layout is specified in ``docs/tlog-format.md``; this module, :mod:`._framing`
-(record and segment headers) and :mod:`mmsb_jax.log._decode` (decoded record types and body
-decoding) are its only implementation. Pure Python + numpy + ``crc32c``; never pickles. All integers and array
+(record and segment headers), :mod:`mmsb_jax.log._records` (decoded record types) and
+:mod:`mmsb_jax.log._decode` (body decoding) are its only implementation. Pure Python + numpy + ``crc32c``; never pickles. All integers and array
 data are little-endian; every record and every field block inside a body starts at an
 8-byte aligned offset of its segment file, so decoded arrays are aligned zero-copy views.
 """

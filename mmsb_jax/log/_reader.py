@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._decode import (
-    LogRecord,
-    decode_body,
-)
+from ._decode import decode_body
+from ._records import LogRecord
 from .._checks import is_int
 from .._errors import (
     CorruptLogError,

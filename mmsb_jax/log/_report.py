@@ -7,7 +7,7 @@ import dataclasses
 from typing import NamedTuple
 
 from .._errors import InvalidArgumentError
-from ._decode import LogRecord
+from ._records import LogRecord
 
 MODES = ("torn_tail", "absolute", "point_in_time", "skip_corrupt")
 _MODE_ALIASES = {

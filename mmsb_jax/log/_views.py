@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._decode import LogRecord
+from ._records import LogRecord
 from ._encode import KINDS, Kind
 from ._reader import _epoch_range, _filter, read_records, segment_path
 from ._report import ReadResult

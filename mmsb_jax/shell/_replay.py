@@ -15,7 +15,7 @@ import numpy as np
 
 from ..log._checkpoint import read_manifest, read_resume
 from ..log._directory import epoch_of_name, last_closed_epoch, list_checkpoints, log_floor
-from ..log._decode import (
+from ..log._records import (
     Accumulate,
     AddDep,
     AddDeps,

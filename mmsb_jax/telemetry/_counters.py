@@ -14,7 +14,7 @@ Imports ``log`` (the record types) and nothing above the telemetry package.
 from __future__ import annotations
 
 from .._checks import is_int
-from ..log._decode import Accumulate, CreatePages, DeletePages, Dense, Sparse, SparseBatch
+from ..log._records import Accumulate, CreatePages, DeletePages, Dense, Sparse, SparseBatch
 
 #: The counters of ``get_stats`` that describe the state (all survive reopen).
 STATE_COUNTERS = ("pages_created", "pages_deleted", "updates", "noop_updates", "deltas_routed", "batches",
@@ -35,7 +35,7 @@ def count_records(records, after_epoch: int = 0) -> dict:
     """The counters the log records with ``epoch > after_epoch`` add (records in log order).
 
     Example:
-      >>> from mmsb_jax.log._decode import CreatePages, Sparse
+      >>> from mmsb_jax.log._records import CreatePages, Sparse
       >>> import numpy as np
       >>> recs = [CreatePages(epoch=1, first_page_id=0, count=3, shape=(2,), dtype="float32", location="cpu"),
       ...         Sparse(epoch=2, page_id=0, indices=np.zeros(1, np.int32), values=np.ones(1, np.float32))]

@@ -432,7 +432,7 @@ def test_step_none_past_int64_is_refused_and_nothing_changes(tmp_path, fsync):
 def test_a_step_failing_in_the_writer_keeps_the_steps_before_it(tmp_path, monkeypatch):
     """A step the background writer cannot journal poisons the state (every call raises),
     but the acknowledged steps before it stay logged and the store reopens at them."""
-    from mmsb_jax.shell import _trees
+    from mmsb_jax.shell import _tree_jobs as _trees
 
     real = _trees.plan_leaf
 

@@ -798,3 +798,70 @@ def test_replay_past_the_end_is_refused_for_paths_too(tmp_path):
     for e in (3, 99):
         with pytest.raises(InvalidArgumentError, match=f"epoch={e} is past the state's last epoch 2"):
             mmsb.replay_to_epoch(path, e)
+
+
+# ------------------------------------------------- records the caller must enable, and salvage
+@pytest.mark.parametrize("mode", ["torn_tail", "point_in_time", "skip_corrupt"])
+def test_a_semiring_the_caller_did_not_give_stops_every_recovery_mode(tmp_path, mode):
+    """An accumulate under a user semiring is not damage: no recovery mode skips it (that
+    opened a state that never was and checkpointed it, so a later correct open kept it)."""
+    from mmsb_jax import semirings
+
+    mine = semirings.MAX_PLUS._replace(name="mymax")
+    path = tmp_path / "s"
+    st = mmsb.mmsb_start(path)
+    p = mmsb.create_page(st, size=3, dtype=jnp.float32).id
+    mmsb.update_page(st, p, np.array([1, 2, 3], np.float32))
+    mmsb.route_delta(st, p, mmsb.accumulate_delta(jnp.array([5.0, 0.0, 0.0], jnp.float32), mine))
+    mmsb.route_delta(st, p, mmsb.sparse_delta([1], jnp.array([99.0], jnp.float32), 3))
+    mmsb.mmsb_stop(st)
+    with pytest.raises(mmsb.SerializationError) as ei:
+        mmsb.mmsb_open(path, recovery=mode)
+    assert not isinstance(ei.value, mmsb.CorruptLogError)
+    assert "ACCUMULATE record of epoch 3" in str(ei.value) and "semirings=" in str(ei.value)
+    assert "not damaged" in str(ei.value) and not (path / "checkpoints").exists()
+    st = mmsb.mmsb_open(path, semirings=[mine])
+    assert mmsb.query_page(st, p).tolist() == [5.0, 99.0, 3.0]
+    mmsb.mmsb_stop(st)
+
+
+def test_a_64_bit_store_opened_without_x64_is_refused_in_every_mode(tmp_path):
+    """Opening a float64 store without JAX's 64-bit mode names the record and the fix; a
+    salvage mode no longer opens it empty (and checkpoints nothing)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
+            "import numpy as np, jax.numpy as jnp, mmsb_jax as mmsb\n"
+            f"st = mmsb.mmsb_start({str(path)!r})\n"
+            "p = mmsb.create_page(st, size=2, dtype=jnp.float64)\n"
+            "mmsb.update_page(st, p.id, np.array([1.5, -2.0]))\n"
+            "mmsb.mmsb_stop(st)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    for mode in ("torn_tail", "point_in_time", "skip_corrupt"):
+        with pytest.raises(mmsb.SerializationError, match=r"CREATE_PAGES record of epoch 1.*float64.*jax_enable_x64"):
+            mmsb.mmsb_open(path, recovery=mode)
+    assert not (path / "checkpoints").exists()
+
+
+def test_point_in_time_refuses_an_intact_record_that_cannot_apply_and_skip_corrupt_skips_it(tmp_path):
+    """point_in_time opens the intact prefix: an intact record that cannot apply (a page that
+    does not exist) ends the open with an error naming it, instead of skipping it and going
+    on (a state that never was); skip_corrupt skips it and says so."""
+    from mmsb_jax.log import Sparse, TLog
+
+    path = tmp_path / "s"
+    st = mmsb.mmsb_start(path)
+    p = mmsb.create_page(st, size=4, dtype=jnp.float32).id
+    mmsb.update_page(st, p, np.ones(4, np.float32))
+    mmsb.mmsb_stop(st)
+    with TLog(path / "log") as log:
+        log.append_record(Sparse(epoch=3, page_id=77, indices=np.array([0], np.int32), values=np.ones(1, np.float32)))
+        log.append_record(Sparse(epoch=4, page_id=p, indices=np.array([1], np.int32), values=np.full(1, 5.0, np.float32)))
+    with pytest.raises(mmsb.CorruptLogError, match="SPARSE record of epoch 3"):
+        mmsb.mmsb_open(path, recovery="point_in_time")
+    st = mmsb.mmsb_open(path, recovery="skip_corrupt")
+    assert st.epoch == 4 and mmsb.query_page(st, p).tolist() == [1.0, 5.0, 1.0, 1.0]
+    assert any("not applied" in s.reason for s in st.recovery_report.skipped)
+    mmsb.mmsb_stop(st)

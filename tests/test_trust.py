@@ -350,7 +350,6 @@ FORGED = {
     "unknown page": lambda log, e: log.log_sparse(e, 77, [0], np.ones(1, F32)),
     "cycle": lambda log, e: (log.log_add_dep(e, 0, 1), log.log_add_dep(e + 1, 1, 0)),
     "delete twice": lambda log, e: log.log_delete_pages(e, [1, 1]),
-    "unknown semiring": lambda log, e: log.log_accumulate(e, 0, "nope", np.ones(4, F32)),
 }
 
 
@@ -371,6 +370,21 @@ def test_forged_records_end_in_an_error_naming_file_and_offset(tmp_path, case):
         assert got.epoch >= 6 and any("not applied" in r.reason or "missing" in r.reason for r in got.recovery_report.skipped)
     finally:
         got.close()
+
+
+def test_a_semiring_no_one_gave_is_named_in_every_mode_and_never_skipped(tmp_path):
+    """An ACCUMULATE under a semiring that is neither standard nor given is not damage (the
+    caller may pass it): every recovery mode names the record, file and offset, and none
+    skips it (skip_corrupt used to, opening a state that never was)."""
+    s, _ = _small_state(tmp_path / "s")
+    s.close()
+    _forge(tmp_path / "s", lambda log, e: log.log_accumulate(e, 0, "nope", np.ones(4, F32)))
+    last = read_records(tmp_path / "s" / "log", "absolute").records[-1]
+    for mode in ("torn_tail", "point_in_time", "skip_corrupt"):
+        with pytest.raises(mmsb.SerializationError, match=rf"\.mmsblog at byte offset {last.offset}: ACCUMULATE.*'nope'"):
+            mmsb.mmsb_open(tmp_path / "s", recovery=mode).close()
+    rep = mmsb.verify_state(tmp_path / "s")
+    assert not rep["ok"] and any("'nope'" in f for f in rep["faults"]), rep["faults"]
 
 
 def test_a_forged_huge_create_allocates_nothing(tmp_path):

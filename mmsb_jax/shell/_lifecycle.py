@@ -159,9 +159,12 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
     Args:
       recovery: how to treat a damaged log: ``"torn_tail"`` (default: only an incomplete last
         record is dropped; damage followed by intact records raises ``CorruptLogError``),
-        ``"absolute"`` (any damage raises), ``"point_in_time"`` (stop at the first damage),
-        ``"skip_corrupt"`` (salvage every intact record). ``state.recovery_report`` says what
-        was dropped.
+        ``"absolute"`` (any damage raises), ``"point_in_time"`` (stop at the first damage; an
+        intact record that cannot apply raises ``CorruptLogError`` naming it, as the strict
+        modes do), ``"skip_corrupt"`` (salvage every intact record, skipping those that cannot
+        apply). ``state.recovery_report`` says what was dropped. A record that needs what only
+        the caller can give (JAX's 64-bit mode for 64-bit pages, a user semiring, a derive
+        function) is never skipped: every mode raises, naming the record and the fix.
       semirings: user-defined semirings named in logged accumulate deltas.
       mesh: shard the pools over this mesh (see :func:`mmsb_start`); a mesh over every
         process of a ``jax.distributed`` job reopens one state in all of them (each restores

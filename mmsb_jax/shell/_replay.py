@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 
+import jax
 import numpy as np
 
 from ..log._checkpoint import read_manifest, read_resume
@@ -51,6 +52,12 @@ from ..telemetry._counters import replayed_counters
 from ..telemetry._tail import segment_sizes, tail_bytes
 
 
+class NotDamage(SerializationError):
+    """A record this process cannot replay for want of what only the caller can give (JAX's
+    64-bit mode, a semiring): not damage, so no recovery mode skips it (skipping it would open
+    a state that never was). Replay raises it as a :class:`SerializationError` naming the record."""
+
+
 def resolve_semiring(name: str, extra=()) -> Semiring:
     """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``."""
     for sr in extra:
@@ -59,9 +66,9 @@ def resolve_semiring(name: str, extra=()) -> Semiring:
     try:
         return get_semiring(name)
     except InvalidArgumentError:
-        raise SerializationError(
+        raise NotDamage(
             f"the log names semiring {name!r}, which is not a standard one; pass it to "
-            f"mmsb_open(..., semirings=[...]) to replay"
+            f"mmsb_open(..., semirings=[...]) (or replay_to_epoch(..., semirings=[...])) to replay"
         ) from None
 
 
@@ -229,6 +236,11 @@ class _Replay:
                 handler(self, rec)
             except (CorruptLogError, DeriveFunctionError):  # a function the caller must give: not damage
                 raise
+            except NotDamage as e:  # what the caller must give: in every recovery mode
+                path = segment_path(self.log_dir, rec.segment) if rec.segment >= 0 else self.log_dir
+                raise SerializationError(
+                    f"{path} at byte offset {max(rec.offset, 0)}: {rec.kind.name} record of epoch {rec.epoch} "
+                    f"cannot be replayed here (the log is not damaged): {e}") from None
             except (MMSBError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as e:
                 self.refuse(rec, e)
             state._continue_at(rec.epoch, done=True)
@@ -263,6 +275,10 @@ def _create(replay: _Replay, rec) -> None:
         )
     if rec.count < 1:
         raise InvalidArgumentError(f"count={rec.count}: a logged creation makes at least one page")
+    dt = np.dtype(rec.dtype)
+    if dt.itemsize == 8 and jax.dtypes.canonicalize_dtype(dt) != dt:
+        raise NotDamage(f"its pages are {dt}, which needs JAX's 64-bit mode: call "
+                        "jax.config.update('jax_enable_x64', True) before opening")
     state.create_pages(rec.count, None, np.dtype(rec.dtype), rec.location, shape=tuple(rec.shape), fill=rec.fill)
 
 
@@ -440,8 +456,10 @@ def rebuild(state, path: str, *, end_epoch: int | None = None, mode: str = "torn
     try:
         res = read_records(log_dir, mode, base_epoch + 1, end_epoch, start_at=start_at)
         res.report.skipped_checkpoints = skipped
-        apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch, strict=strict,
-                      semirings=semirings, report=res.report)
+        # (point_in_time opens the intact prefix: a record that is intact but cannot apply ends
+        # the open with an error naming it, as strict modes do; only skip_corrupt skips it)
+        apply_records(state, res.records, log_dir=log_dir, start_epoch=base_epoch,
+                      strict=strict or mode == "point_in_time", semirings=semirings, report=res.report)
     finally:
         tel.paused -= 1
     _measure_replay(state, path, res.records, time.perf_counter() - t0, base_epoch if base is not None else 0)

@@ -7,7 +7,7 @@ import os
 from ._errors import MMSBError
 from .log import Kind
 from .shell._replay import rebuild
-from .log._directory import list_checkpoints, log_floor, require_state, state_semiring
+from .log._directory import last_closed_epoch, list_checkpoints, log_floor, require_state, state_semiring
 from .shell import _inputs
 from .log import list_segments, read_records
 from .telemetry._disk import dir_bytes as _dir_bytes
@@ -75,8 +75,12 @@ def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
         return MMSBState(path, semiring=semiring, derive=derive, _snapshot=True)
 
     has_log = os.path.isdir(log_dir) and bool(list_segments(log_dir))
+    gaps: list[tuple[int, int]] = []  # (a, b): the log holds epoch a, then b > a + 1
     try:
-        n_records = len(read_records(log_dir, "absolute").records)
+        records = read_records(log_dir, "absolute").records
+        n_records = len(records)
+        gaps = _epoch_gaps(records)
+        del records
     except MMSBError as e:
         faults.append(f"log: {e}")
         try:  # the intact records before the damage were checked
@@ -115,6 +119,12 @@ def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
             check["note"] = f"skipped: log compacted before epoch {first}"
             checks.append(check)
             continue
+        gap = next(((a, b) for a, b in gaps if base_epoch <= a and b - 1 <= epoch), None)
+        if gap is not None:  # a salvage open kept epochs the log lost in this checkpoint
+            check["note"] = (f"skipped: the log has no epochs {gap[0] + 1}..{gap[1] - 1} (a salvage open "
+                             "kept what it recovered of them in this checkpoint)")
+            checks.append(check)
+            continue
         try:
             from_log = snapshot()
             rebuild(from_log, path, end_epoch=epoch, checkpoint=base, semirings=semirings)
@@ -125,14 +135,19 @@ def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
         checks.append(check)
         if not check["matches_replay"]:
             faults.append(f"checkpoint {d} (epoch {epoch}) differs from a replay of the log to that epoch")
-    # What opening builds: the newest usable checkpoint and the log after it (the tail).
-    if has_log or not cks:
+    # What opening builds: the newest usable checkpoint and the log after it (the tail); also
+    # when the log is gone but the state was stopped past every checkpoint (records were lost).
+    newest = max((e for _, e in cks), default=0)
+    if has_log or not cks or last_closed_epoch(path) > newest:
         try:
             opened = snapshot()
             report = rebuild(opened, path, semirings=semirings)
             for d, why in report.skipped_checkpoints:
                 faults.append(f"opening skips checkpoint {d}: {why}")
-            if report.torn_tail is None and first == 1 and cks:
+            if gaps and cks:
+                notes.append(f"no full replay of the log: it has no epochs {gaps[0][0] + 1}..{gaps[0][1] - 1} "
+                             "(a salvage open kept them in a checkpoint)")
+            elif report.torn_tail is None and first == 1 and cks:
                 full = snapshot()
                 rebuild(full, path, checkpoint=None, semirings=semirings)
                 if full.digest() != opened.digest():
@@ -145,3 +160,14 @@ def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
     if progress:
         progress(len(cks), len(cks), "done")
     return {"ok": not faults, "faults": faults, "records": n_records, "checkpoints": checks, "notes": notes}
+
+
+def _epoch_gaps(records) -> list[tuple[int, int]]:
+    """``(a, b)`` wherever the log holds epoch ``a`` and next epoch ``b > a + 1`` (what a
+    salvage open leaves: the epochs it recovered past damage live in its checkpoint)."""
+    gaps, last = [], None
+    for r in records:
+        if last is not None and r.epoch > last + 1:
+            gaps.append((last, r.epoch))
+        last = r.epoch if last is None else max(last, r.epoch)
+    return gaps

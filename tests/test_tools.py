@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -94,3 +96,51 @@ def test_verify_counts_the_records_checked_before_damage(tmp_path):
     rep = verify_state(path)
     assert not rep["ok"] and rep["faults"][0].startswith("log: ") and seg.name in rep["faults"][0]
     assert rep["records"] == 3  # epochs 1-3 are intact and were checked
+
+
+def _eleven_epochs(path, checkpoint_at=None):
+    st = mmsb.mmsb_start(path)
+    ids = mmsb.create_pages(st, 3, size=8, dtype=jnp.float32)
+    for k in range(10):
+        mmsb.update_page(st, int(ids[k % 3]), np.full(8, k, np.float32))
+        if k == checkpoint_at:
+            mmsb.checkpoint(st)
+    mmsb.mmsb_stop(st)
+    return ids
+
+
+def test_verify_fails_when_the_log_is_gone_past_the_checkpoints(tmp_path):
+    """A state stopped at epoch 11 whose only log segment was removed cannot open (records
+    made durable are lost): verify says so, it used to pass with 0 records checked."""
+    path = tmp_path / "s"
+    _eleven_epochs(path, checkpoint_at=4)
+    for f in os.listdir(path / "log"):
+        if f.endswith(".mmsblog"):
+            os.remove(path / "log" / f)
+    with pytest.raises(mmsb.SerializationError, match="records made durable were lost"):
+        mmsb.mmsb_open(path)
+    rep = mmsb.verify_state(path)
+    assert not rep["ok"] and any("records made durable were lost" in f for f in rep["faults"]), rep
+
+
+def test_verify_is_clean_after_a_skip_corrupt_salvage_and_more_writes(tmp_path):
+    """skip_corrupt keeps what it salvaged past damage in a checkpoint and cuts the log there;
+    the log then jumps over those epochs. verify notes the gap the checkpoint bridges instead
+    of failing on every later run ("opening fails", "checkpoint differs")."""
+    path = tmp_path / "s"
+    ids = _eleven_epochs(path)
+    seg = next(path / "log" / f for f in os.listdir(path / "log") if f.endswith(".mmsblog"))
+    b = bytearray(seg.read_bytes())
+    b[len(b) // 2] ^= 0x5A
+    seg.write_bytes(bytes(b))
+    st = mmsb.mmsb_open(path, recovery="skip_corrupt")
+    assert st.recovery_report.skipped
+    mmsb.update_page(st, int(ids[0]), np.full(8, 123, np.float32))
+    digest = mmsb.state_digest(st)
+    mmsb.mmsb_stop(st)
+    st = mmsb.mmsb_open(path)
+    assert mmsb.state_digest(st) == digest
+    mmsb.mmsb_stop(st)
+    rep = mmsb.verify_state(path)
+    assert rep["ok"], rep["faults"]
+    assert any("salvage" in n for n in rep["notes"]) or any("salvage" in c.get("note", "") for c in rep["checkpoints"])

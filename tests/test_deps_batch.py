@@ -489,3 +489,32 @@ def test_cli_takes_derive_functions_by_import_path(tmp_path, capsys):
     with pytest.raises(SystemExit, match="NAME=MODULE:FUNCTION"):
         main(["verify", path, "--derive", "neg"])
     capsys.readouterr()
+
+
+def test_derive_refuses_a_function_that_fails_under_vmap(tmp_path):
+    """Propagation applies derive functions with jax.vmap: one that works on a page but not
+    batched (a pure_callback without vmap_method) is refused at derive, naming it; before, it
+    was taken and every later read of the pool, and the reopen, raised NotImplementedError."""
+    path = tmp_path / "s"
+    s = mmsb.mmsb_start(path)
+    a, c = mmsb.create_pages(s, 2, size=2, dtype=jnp.float32)
+
+    def host_double(x):
+        return jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    before, epoch = mmsb.state_digest(s), s.epoch
+    with pytest.raises(DeriveFunctionError, match="not under jax.vmap"):
+        mmsb.derive(s, c, host_double, [a], name="cb")
+    assert mmsb.state_digest(s) == before and s.epoch == epoch
+
+    def batched_double(x):  # the same with a vmap_method: taken
+        return jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
+                                 vmap_method="broadcast_all")
+
+    mmsb.derive(s, c, batched_double, [a], name="cb")
+    mmsb.update_page(s, a, np.array([1.5, 2.0], np.float32))
+    assert mmsb.query_page(s, c).tolist() == [3.0, 4.0]
+    mmsb.mmsb_stop(s)
+    s = mmsb.mmsb_open(path, derive={"cb": batched_double})
+    assert mmsb.query_page(s, c).tolist() == [3.0, 4.0]
+    mmsb.mmsb_stop(s)

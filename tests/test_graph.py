@@ -270,3 +270,16 @@ def test_incremental_refuses_dirty_ids_outside_the_graph():
             graph.propagate_incremental(cg, x, b, bad)
     x2, changed = graph.propagate_incremental(cg, x, b.at[1].set(2.0), jnp.array([1]))
     assert x2.tolist() == [1.0, 3.0, 3.0] and changed.tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("ws", [[1.0, 2.0], [1.0], [[1.0, 2.0, 3.0]], "x"])
+def test_bulk_add_refuses_weights_that_do_not_match_the_edges(ws):
+    """ws is None, one scalar, or one weight per edge; a 1-element list was silently spread
+    over every edge, others raised a raw numpy ValueError."""
+    g = ShadowPageGraph()
+    g.add_dependency(5, 6)
+    with pytest.raises(InvalidArgumentError, match="weights|ws must be"):
+        g.add_dependencies([0, 1, 2], [1, 2, 3], ws)
+    assert g.edges() == [(5, 6)]
+    g.add_dependencies([0, 1, 2], [1, 2, 3], 2.5)
+    assert [g.weight(u, v) for u, v in g.edges()[1:]] == [2.5, 2.5, 2.5]

@@ -530,10 +530,20 @@ def test_soft_tropical_records_are_cached_and_hashable():
     assert not a.idempotent and a.differentiable and a.zero == INF and a.one == 0.0
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), INF, "warm", None])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), INF, "warm", None, 1e-39, 1e-45, 1e-300])
 def test_soft_tropical_rejects_bad_temperature(bad):
+    """Below float32's smallest normal number T is lost in float32 arithmetic: every sum
+    came out NaN (1e-39, 1e-300 were taken)."""
     with pytest.raises(mmsb.InvalidArgumentError, match="temperature"):
         soft_tropical(bad)
+    with pytest.raises(mmsb.InvalidArgumentError):
+        semirings.get_semiring(f"soft_tropical({bad})")
+
+
+def test_soft_tropical_at_the_smallest_temperature_is_the_min():
+    st = soft_tropical(float(np.finfo(np.float32).tiny))
+    a, b = jnp.array([1.0, 1.5, 3.0], jnp.float32), jnp.array([2.0, INF, 3.0], jnp.float32)
+    assert np.asarray(st.add(a, b)).tolist() == [1.0, 1.5, 3.0]
 
 
 # --------------------------------------------------------------------------- record helpers

@@ -4,6 +4,7 @@ rule still replay as written."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -76,3 +77,24 @@ def test_a_log_written_before_the_rule_still_replays(tmp_path, monkeypatch):
     with pytest.raises(InvalidArgumentError, match="negative"):  # new edges still meet the rule
         mmsb.add_dependency(third, int(ids[1]), int(ids[2]), weight=-1.0)
     mmsb.mmsb_stop(third)
+
+
+@pytest.mark.parametrize("semiring, weight", [("real", np.inf), ("real", -np.inf), ("max_times", np.inf),
+                                              ("log", np.inf), ("tropical", -np.inf), ("max_plus", np.inf)])
+def test_an_infinite_weight_that_is_not_the_zero_is_refused_on_float_pages(semiring, weight):
+    """Such a weight turns the semiring's zeros it meets into NaN (real: inf * 0); it was taken,
+    although the docs said weights on float pages are finite. The semiring's zero (an edge
+    that carries nothing) stays allowed."""
+    s = mmsb.mmsb_start(semiring=semiring)
+    a, b = mmsb.create_pages(s, 2, size=2, dtype=jnp.float32)
+    before, epoch = mmsb.state_digest(s), s.epoch
+    with pytest.raises(mmsb.InvalidArgumentError, match=rf"weight {weight!r} of dependency {a} -> {b}.*finite"):
+        mmsb.add_dependency(s, a, b, weight=weight)
+    with pytest.raises(mmsb.InvalidArgumentError, match="finite"):
+        mmsb.add_dependencies(s, [a], [b], weights=[weight])
+    assert mmsb.state_digest(s) == before and s.epoch == epoch
+    zero = float(mmsb.semirings.get_semiring(semiring).zero)
+    if not np.isfinite(zero):
+        mmsb.add_dependency(s, a, b, weight=zero)  # the zero: an edge that carries nothing
+        assert not np.isnan(np.asarray(mmsb.query_page(s, b))).any()
+    mmsb.mmsb_stop(s)

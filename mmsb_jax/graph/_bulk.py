@@ -47,7 +47,16 @@ class BulkEdits:
         if ws is None:
             w = np.full(n, np.nan)
         else:
-            w = np.broadcast_to(np.asarray(ws, dtype=np.float64), (n,)).copy()
+            try:
+                w = np.asarray(ws, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(f"ws must be None, a number or {n} numbers: {e}") from None
+            if w.ndim == 0:
+                w = np.full(n, float(w))
+            elif w.shape != (n,):
+                raise InvalidArgumentError(f"{n} edges need {n} weights (or one scalar for all), got ws of shape {w.shape}")
+            else:
+                w = w.copy()
         wdef = np.isnan(w)
         code = _type_code(edge_type)
         loops = us == vs

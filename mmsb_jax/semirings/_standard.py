@@ -280,6 +280,9 @@ MAX_TIMES = Semiring(
 )
 
 
+_F32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38
+
+
 def soft_tropical(temperature: float) -> Semiring:
     """A smooth (min, +) semiring: ``a ⊕ b = -T·log(exp(-a/T) + exp(-b/T))`` (float pages).
 
@@ -292,10 +295,15 @@ def soft_tropical(temperature: float) -> Semiring:
     ``"soft_tropical(T)"``, is understood by :func:`get_semiring`.
 
     Args:
-      temperature: ``T``, a finite number ``> 0`` (static: not a traced value).
+      temperature: ``T``, a finite number, at least float32's smallest normal number
+        (``1.1754944e-38``; below it ``T`` itself is lost in float32 arithmetic and every sum
+        is NaN) (static: not a traced value). Values ``x`` with ``|x| / T`` past float32's
+        range (``3.4e38``) saturate: keep ``T`` within a few orders of magnitude of the
+        differences that matter.
 
     Raises:
-      InvalidArgumentError: ``temperature`` is not a finite number ``> 0``.
+      InvalidArgumentError: ``temperature`` is not a finite number of at least
+        ``1.1754944e-38``.
 
     Example:
       >>> from mmsb_jax import semirings
@@ -309,9 +317,10 @@ def soft_tropical(temperature: float) -> Semiring:
         t = float(temperature)
     except (TypeError, ValueError):
         t = float("nan")
-    if not 0.0 < t < _INF:
+    if not _F32_TINY <= t < _INF:
         raise InvalidArgumentError(
-            f"soft_tropical needs a finite temperature > 0, got temperature={temperature!r}"
+            f"soft_tropical needs a finite temperature of at least {_F32_TINY:.8g} (float32's smallest "
+            f"normal number), got temperature={temperature!r}"
         )
     return _soft_tropical(t)
 

@@ -348,8 +348,10 @@ def derive(state: MMSBState, child_id, fn, parent_ids, *, name: str) -> int:
 
     ``query_page(child)`` reads ``fn(*parent_values)`` (the parents' propagated values),
     recomputed inside the state's compiled propagation when a parent changes and skipped
-    when none did. ``fn`` must be a pure, jittable function of ``len(parent_ids)`` pages
-    returning one page of the same shape and dtype (checked with ``jax.eval_shape`` now).
+    when none did. ``fn`` must be a pure, jittable, ``vmap``-able function of
+    ``len(parent_ids)`` pages returning one page of the same shape and dtype (propagation
+    applies it to a level's derived pages at once with ``jax.vmap``; both are checked with
+    ``jax.eval_shape`` now: a ``jax.pure_callback`` needs a ``vmap_method``).
     A function cannot be logged, so it is logged by ``name``: reopening the state needs
     ``mmsb_open(path, derive={name: fn})`` (and ``replay_to_epoch(path, e, derive=...)``);
     a missing or non-fitting function raises :class:`DeriveFunctionError` naming it, never

@@ -64,7 +64,8 @@ def _one_weight(weight) -> float:
 def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children, *, new: bool = True) -> None:
     """Refuse weights (float64, NaN: the semiring's one) that pages of ``dtype`` cannot hold
     by the weight rule (``semirings._carriers``): integer pages take integral weights in range
-    (or the semiring's zero); float pages refuse a finite weight that would become infinite.
+    (or the semiring's zero); float pages refuse a finite weight that would become infinite
+    and (``new``) an infinite one that is not the semiring's zero.
     ``new`` (not a replayed or restored edge): also refuse a negative weight for a semiring
     defined on values >= 0 (logs and checkpoints written before that rule replay as written)."""
     dt = np.dtype(dtype)
@@ -85,12 +86,18 @@ def refuse_unfit_weights(semiring, w: np.ndarray, dtype, parents, children, *, n
             cast = np.where(given, w, 0.0).astype(dt).astype(np.float64)
         bad = given & np.isfinite(w) & ~np.isfinite(cast)
         rule = f"{dt} cannot represent it (it would become infinite)"
+        zero = float(semiring.zero)
+        inf = given & ~np.isfinite(w) & (w != zero) if new else np.zeros_like(given)
+        if inf.any() and not bad[: int(np.flatnonzero(inf)[0])].any():
+            bad = inf
+            rule = (f"a weight must be finite on {dt} pages, or the semiring's zero ({zero}): under "
+                    f"{semiring.name!r} an infinite weight turns the zeros it meets into NaN")
     else:
         return
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InvalidArgumentError(
-            f"weight {w[i]!r} of dependency {int(parents[i])} -> {int(children[i])} does not fit: {rule}")
+            f"weight {float(w[i])!r} of dependency {int(parents[i])} -> {int(children[i])} does not fit: {rule}")
 
 
 def _id_array(x, what: str) -> np.ndarray:
@@ -403,8 +410,8 @@ class Dependencies:
 
 
 def check_derive_fn(name: str, fn, arity: int, pool: PagePool) -> None:
-    """Refuse ``fn`` unless it takes ``arity`` pages of ``pool`` and returns one (traced
-    abstractly with ``jax.eval_shape``: nothing runs)."""
+    """Refuse ``fn`` unless it takes ``arity`` pages of ``pool`` and returns one, also under
+    ``jax.vmap`` (traced abstractly with ``jax.eval_shape``: nothing runs)."""
     try:
         inspect.signature(fn).bind(*range(arity))
     except TypeError as e:
@@ -420,3 +427,9 @@ def check_derive_fn(name: str, fn, arity: int, pool: PagePool) -> None:
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != pool.shape or out.dtype != pool.dtype:
         raise DeriveFunctionError(name, f"derive function {name!r} returns {out}, not a page of "
                                         f"{pool.dtype}{pool.shape}")
+    rows = jax.ShapeDtypeStruct((2, *pool.shape), pool.dtype)
+    try:  # propagation applies it to every derived page of a level at once, with jax.vmap
+        jax.eval_shape(jax.vmap(fn), *([rows] * arity))
+    except Exception as e:  # noqa: BLE001 - e.g. a pure_callback without a vmap_method
+        raise DeriveFunctionError(name, f"derive function {name!r} works on one page but not under jax.vmap, "
+                                        f"which propagation applies it with: {type(e).__name__}: {e}") from None

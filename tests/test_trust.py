@@ -98,6 +98,8 @@ def test_sparse_batch_of_float64_values_on_float32_pages(tmp_path):
         mmsb.route_sparse_batch(s, [ids[0], ids[2]], [[0], [0]], [[1], [2]])
     with pytest.raises(InvalidDeltaError, match="cannot represent"):
         mmsb.route_sparse_batch(s, [ids[2]], [[0]], [[2**40]])
+    with pytest.raises(InvalidDeltaError, match="holds 18446744073709551616, which dtype float32 cannot represent"):
+        mmsb.update_page(s, ids[0], [2**64, 1, 2, 3])  # past 64 bits: named, not "dtype object"
     s.close()
 
 

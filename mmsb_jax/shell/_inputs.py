@@ -53,6 +53,10 @@ def cast_untyped(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """Python data (already ``np.asarray``-ed) in ``dtype``, as ``jnp.asarray(data, dtype)``
     would, refusing values that would change more than a float rounds: wrap-around,
     truncation of a fraction, or a finite value that overflows to infinity."""
+    if arr.dtype == object:  # e.g. an int past 64 bits: name it (the dtype check would say "object")
+        big = next((v for v in arr.reshape(-1).tolist() if type(v) is int and not -(2**63) <= v < 2**64), None)
+        if big is not None:
+            raise InvalidDeltaError(f"{what} holds {big!r}, which dtype {dtype} cannot represent")
     if arr.dtype.kind not in "biuf" or arr.dtype == dtype:
         return arr  # a dtype check reports what is left
     with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -108,6 +108,10 @@ def update_page(state: MMSBState, page_id, data) -> int | None:
     rounds, but an integer that wraps around, a fraction on an integer page or a float that
     overflows to infinity is refused.
 
+    On a page with dependencies this writes its *base* (``b`` in ``b ⊕ ⨁ w ⊗ x``): what
+    :func:`query_page` reads is the propagated value; on a derived page (:func:`derive`) the
+    base is kept under the function, which alone decides what the page reads.
+
     Raises:
       PageNotFoundError: unknown page id.
       InvalidDeltaError: ``data`` has another shape or dtype than the page, or holds a value
@@ -221,8 +225,12 @@ def query_page(state, page_id):
 def delete_page(state: MMSBState, page_id) -> None:
     """Delete a page in a new epoch; its slot is zeroed and later reused.
 
+    Its dependency edges go with it: children it fed read on without its contribution (a
+    parent of a derived page cannot be deleted while the child is derived from it).
+
     Raises:
       PageNotFoundError: unknown page id.
+      InvalidArgumentError: the page is a parent of a derived page.
     """
     state.delete_page(page_id)
 

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ._errors import InvalidArgumentError
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -129,8 +131,6 @@ def _plot_bench(results, out) -> None:
 
 def cmd_bench(args) -> int:
     if args.from_json is not None:
-        from ._errors import InvalidArgumentError
-
         if args.plot is None:
             raise InvalidArgumentError(f"--from={args.from_json!r} needs --plot DIR")
         try:
@@ -328,11 +328,11 @@ def _derive_fns(args) -> dict:
         name, sep, target = spec.partition("=")
         module, sep2, attr = target.partition(":")
         if not (sep and sep2 and name and module and attr):
-            raise SystemExit(f"error: --derive {spec!r}: expected NAME=MODULE:FUNCTION")
+            raise InvalidArgumentError(f"--derive {spec!r}: expected NAME=MODULE:FUNCTION")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
-            raise SystemExit(f"error: --derive {spec!r}: {e}") from None
+            raise InvalidArgumentError(f"--derive {spec!r}: {e}") from None
         out[name] = fn
     return out
 
@@ -421,14 +421,14 @@ def cmd_bisect(args) -> int:
         try:
             bound = float(args.above[1])
         except ValueError:
-            raise SystemExit(f"error: --above {leaf} {args.above[1]!r}: the bound must be a number") from None
+            raise InvalidArgumentError(f"--above {leaf} {args.above[1]!r}: the bound must be a number") from None
         what = f"max({leaf}) > {bound}"
 
         def predicate(tree):
             loads[0] += 1
             flat = {jax_keystr(p): x for p, x in _leaves_with_paths(tree)}
             if leaf not in flat:
-                raise SystemExit(f"error: tree {args.name!r} has no leaf {leaf}; leaves: {sorted(flat)}")
+                raise InvalidArgumentError(f"tree {args.name!r} has no leaf {leaf}; leaves: {sorted(flat)}")
             x = np.asarray(flat[leaf]).astype(np.float64)
             return bool((x[~np.isnan(x)] > bound).any())  # NaNs are not above anything
 

@@ -7,7 +7,14 @@ import os
 from ._errors import MMSBError
 from .log import Kind
 from .shell._replay import rebuild
-from .log._directory import last_closed_epoch, list_checkpoints, log_floor, require_state, state_semiring
+from .log._directory import (
+    last_closed_epoch,
+    list_checkpoints,
+    log_floor,
+    require_state,
+    salvaged_epochs,
+    state_semiring,
+)
 from .shell import _inputs
 from .log import list_segments, read_records
 from .telemetry._disk import dir_bytes as _dir_bytes
@@ -79,7 +86,8 @@ def verify_state(path, progress=None, *, semirings=(), derive=None) -> dict:
     try:
         records = read_records(log_dir, "absolute").records
         n_records = len(records)
-        gaps = _epoch_gaps(records)
+        salvaged = set(salvaged_epochs(path))  # only a jump a salvage open made is not damage
+        gaps = [(a, b) for a, b in _epoch_gaps(records) if b - 1 in salvaged]
         del records
     except MMSBError as e:
         faults.append(f"log: {e}")

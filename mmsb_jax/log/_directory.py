@@ -28,17 +28,24 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 _COUNTS = ("compacted_through", "closed_at")
 
 
-def write_state_file(path: str, semiring: str, *, compacted_through: int = 0, closed_at: int = 0) -> None:
+def write_state_file(path: str, semiring: str, *, compacted_through: int = 0, closed_at: int = 0,
+                     salvaged=()) -> None:
     """Write ``<path>/mmsb-state.json`` (atomically, with its checksum).
 
     ``compacted_through``: the last epoch whose records compaction removed from the log (0:
     none), so a replay knows the log alone cannot rebuild the epochs up to it.
     ``closed_at``: the epoch the state had when it was last stopped cleanly (0: never), so an
-    open that finds fewer epochs knows records were lost after they were made durable."""
-    write_checked_json(os.path.join(path, STATE_FILE), {
+    open that finds fewer epochs knows records were lost after they were made durable.
+    ``salvaged``: the epochs at which a salvage open (``point_in_time`` / ``skip_corrupt``)
+    checkpointed what it recovered and cut the log: the log then jumps from the records
+    before the damage to the epoch after it, and only such a jump is not damage."""
+    info = {
         "format": STATE_FORMAT, "version": STATE_VERSION, "semiring": semiring,
         "compacted_through": int(compacted_through), "closed_at": int(closed_at),
-    })
+    }
+    if salvaged:  # (absent in states never salvaged: their files stay as they were)
+        info["salvaged"] = sorted(int(e) for e in salvaged)
+    write_checked_json(os.path.join(path, STATE_FILE), info)
 
 
 def update_state_file(path: str, **changes) -> None:
@@ -47,8 +54,16 @@ def update_state_file(path: str, **changes) -> None:
     if info is None:
         raise SerializationError(f"{os.path.join(path, STATE_FILE)!r} is missing")
     kept = {k: int(info.get(k, 0)) for k in _COUNTS}
+    kept["salvaged"] = list(info.get("salvaged", ()))
     kept.update(changes)
     write_state_file(path, info["semiring"], **kept)
+
+
+def salvaged_epochs(path: str) -> list[int]:
+    """The epochs at which salvage opens checkpointed the state at ``path`` (see
+    :func:`write_state_file`)."""
+    info = read_state_file(path)
+    return list(info.get("salvaged", ())) if info is not None else []
 
 
 def last_closed_epoch(path: str) -> int:
@@ -87,6 +102,9 @@ def read_state_file(path: str) -> dict | None:
         v = info.get(k, 0)
         if not (type(v) is int and v >= 0):
             raise SerializationError(f"{file!r} has {k}={v!r}")
+    salvaged = info.get("salvaged", [])
+    if not (isinstance(salvaged, list) and all(type(v) is int and v >= 0 for v in salvaged)):
+        raise SerializationError(f"{file!r} has salvaged={salvaged!r:.80}")
     return info
 
 

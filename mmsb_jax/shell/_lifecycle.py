@@ -18,6 +18,7 @@ from ..log._directory import (
     newest_checkpoint,
     require_state,
     state_semiring,
+    salvaged_epochs,
     update_state_file,
 )
 from ..semirings import Semiring, get_semiring
@@ -215,7 +216,7 @@ def mmsb_open(path, *, enable_gpu: bool = False, fsync: str = "batch", recovery:
         # state of record (what it lost is in the report).
         state.checkpoint()
         if state._writes_files:
-            update_state_file(path, closed_at=state.epoch)
+            update_state_file(path, closed_at=state.epoch, salvaged=salvaged_epochs(path) + [state.epoch])
     elif state._ckpt_policy is not None:
         if state._tail_first is not None:  # the bytes of the tail this open replayed
             state._tail_bytes_at_open = log_bytes_from(os.path.join(path, "log"), *state._tail_first)

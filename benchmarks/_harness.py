@@ -43,6 +43,7 @@ def result(
     target: str,
     met: bool,
     ratio_as: str = "faster",
+    baseline_unit: str | None = None,
     **extra,
 ) -> dict:
     """One benchmark row.
@@ -52,16 +53,20 @@ def result(
     ``ratio_as="faster"`` (default) it is ``ratio_vs_baseline`` ("x faster"); with
     ``ratio_as="time"`` it is ``value / baseline_value`` ("x the baseline's time", for
     targets such as "<= 3x the numpy time"); ``ratio_as="size"`` the same quotient for values
-    that are not times ("x the baseline", e.g. bytes). ``unit`` applies to ``value`` and
-    ``baseline_value`` alike.
+    that are not times ("x the baseline", e.g. bytes); ``ratio_as="none"``: no ratio (a
+    count against a target of 0, or a baseline in another unit), shown as "-". ``unit``
+    applies to ``value`` and, unless ``baseline_unit`` says otherwise, ``baseline_value``.
     """
-    if ratio_as not in ("faster", "time", "size"):
+    if ratio_as not in ("faster", "time", "size", "none"):
         raise ValueError(f"ratio_as={ratio_as!r}")
     if higher_is_better:
         ratio = value / baseline_value if baseline_value else float("inf")
     else:
         ratio = baseline_value / value if value else float("inf")
-    if ratio_as in ("time", "size"):
+    if ratio_as == "none":
+        ratio = shown = None
+        means = "no ratio"
+    elif ratio_as in ("time", "size"):
         shown = value / baseline_value if baseline_value else float("inf")
         means = "x the baseline's time" if ratio_as == "time" else "x the baseline"
     else:
@@ -72,7 +77,7 @@ def result(
         "unit": unit,
         "baseline": baseline,
         "baseline_value": baseline_value,
-        "baseline_unit": unit,
+        "baseline_unit": unit if baseline_unit is None else baseline_unit,
         "ratio_vs_baseline": ratio,
         "ratio": shown,
         "ratio_means": means,

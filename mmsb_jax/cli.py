@@ -165,11 +165,12 @@ def cmd_bench(args) -> int:
             table.add_row(r["case"], "-", "-", "-", r.get("target", ""), f"skipped: {r['skipped']}")
             continue
         means = r.get("ratio_means", "x faster than the baseline")
+        ratio = r.get("ratio", r["ratio_vs_baseline"])
         table.add_row(
             r["case"],
             f"{r['value']:.4g} {r['unit']}",
-            f"{r['baseline_value']:.4g} {r['unit']}",
-            f"{r.get('ratio', r['ratio_vs_baseline']):.2f}"
+            f"{r['baseline_value']:.4g} {r.get('baseline_unit', r['unit'])}",
+            "-" if ratio is None else f"{ratio:.2f}"
             + ("x time" if "time" in means else "x faster" if "faster" in means else "x"),
             r["target"],
             "yes" if r["met"] else "NO",

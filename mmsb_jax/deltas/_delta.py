@@ -108,7 +108,9 @@ def dense_delta(mask, payload) -> DenseDelta:
 
     Args:
       mask: bool array, the page's shape: which positions change.
-      payload: the new values, the page's shape and dtype (only masked positions matter).
+      payload: the new values, the page's shape and dtype (only masked positions matter);
+        a delta is built without its page, so Python data takes JAX's default dtype (int32 /
+        float32): give an array of the page's dtype for other pages.
 
     Raises:
       InvalidDeltaError: ``mask`` is not bool or its shape differs from ``payload``'s.
@@ -136,7 +138,8 @@ def sparse_delta(indices, values, shape) -> SparseDelta:
 
     Args:
       indices: int array ``(k,)`` of flat (row-major) indices into the page.
-      values: array ``(k,)`` of the page's dtype.
+      values: array ``(k,)`` of the page's dtype (Python data takes JAX's default dtype,
+        int32 / float32, as the delta is built without its page: e.g. ``jnp.array(v, jnp.uint8)``).
       shape: the page's shape (an int for 1-D pages).
 
     Raises:

@@ -272,8 +272,8 @@ def cmd_stats(args) -> int:
     from ._errors import InvalidArgumentError
     from .telemetry._watch import files_stats, render, url_stats
 
-    if args.interval <= 0 or (args.count is not None and args.count < 1):
-        raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and --count={args.count} >= 1")
+    if not 0 < args.interval <= 86400 or (args.count is not None and args.count < 1):  # (NaN fails too)
+        raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and at most a day (86400), and --count={args.count} >= 1")
     if args.path is None and args.url is None:
         raise InvalidArgumentError("mmsb stats needs a state directory PATH or --url URL")
     if args.watch:

@@ -443,6 +443,8 @@ def get_stats(state) -> dict:
       (1, 1, 0.0)
       >>> mmsb.mmsb_stop(state)
     """
+    if not isinstance(state, MMSBState):
+        raise InvalidArgumentError(f"state={state!r} is not an MMSBState")
     return state.stats()
 
 

@@ -186,7 +186,21 @@ class Checkpointing:
                 self._prune_checkpoints()
             return out
         self._ckpt_pending.append((directory, self._epoch, future, prune))
+        if prune and self.keep_checkpoints is not None:
+            future.add_done_callback(self._prune_when_written)
         return future
+
+    def _prune_when_written(self, future) -> None:
+        """A background checkpoint is complete: keep ``keep_checkpoints`` of them now, not only
+        at the next operation, if the state's lock is free (else that operation does it)."""
+        if future.cancelled() or future.exception() is not None or self._closed:
+            return  # (a failure is raised by the next operation)
+        if self._lock.try_acquire():
+            try:
+                if not self._closed:
+                    self._prune_checkpoints()
+            finally:
+                self._lock.__exit__(None, None, None)
 
     def _canonical_slots(self, ids):
         """The canonical slots of pages ``ids`` (their rows, unless a pool was re-laid out):

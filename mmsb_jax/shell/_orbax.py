@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 
 from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ..log._checkpoint import read_manifest
+from . import _inputs
 from ._replay import resolve_semiring
 from ._state import MMSBState
 
@@ -80,7 +81,12 @@ class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):
             return snap
         from ._lifecycle import mmsb_open
 
-        target = os.path.abspath(os.fspath(args.path))
+        target = _inputs.path(args.path, "MMSBRestore(path)")
+        above = target
+        while not os.path.lexists(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            raise InvalidArgumentError(f"MMSBRestore(path={target!r}): {above!r} exists and is not a directory")
         if os.path.exists(target) and os.listdir(target):
             raise SerializationError(f"MMSBRestore(path={target!r}): the directory is not empty")
         shutil.copytree(directory, os.path.join(target, "checkpoints", f"epoch-{int(manifest['epoch']):012d}"))

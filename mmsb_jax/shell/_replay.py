@@ -59,7 +59,24 @@ class NotDamage(SerializationError):
 
 
 def resolve_semiring(name: str, extra=()) -> Semiring:
-    """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``."""
+    """A semiring from its logged name: standard, ``soft_tropical(T)``, or one of ``extra``
+    (the ``semirings=`` of the open, replay or restore; checked here, before any replay).
+
+    Raises:
+      InvalidArgumentError: ``extra`` is not a sequence of :class:`~mmsb_jax.semirings.Semiring`.
+    """
+    if isinstance(extra, Semiring):
+        extra = (extra,)
+    bad = isinstance(extra, (str, bytes))
+    if not bad:
+        try:
+            extra = tuple(extra)
+        except TypeError:
+            bad = True
+    if bad or not all(isinstance(sr, Semiring) for sr in extra):
+        raise InvalidArgumentError(
+            f"semirings={extra!r:.80} must be a sequence of Semiring records (e.g. "
+            "[semirings.MAX_PLUS._replace(name='mine')]); standard semirings need not be given")
     for sr in extra:
         if sr.name == name:
             return sr

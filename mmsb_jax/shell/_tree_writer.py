@@ -160,6 +160,18 @@ class JournalLock:
         self._enter(True)
         return self
 
+    def try_acquire(self) -> bool:
+        """Hold the lock now if no other thread does (no waiting, no ``on_enter``); release it
+        with ``__exit__``. For work that may as well be left to the next operation."""
+        me = threading.get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        if not self._mutex.acquire(blocking=False):
+            return False
+        self._owner, self._count = me, 1
+        return True
+
     def __exit__(self, *exc) -> None:
         self._count -= 1
         if self._count == 0:

@@ -36,7 +36,10 @@ def _out_dir(out) -> str:
     out = os.fspath(out)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise InvalidArgumentError(f"out={out!r} exists and is not a directory")
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:  # e.g. a file where a parent directory would be
+        raise InvalidArgumentError(f"out={out!r} cannot be made a directory: {e.strerror or e}") from None
     return out
 
 

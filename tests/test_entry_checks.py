@@ -80,3 +80,10 @@ def test_background_checkpoints_keep_keep_checkpoints_once_complete(tmp_path):
         time.sleep(0.05)
     assert newest.exists() and len(os.listdir(ck)) == 2, os.listdir(ck)
     mmsb.mmsb_stop(st)
+
+
+@pytest.mark.parametrize("bad", [1.5, 2**80, 1e9])
+def test_checkpoint_policy_max_tail_bytes_is_a_whole_number_of_bytes(bad):
+    with pytest.raises(mmsb.InvalidArgumentError, match="max_tail_bytes"):
+        mmsb.CheckpointPolicy(max_tail_bytes=bad)
+    assert mmsb.CheckpointPolicy(max_tail_bytes=1 << 20).max_tail_bytes == 1 << 20

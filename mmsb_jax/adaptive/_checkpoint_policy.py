@@ -57,6 +57,9 @@ class CheckpointPolicy:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
                                   or not math.isfinite(v)):
                 raise InvalidArgumentError(f"{name}={v!r} must be a positive number or None")
+        v = self.max_tail_bytes
+        if v is not None and (type(v) is not int or v >= 2**63):
+            raise InvalidArgumentError(f"max_tail_bytes={v!r} must be a whole number of bytes (an int below 2**63) or None")
         for name in ("seconds_per_record", "seconds_per_byte"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
@@ -93,4 +96,5 @@ def checkpoint_policy(value) -> CheckpointPolicy | None:
         return CheckpointPolicy()
     if isinstance(value, CheckpointPolicy):
         return value if value.enabled else None
-    raise InvalidArgumentError(f"checkpoint_policy={value!r}: expected None, 'auto' or a CheckpointPolicy")
+    raise InvalidArgumentError(
+        f"checkpoint_policy={value!r}: expected None or False (off), 'auto' or True (the defaults), or a CheckpointPolicy")

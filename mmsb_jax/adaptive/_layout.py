@@ -45,7 +45,7 @@ def _rcm_rank(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     return rank
 
 
-def layout_order(graph, rows, capacity: int, method: str = "rcm") -> np.ndarray:
+def layout_order(graph, rows, capacity: int, method: str = "rcm", labels=None) -> np.ndarray:
     """The live ``rows`` of a pool in their new order: ``order[i]`` is the row whose page
     goes to row ``i``.
 
@@ -54,6 +54,9 @@ def layout_order(graph, rows, capacity: int, method: str = "rcm") -> np.ndarray:
       rows: the rows that hold pages.
       capacity: the pool's rows (every node id of ``graph`` is below it).
       method: one of :data:`LAYOUT_METHODS`.
+      labels: ``labels[row]``, a layout-independent id of the page in each live row (its
+        canonical slot); the order is then a function of the graph over those ids alone, so
+        laying out an already laid-out pool moves nothing (``None``: the rows themselves).
 
     Example:
       >>> import numpy as np
@@ -70,10 +73,15 @@ def layout_order(graph, rows, capacity: int, method: str = "rcm") -> np.ndarray:
     if method == "compact" or graph is None or graph.num_edges == 0:
         return rows
     keys = _plan.node_keys(graph, capacity)
+    lab = np.arange(capacity, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
     if method == "rcm":
         e = keys.edges
-        loc = _rcm_rank(np.concatenate([e.src, e.rel_src]), np.concatenate([e.dst, e.rel_dst]), capacity)
+        src, dst = np.concatenate([e.src, e.rel_src]), np.concatenate([e.dst, e.rel_dst])
+        n = int(lab[rows].max()) + 1  # the ids of live pages only: what is deleted changes nothing
+        rank = _rcm_rank(lab[src], lab[dst], n)
+        loc = np.zeros(capacity, np.int64)
+        loc[rows] = rank[lab[rows]]
     else:
-        loc = np.arange(capacity, dtype=np.int64)
+        loc = lab
     k = (loc[rows], keys.group[rows], -keys.chunks[rows], keys.kind[rows], keys.level[rows])
     return rows[np.lexsort(k)]

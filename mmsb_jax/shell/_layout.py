@@ -58,7 +58,9 @@ class Layout:
         pg = self._pool_graphs.get(pool.index)
         graph = pg.graph if pg is not None and pg.graph.num_edges else None
         t0 = time.perf_counter()
-        order = layout_order(graph, rows, pool.capacity, method if graph is not None else "compact")
+        labels = np.full(pool.capacity, -1, np.int64)
+        labels[rows] = pool.canonical(rows)  # the order depends on the pages, not where they sit
+        order = layout_order(graph, rows, pool.capacity, method if graph is not None else "compact", labels)
         capacity = max(pool.live, 1) if compact else pool.capacity  # unsharded: no shard rounding
         if capacity == pool.capacity and np.array_equal(order, np.arange(order.size)):
             return dict(out, rows_after=pool.capacity, bytes_returned=0, moved=0, seconds=time.perf_counter() - t0)

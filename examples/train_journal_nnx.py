@@ -4,6 +4,9 @@ Every step of every compiled chunk records the whole training state (params + Ad
 count, mixed dtypes) into a device ring with ``record_tree``; one ``drain_ring`` per chunk
 turns each recorded step into its own epoch, so a step in the middle of a chunk loads back
 bit for bit, also after the state is stopped and reopened.
+
+Needs flax and optax (the library imports neither): ``pip install 'mmsb-jax[train]'``, or
+``pip install -e '.[train]'`` in a checkout.
 """
 
 import functools
@@ -12,8 +15,12 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
+
+try:
+    import optax
+    from flax import nnx
+except ImportError as e:  # say how to get them rather than a bare traceback
+    raise SystemExit(f"this example needs flax and optax ({e}): pip install 'mmsb-jax[train]'") from None
 
 import mmsb_jax as mmsb
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ._errors import InvalidArgumentError
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 100)  # tables and text fit 100 columns
 
 
 # --------------------------------------------------------------------------- demo
@@ -128,6 +128,20 @@ def _plot_bench(results, out) -> None:
         console.print(f"wrote {f}")
 
 
+def _ratio_words(r: dict) -> str:
+    """A result's ratio in the words of its target, always ours over the baseline's: "2.1x
+    faster" (below 1: "0.55x the speed", never "0.55x faster"), "3.2x the time", "0.01x the size"."""
+    means = r.get("ratio_means", "x faster than the baseline")
+    ratio = r.get("ratio", r["ratio_vs_baseline"])
+    if ratio is None:
+        return "-"
+    if "time" in means:
+        return f"{ratio:.2f}x the time"
+    if "faster" in means:
+        return f"{ratio:.2f}x faster" if ratio >= 1 else f"{ratio:.2f}x the speed"
+    return f"{ratio:.2f}x the size"
+
+
 def cmd_bench(args) -> int:
     if args.from_json is not None:
         if args.plot is None:
@@ -158,19 +172,17 @@ def cmd_bench(args) -> int:
     # The table fits 100 columns (cells wrap); the JSON has every full name and field.
     table = Table(title="mmsb bench" + (" (quick)" if args.quick else ""), expand=False)
     for col in ("case", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold")
+        table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold",
+                         min_width=28 if col == "case" else None)
     for r in results:
         if r.get("skipped"):
             table.add_row(r["case"], "-", "-", "-", r.get("target", ""), f"skipped: {r['skipped']}")
             continue
-        means = r.get("ratio_means", "x faster than the baseline")
-        ratio = r.get("ratio", r["ratio_vs_baseline"])
         table.add_row(
             r["case"],
             f"{r['value']:.4g} {r['unit']}",
             f"{r['baseline_value']:.4g} {r.get('baseline_unit', r['unit'])}",
-            "-" if ratio is None else f"{ratio:.2f}"
-            + ("x time" if "time" in means else "x faster" if "faster" in means else "x"),
+            _ratio_words(r),
             r["target"],
             "yes" if r["met"] else "NO",
         )

@@ -306,3 +306,21 @@ def test_bench_runs_from_a_pip_installed_package(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads(out_json.read_text())["results"]
     assert {r["module"] for r in results} == {"bench_pages"} and len(results) >= 4
+
+
+def test_bench_ratio_words_say_the_direction():
+    """A ratio below 1 in a "faster" row reads "the speed", never "0.55x faster"; time and size
+    rows say "the time" / "the size"; a row without a ratio shows "-"."""
+    from benchmarks._harness import result
+    from mmsb_jax.cli import _ratio_words
+
+    def row(value, base, higher_is_better=True, **kw):
+        return result("c", value=value, unit="M/s", baseline="b", baseline_value=base, target="t", met=True,
+                      higher_is_better=higher_is_better, **kw)
+
+    assert _ratio_words(row(1.55, 2.8)) == "0.55x the speed"
+    assert _ratio_words(row(5.0, 2.5)) == "2.00x faster"
+    assert _ratio_words(row(4.0, 2.0, higher_is_better=False)) == "0.50x the speed"  # twice the time
+    assert _ratio_words(row(4.49, 1.0, higher_is_better=False, ratio_as="time")) == "4.49x the time"
+    assert _ratio_words(row(1.0, 100.0, higher_is_better=False, ratio_as="size")) == "0.01x the size"
+    assert _ratio_words(row(3.0, 0.0, ratio_as="none")) == "-"

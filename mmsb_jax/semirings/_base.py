@@ -32,7 +32,10 @@ class Semiring(NamedTuple):
       mul: elementwise ⊗ ``(a, b) -> a ⊗ b``.
       zero: the ⊕ identity and ⊗ annihilator of the default carrier, as a Python scalar
         (``inf`` for tropical). On other dtypes use :meth:`zero_for`: a Python ``inf`` is no
-        int32 value (TROPICAL's int32 zero is ``INT32_MAX``).
+        int32 value (TROPICAL's int32 zero is ``INT32_MAX``). On floating carriers the zero
+        annihilates every finite value and itself; against the opposite infinity ⊗ follows
+        IEEE (``0 * inf``, ``inf + -inf``: NaN), as GraphBLAS does. Page values are not
+        refused for holding it; edge weights are (see ``add_dependency``).
       one: the ⊗ identity of the default carrier, as a Python scalar; see :meth:`one_for`.
       segment_reduce: ``(data, segment_ids, num_segments) -> out``: ⊕ of ``data[i]`` into
         ``out[segment_ids[i]]`` along the leading axis; ``num_segments`` is static; empty

@@ -93,7 +93,8 @@ def check_laws(
     ``n`` around 10), the others on all pairs / values. Checked: ⊕ associative and
     commutative; ⊗ associative (and commutative when the record is tagged ``commutative``);
     left and right distributivity; ``zero`` is the ⊕ identity and ``one`` the ⊗ identity, on
-    both sides; ``zero`` annihilates under ⊗; ``a ⊕ a == a`` when tagged ``idempotent``;
+    both sides; ``zero`` annihilates under ⊗ (on the samples given: on floats, an opposite
+    infinity gives IEEE NaN); ``a ⊕ a == a`` when tagged ``idempotent``;
     ``segment_reduce`` and ``reduce`` equal a left fold of ``add`` from ``zero`` (per segment
     of three, per single value, on an empty segment, on an empty axis and on empty data).
     The record's functions run under ``jax.jit`` (as the graph runs them); an error raised

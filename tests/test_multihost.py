@@ -432,6 +432,34 @@ def test_fingerprints():
     assert fingerprint(semirings.TROPICAL) == fingerprint(semirings.get_semiring("tropical")) != fingerprint(semirings.REAL)
 
 
+def _make_fn():
+    return lambda x: x * 2.0
+
+
+def test_fingerprints_of_functions_hold_their_code():
+    """Two different lambdas (same name ``<lambda>``) passed to ``derive`` by two processes
+    must not look equal; the same source gives the same fingerprint, whatever the object."""
+    import functools
+
+    assert fingerprint(_make_fn()) == fingerprint(_make_fn())
+    assert fingerprint(lambda x: x * 2.0) != fingerprint(lambda x: x * 3.0)
+    assert fingerprint(lambda x: x * 2.0) != fingerprint(lambda x: x + 2.0)
+    assert fingerprint(functools.partial(np.add, 1.0)) != fingerprint(functools.partial(np.add, 2.0))
+
+
+def test_fingerprints_of_functions_ignore_the_hash_seed():
+    """A set literal in a function is a frozenset constant, whose order follows each process's
+    string hash seed: the fingerprint must not."""
+    code = ("from mmsb_jax.shell._distributed import fingerprint; "
+            "print(fingerprint(lambda x: x in {'alpha', 'beta', 'gamma', 'delta'}))")
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu"}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True, timeout=120).stdout.strip())
+    assert len(outs) == 1 and len(next(iter(outs))) == 32
+
+
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=6))
 def test_crc_of_parts_is_the_crc_of_the_whole(data, cuts):
     import crc32c

@@ -50,6 +50,7 @@ import json
 import os
 import secrets
 import time
+import types
 
 import jax
 import numpy as np
@@ -176,10 +177,38 @@ def _feed(h, x) -> None:
         h.update(repr(("page", x.id)).encode())
     elif isinstance(x, np.dtype) or isinstance(x, type):
         h.update(repr(("type", str(np.dtype(x)) if _is_dtype(x) else x.__qualname__)).encode())
-    elif callable(x):
+    elif isinstance(x, functools.partial):
+        h.update(b"partial")
+        _feed(h, (x.func, x.args, x.keywords))
+    elif callable(x):  # its name and, for a Python function, its code: two lambdas differ
         h.update(repr(("callable", getattr(x, "__qualname__", type(x).__qualname__))).encode())
+        code = getattr(x, "__code__", None)
+        if isinstance(code, types.CodeType):
+            _feed_code(h, code)
     else:  # anything else by its type alone (its repr may hold memory addresses)
         h.update(repr(("object", type(x).__qualname__)).encode())
+
+
+def _feed_code(h, code: types.CodeType) -> None:
+    """A function's bytecode, the names it uses and its constants (nested code too): the same
+    source gives the same code in every process of one Python version."""
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames)).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _feed_code(h, c)
+        else:
+            h.update(_const_repr(c).encode())
+
+
+def _const_repr(c) -> str:
+    """A code constant's repr, the same in every process (a frozenset's order follows the
+    process's string hash seed: sorted here)."""
+    if isinstance(c, frozenset):
+        return "frozenset(" + ",".join(sorted(_const_repr(v) for v in c)) + ")"
+    if isinstance(c, tuple):
+        return "(" + ",".join(_const_repr(v) for v in c) + ")"
+    return repr((type(c).__name__, c))
 
 
 def _is_dtype(x) -> bool:

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from ._errors import InvalidArgumentError
 
-console = Console(width=None if sys.stdout.isatty() else 100)  # tables and text fit 100 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
+_narrow = Console(width=100)  # the demo's and bench's tables and notes fit 100 columns
 
 
 # --------------------------------------------------------------------------- demo
@@ -89,10 +90,10 @@ def cmd_demo(args) -> int:
     table.add_row("reopened digest equal", "yes" if same else "NO")
     for name, secs in timings.items():
         table.add_row(f"time: {name} ({_COMPILES.get(name, 'first call: includes any compiling')})", f"{secs * 1e3:,.1f} ms")
-    console.print(table)
-    console.print("first calls include JAX compiling their programs; repeated calls do not "
+    _narrow.print(table)
+    _narrow.print("first calls include JAX compiling their programs; repeated calls do not "
                   "(compare the two route timings).")
-    console.print("next: [bold]mmsb bench --quick[/bold] (every case against its baseline, in this process), "
+    _narrow.print("next: [bold]mmsb bench --quick[/bold] (every case against its baseline, in this process), "
                   "or [bold]mmsb inspect PATH[/bold] on a state of your own")
     return 0 if same else 1
 
@@ -186,8 +187,8 @@ def cmd_bench(args) -> int:
             r["target"],
             "yes" if r["met"] else "NO",
         )
-    Console(width=100).print(table)
-    console.print("baselines (same process, same run): " + "; ".join(
+    _narrow.print(table)
+    _narrow.print("baselines (same process, same run): " + "; ".join(
         dict.fromkeys(f"{r['baseline']}" for r in results if not r.get("skipped"))))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from ..log._directory import (
 )
 from ..semirings import Semiring, get_semiring
 from . import _inputs
-from ._distributed import collective, coordinator_for, fingerprint, paused, same_everywhere
+from ._distributed import collective, coordinator_for, paused, same_everywhere
+from ._fingerprint import fingerprint
 from ._replay import rebuild, resolve_semiring
 from ._state import MMSBState
 

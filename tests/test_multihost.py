@@ -504,7 +504,7 @@ def test_one_process_states_are_untouched():
 
     assert coordinator_for(Mesh(np.array(jax.devices()), ("pages",)), None, 60) is None  # this process's devices
     assert coordinator_for(None, None, 60) is None and coordinator_for("not a mesh", None, 60) is None
-    for bad in (0, -1.0, "60", True, float("nan")):
+    for bad in (0, -1.0, "60", True, float("nan"), float("inf"), 1e300):  # inf: OverflowError deep in the runtime
         with pytest.raises(InvalidArgumentError, match="peer_timeout="):
             mmsb.mmsb_start(peer_timeout=bad)
     log = FollowerLog()

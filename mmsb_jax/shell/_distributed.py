@@ -59,6 +59,7 @@ from ._fingerprint import fingerprint
 
 #: The stamp process 0 writes into a distributed state's directory at each start and open.
 STAMP_FILE = "mmsb-writer.json"
+MAX_PEER_TIMEOUT = 2_000_000  # seconds (~23 days): the coordination service takes int32 milliseconds
 _KEYS_PER_BLOCK = 64  # exchange keys are dropped a block at a time, two blocks behind
 _numbers = itertools.count()  # distributed states made in this process (the same order everywhere)
 
@@ -109,8 +110,11 @@ def processes_of(mesh) -> list[int]:
 def coordinator_for(mesh, path, peer_timeout) -> Coordinator | None:
     """A :class:`Coordinator` for a state on ``mesh`` when the mesh spans several processes,
     else ``None`` (a state of this process alone)."""
-    if isinstance(peer_timeout, bool) or not isinstance(peer_timeout, (int, float)) or not peer_timeout > 0:
-        raise InvalidArgumentError(f"peer_timeout={peer_timeout!r} must be a number of seconds > 0")
+    if (isinstance(peer_timeout, bool) or not isinstance(peer_timeout, (int, float))
+            or not 0 < peer_timeout <= MAX_PEER_TIMEOUT):
+        raise InvalidArgumentError(
+            f"peer_timeout={peer_timeout!r} must be a number of seconds > 0 and <= {MAX_PEER_TIMEOUT} "
+            "(the runtime waits in whole milliseconds of a 32-bit int)")
     if not isinstance(mesh, jax.sharding.Mesh) or len(processes_of(mesh)) <= 1:
         return None  # no mesh, a bad one (MMSBState names it), or this process's devices alone
     if processes_of(mesh) != list(range(jax.process_count())):

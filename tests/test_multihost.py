@@ -446,6 +446,23 @@ def test_fingerprints_of_functions_hold_their_code():
     assert fingerprint(lambda x: x * 2.0) != fingerprint(lambda x: x + 2.0)
     assert fingerprint(functools.partial(np.add, 1.0)) != fingerprint(functools.partial(np.add, 2.0))
 
+    def scaled(k):
+        return lambda x: x * k
+
+    assert fingerprint(scaled(2.0)) == fingerprint(scaled(2.0)) != fingerprint(scaled(3.0))  # what it captured
+
+    def with_default(k):
+        def f(x, k=k):  # same name and code, another default
+            return x * k
+        return f
+
+    assert fingerprint(with_default(2.0)) == fingerprint(with_default(2.0)) != fingerprint(with_default(3.0))
+
+    def recursive(n):
+        return 1 if n <= 1 else n * recursive(n - 1)
+
+    assert len(fingerprint(recursive)) == 32  # a function that captures itself: no endless recursion
+
 
 def test_fingerprints_of_functions_ignore_the_hash_seed():
     """A set literal in a function is a frozenset constant, whose order follows each process's

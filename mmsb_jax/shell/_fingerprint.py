@@ -65,8 +65,25 @@ def _feed(h, x) -> None:
         code = getattr(x, "__code__", None)
         if isinstance(code, types.CodeType):
             _feed_code(h, code)
+            # what it captured and its defaults (``lambda x: x * k`` with another k differs); a
+            # captured function by name only (a recursive function captures itself)
+            cells = [c.cell_contents for c in (getattr(x, "__closure__", None) or ()) if _filled(c)]
+            _feed(h, [_name_of(v) if callable(v) else v for v in cells])
+            _feed(h, getattr(x, "__defaults__", None))
     else:  # anything else by its type alone (its repr may hold memory addresses)
         h.update(repr(("object", type(x).__qualname__)).encode())
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a cell not yet bound
+        return False
+    return True
+
+
+def _name_of(f) -> str:
+    return "callable " + getattr(f, "__qualname__", type(f).__qualname__)
 
 
 def _feed_code(h, code: types.CodeType) -> None:

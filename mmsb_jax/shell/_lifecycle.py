@@ -62,7 +62,8 @@ def mmsb_start(path=None, enable_gpu: bool = False, semiring="real", fsync: str 
       keep_checkpoints: keep only this many checkpoints under ``<path>/checkpoints`` (the
         newest; older ones are deleted after each new one is complete). ``None``: keep all.
       peer_timeout: a state spread over several processes: how many seconds one process
-        waits for the others at an operation before raising ``PeerLostError``.
+        waits for the others at an operation before raising ``PeerLostError`` (at most
+        2,000,000: the runtime waits in int32 milliseconds).
       checkpoint_policy: ``None`` (checkpoints only when asked), ``"auto"`` or a
         :class:`~mmsb_jax.CheckpointPolicy`: after an operation, a background checkpoint is
         taken when the estimated replay time (or the bytes) of the log since the newest

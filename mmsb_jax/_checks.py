@@ -8,3 +8,14 @@ import numpy as np
 def is_int(x) -> bool:
     """Whether ``x`` is a Python or NumPy integer and not a bool (``True == 1``, but it is no size or id)."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def existing_part(path: str) -> str:
+    """The deepest part of ``path`` that exists (``path`` itself when it exists): where a
+    directory to be made would start, and what to name when it is a file, not a directory."""
+    import os
+
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        part = os.path.dirname(part)
+    return part

@@ -310,6 +310,57 @@ def test_checkpoint_into_a_directory_that_holds_one(saved, tmp_path):
         mmsb.mmsb_stop(s)
 
 
+def _listing(root):
+    return sorted((os.path.relpath(d, root), tuple(sorted(fs))) for d, _, fs in os.walk(root))
+
+
+@pytest.mark.parametrize("where", ["state root", "log", "other files", "below a file"])
+@pytest.mark.parametrize("block", [True, False])
+def test_checkpoint_refuses_a_directory_it_would_write_among(tmp_path, where, block):
+    """A checkpoint goes into a new or an empty directory: never among a state's files (its
+    root, its log) or anyone else's, nor below a file; refused at the call, nothing written."""
+    s = mmsb.mmsb_start(tmp_path / "s")
+    p = mmsb.create_page(s, size=4, dtype=jnp.float32)
+    mmsb.update_page(s, p.id, np.ones(4, np.float32))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    target, needle = {
+        "state root": (tmp_path / "s", r"is not empty \(it holds 'log', 'mmsb-state.json'"),
+        "log": (tmp_path / "s" / "log", "is not empty"),
+        "other files": (tmp_path / "mine", "is not empty \\(it holds 'notes.txt'\\)"),
+        "below a file": (tmp_path / "afile" / "ckpt", "is below .*afile', which is not a directory"),
+    }[where]
+    before, files = (mmsb.state_digest(s), s.epoch), _listing(tmp_path)
+    try:
+        with pytest.raises(SerializationError, match=needle):
+            mmsb.checkpoint(s, target, block=block)
+        assert (mmsb.state_digest(s), s.epoch) == before and _listing(tmp_path) == files
+    finally:
+        mmsb.mmsb_stop(s)  # no background failure is left to report
+    reopened = mmsb.mmsb_open(tmp_path / "s")
+    assert mmsb.state_digest(reopened) == before[0]
+    reopened.close()
+
+
+def test_checkpoint_into_an_empty_or_crashed_directory(tmp_path):
+    """An empty directory, and one a crashed attempt left (arrays, no manifest), are taken."""
+    s = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.create_page(s, size=4, dtype=jnp.float32)
+    (tmp_path / "empty").mkdir()
+    assert mmsb.checkpoint(s, tmp_path / "empty") == str(tmp_path / "empty")
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "empty", crashed)
+    os.remove(crashed / "manifest.json")
+    assert mmsb.checkpoint(s, crashed) == str(crashed)
+    digest = mmsb.state_digest(s)
+    mmsb.mmsb_stop(s)
+    for d in ("empty", "crashed"):
+        r = mmsb.mmsb_open(tmp_path / d)
+        assert mmsb.state_digest(r) == digest
+        r.close()
+
+
 def test_open_empty_or_missing_directory(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

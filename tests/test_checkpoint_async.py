@@ -27,31 +27,6 @@ def test_background_checkpoint_equals_blocking(tmp_path):
     mmsb.mmsb_stop(reopened)
 
 
-def test_background_checkpoint_failure_is_raised(tmp_path):
-    st = mmsb.mmsb_start(tmp_path / "s")
-    mmsb.create_page(st, size=4)
-    mmsb.checkpoint(st, tmp_path / "taken")
-    mmsb.create_page(st, size=4)
-    fut = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # the directory already holds one
-    with pytest.raises(SerializationError, match="already holds a checkpoint"):
-        fut.result(timeout=120)
-    with pytest.raises(SerializationError, match="background checkpoint failed"):
-        mmsb.checkpoint(st)  # the next checkpoint reports it too
-    mmsb.checkpoint(st)  # ...once; then checkpoints work again
-    mmsb.mmsb_stop(st)
-
-
-def test_stop_waits_for_and_reports_a_failed_background_checkpoint(tmp_path):
-    st = mmsb.mmsb_start(tmp_path / "s")
-    mmsb.create_page(st, size=4)
-    mmsb.checkpoint(st, tmp_path / "taken")
-    mmsb.create_page(st, size=4)
-    mmsb.checkpoint(st, tmp_path / "taken", block=False)
-    with pytest.raises(SerializationError, match="background checkpoint failed"):
-        mmsb.mmsb_stop(st)
-    assert st.closed
-
-
 # ------------------------------------------------------------------ one epoch, several requests
 @pytest.fixture
 def held_writer(monkeypatch):
@@ -108,18 +83,65 @@ def test_blocking_checkpoint_joins_a_pending_background_one(tmp_path, held_write
     _assert_reopens_to(fut.result(), digest)
 
 
+def test_checkpoint_into_a_taken_directory_is_refused_at_the_call(tmp_path):
+    """A directory that holds a checkpoint (or anything else) is refused when asked for, also
+    with ``block=False`` (not only later by the writer), and nothing is written."""
+    st = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.create_page(st, size=4)
+    mmsb.checkpoint(st, tmp_path / "taken")
+    mmsb.create_page(st, size=4)
+    for block in (True, False):
+        with pytest.raises(SerializationError, match="already holds a checkpoint"):
+            mmsb.checkpoint(st, tmp_path / "taken", block=block)
+    assert read_manifest(str(tmp_path / "taken"))["epoch"] == 1
+    mmsb.checkpoint(st)  # nothing failed in the background
+    mmsb.mmsb_stop(st)
+
+
+def _failing_background_checkpoint(st, directory, gate):
+    """A background checkpoint that fails in its writer: another one, pending at an earlier
+    epoch, writes ``directory`` first."""
+    gate.clear()
+    first = mmsb.checkpoint(st, directory, block=False)
+    mmsb.create_page(st, size=4)
+    fut = mmsb.checkpoint(st, directory, block=False)  # accepted: the directory is still empty
+    gate.set()
+    assert first.result(timeout=120) == str(directory)
+    return fut
+
+
+def test_background_checkpoint_failure_is_raised(tmp_path, held_writer):
+    st = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.create_page(st, size=4)
+    fut = _failing_background_checkpoint(st, tmp_path / "taken", held_writer)
+    with pytest.raises(SerializationError, match="already holds a checkpoint"):
+        fut.result(timeout=120)
+    with pytest.raises(SerializationError, match="background checkpoint failed"):
+        mmsb.checkpoint(st)  # the next checkpoint reports it too
+    mmsb.checkpoint(st)  # ...once; then checkpoints work again
+    mmsb.mmsb_stop(st)
+
+
+def test_stop_waits_for_and_reports_a_failed_background_checkpoint(tmp_path, held_writer):
+    st = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.create_page(st, size=4)
+    _failing_background_checkpoint(st, tmp_path / "taken", held_writer)
+    with pytest.raises(SerializationError, match="background checkpoint failed"):
+        mmsb.mmsb_stop(st)
+    assert st.closed
+
+
 def test_joined_background_failure_is_raised_once(tmp_path, held_writer):
     st = _one_page_state(tmp_path / "s")
-    held_writer.set()  # the first checkpoint goes through the (one) writer thread unheld
-    mmsb.checkpoint(st, tmp_path / "taken")
-    held_writer.clear()
-    fut = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # will fail: the directory holds one
+    first = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # held: the directory stays empty
+    mmsb.update_page(st, 0, np.zeros(16, np.float32))
+    fut = mmsb.checkpoint(st, tmp_path / "taken", block=False)  # will fail: the first writes it
     threading.Timer(0.5, held_writer.set).start()
     with pytest.raises(SerializationError, match="background checkpoint failed.*already holds a checkpoint"):
         mmsb.checkpoint(st, tmp_path / "taken")  # joins it, and reports its failure
     with pytest.raises(SerializationError, match="already holds a checkpoint"):
         fut.result(timeout=0)
-    assert st._ckpt_pending == []
+    assert st._ckpt_pending == [] and first.result(timeout=0) == str(tmp_path / "taken")
     mmsb.mmsb_stop(st)  # reported once: stopping is clean
 
 

@@ -795,6 +795,9 @@ def test_start_on_a_file_is_refused(tmp_path):
     with pytest.raises(InvalidArgumentError, match="exists and is not a directory"):
         mmsb.mmsb_start(f)
     assert f.read_text() == "x"
+    with pytest.raises(InvalidArgumentError, match=r"is below .*afile', which is not a directory"):
+        mmsb.mmsb_start(f / "below" / "it")  # names the file, not the path asked for
+    assert f.read_text() == "x"
 
 
 def test_stop_refuses_a_checkpoint_inside_the_temporary_directory():

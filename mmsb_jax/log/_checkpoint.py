@@ -25,6 +25,7 @@ import shutil
 
 import numpy as np
 
+from .._checks import existing_part
 from .._errors import SerializationError
 from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
@@ -70,17 +71,52 @@ def read_resume(directory: str, epoch: int) -> ResumePoint | None:
     return point
 
 
+#: What a checkpoint attempt that crashed before its manifest can leave in its directory (the
+#: arrays, orbax's temporary directories beside them, the resume hint, a temporary manifest).
+_LEFTOVER_PREFIXES = (ARRAYS, RESUME, MANIFEST)
+
+
+def check_new_directory(directory: str) -> str:
+    """Check that a checkpoint can be written into ``directory``, without touching anything;
+    returns it as an absolute path. It may be absent (it is created, with its parents), empty,
+    or hold only what a crashed checkpoint attempt left.
+
+    Raises:
+      SerializationError: it exists and is not a directory; a part of its path is a file; it
+        already holds a checkpoint; or it holds anything else (a state's root or log, a home
+        directory), which a checkpoint would be written in among.
+    """
+    directory = os.path.abspath(directory)
+    if os.path.exists(os.path.join(directory, MANIFEST)):
+        raise SerializationError(f"{directory!r} already holds a checkpoint; choose a new directory")
+    if os.path.isdir(directory):
+        other = sorted(e for e in os.listdir(directory) if not e.startswith(_LEFTOVER_PREFIXES))
+        if other:
+            shown = ", ".join(repr(e) for e in other[:3]) + (", ..." if len(other) > 3 else "")
+            raise SerializationError(
+                f"{directory!r} is not empty (it holds {shown}); a checkpoint needs a new or an "
+                "empty directory"
+            )
+        return directory
+    part = existing_part(directory)
+    if not os.path.isdir(part):
+        what = "exists and is not a directory" if part == directory else f"is below {part!r}, which is not a directory"
+        raise SerializationError(f"{directory!r} {what}")
+    return directory
+
+
 def prepare_directory(directory: str) -> str:
     """Make ``directory`` ready for a new checkpoint (removing arrays a crashed attempt left);
     returns it as an absolute path.
 
     Raises:
-      SerializationError: it already holds a checkpoint.
+      SerializationError: see :func:`check_new_directory`, or it cannot be created.
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(os.path.join(directory, MANIFEST)):
-        raise SerializationError(f"{directory!r} already holds a checkpoint; choose a new directory")
-    os.makedirs(directory, exist_ok=True)
+    directory = check_new_directory(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise SerializationError(f"cannot create the checkpoint directory {directory!r}: {e.strerror or e}") from None
     arrays = os.path.join(directory, ARRAYS)
     if os.path.exists(arrays):  # left over from a crashed attempt: no manifest, so not valid
         shutil.rmtree(arrays)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._errors import DeriveFunctionError, InvalidArgumentError, MMSBError, SerializationError, StateClosedError
 from ._tree_restore import check_checkpoint_trees
-from ..log._checkpoint import is_checkpoint, load_arrays, read_manifest, save_checkpoint
+from ..log._checkpoint import check_new_directory, is_checkpoint, load_arrays, read_manifest, save_checkpoint
 from ..log._directory import prune_checkpoints
 from . import _dist_checkpoint, _inputs
 from ._distributed import collective
@@ -77,6 +77,7 @@ class Checkpointing:
                     )
                 if default and is_checkpoint(directory):  # it already holds this state
                     return directory if block else _done(directory)
+                check_new_directory(directory)  # here, not only in the writer (block=False)
                 return self._write_checkpoint(directory, block, prune=default)
             if not block:
                 return joined

@@ -31,6 +31,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from .._checks import existing_part
 from .._errors import InvalidArgumentError, SerializationError, StateClosedError
 from ..log._checkpoint import read_manifest
 from . import _inputs
@@ -82,9 +83,7 @@ class MMSBCheckpointHandler(ocp.AsyncCheckpointHandler):
         from ._lifecycle import mmsb_open
 
         target = _inputs.path(args.path, "MMSBRestore(path)")
-        above = target
-        while not os.path.lexists(above):
-            above = os.path.dirname(above)
+        above = existing_part(target)
         if not os.path.isdir(above):
             raise InvalidArgumentError(f"MMSBRestore(path={target!r}): {above!r} exists and is not a directory")
         if os.path.exists(target) and os.listdir(target):

@@ -20,7 +20,7 @@ from ..adaptive import backend_report
 from ..log._directory import update_state_file
 from ..log._writer import FSYNC_MODES, MIN_SEGMENT_BYTES
 from ..deltas._delta import touches_nothing
-from .._checks import is_int
+from .._checks import existing_part, is_int
 from .._errors import (
     InvalidArgumentError,
     MMSBError,
@@ -114,7 +114,11 @@ class MMSBState(PageLifecycle, BatchRouting, Dependencies, Checkpointing, TreeJo
             try:
                 os.makedirs(self.path, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
-                raise InvalidArgumentError(f"path={self.path!r} exists and is not a directory") from None
+                part = existing_part(self.path)
+                what = "exists and is not a directory" if part == self.path else f"is below {part!r}, which is not a directory"
+                raise InvalidArgumentError(f"path={self.path!r} {what}") from None
+            except OSError as e:
+                raise InvalidArgumentError(f"path={self.path!r} cannot be made a directory: {e.strerror or e}") from None
         # reentrant; waits for the background tree writer, then applies its deferred page writes
         self._lock = JournalLock(self._apply_tree_writes)
         self._tree_buffers = HostBuffers()  # recycled host memory of queued tree steps

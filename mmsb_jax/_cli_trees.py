@@ -97,6 +97,9 @@ def cmd_bisect(args) -> int:
             bound = float(args.above[1])
         except ValueError:
             raise InvalidArgumentError(f"--above {leaf} {args.above[1]!r}: the bound must be a number") from None
+        if bound != bound:
+            raise InvalidArgumentError(f"--above {leaf} {args.above[1]!r}: the bound must be a number, not NaN "
+                                       "(no value is above NaN; --nonfinite finds NaNs)")
         what = f"max({leaf}) > {bound}"
 
         def predicate(tree):

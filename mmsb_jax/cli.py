@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,12 @@ from ._errors import InvalidArgumentError
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 _narrow = Console(width=100)  # the demo's and bench's tables and notes fit 100 columns
+
+
+def _progress() -> Progress:
+    """A transient progress bar in a terminal; none elsewhere (rich would write a blank line,
+    e.g. before an error message)."""
+    return Progress(console=console, transient=True, disable=not console.is_terminal)
 
 
 # --------------------------------------------------------------------------- demo
@@ -40,7 +47,7 @@ def cmd_demo(args) -> int:
         return out
 
     steps = 7
-    with Progress(console=console, transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("mmsb demo", total=steps)
         state = mmsb.mmsb_start(path=args.path, fsync="batch")
         progress.advance(task)
@@ -143,6 +150,18 @@ def _ratio_words(r: dict) -> str:
     return f"{ratio:.2f}x the size"
 
 
+def _writable(option: str, path: Path, *, directory: bool) -> None:
+    """Refuse an output path that cannot be written: a file where a directory is needed (or
+    the reverse), or a file where one of its parent directories would be."""
+    from ._checks import existing_part
+
+    if path.is_dir() != directory and path.exists():
+        raise InvalidArgumentError(f"{option}={str(path)!r} exists and is {'not ' if directory else ''}a directory")
+    part = existing_part(path if directory else path.parent)
+    if not os.path.isdir(part):
+        raise InvalidArgumentError(f"{option}={str(path)!r} is below {part!r}, which is not a directory")
+
+
 def cmd_bench(args) -> int:
     if args.from_json is not None:
         if args.plot is None:
@@ -157,9 +176,15 @@ def cmd_bench(args) -> int:
     if pkg is None:
         console.print("[red]no benchmarks: neither mmsb_jax.benchmarks (an installed package) nor a checkout's benchmarks/[/red]")
         return 2
-    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
-    if args.only:
-        names = [n for n in names if any(o in n for o in args.only)]
+    every = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+    names = [n for n in every if any(o in n for o in args.only)] if args.only else every
+    if not names:
+        raise InvalidArgumentError(f"--only {' '.join(args.only)}: no benchmark module's name contains any of "
+                                   f"these (the modules: {', '.join(every)})")
+    out = Path(args.out)
+    _writable("--out", out, directory=False)  # before the benchmarks run, not after
+    if args.plot is not None:
+        _writable("--plot", Path(args.plot), directory=True)
     results = []
     for name in names:
         console.print(f"[bold]{name}[/bold] ...")
@@ -190,7 +215,6 @@ def cmd_bench(args) -> int:
     _narrow.print(table)
     _narrow.print("baselines (same process, same run): " + "; ".join(
         dict.fromkeys(f"{r['baseline']}" for r in results if not r.get("skipped"))))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import jax
 
@@ -246,7 +270,7 @@ def cmd_inspect(args) -> int:
 def cmd_verify(args) -> int:
     from ._tools import verify_state
 
-    with Progress(console=console, transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("verifying checkpoints", total=None)
 
         def tick(i, total, what):
@@ -285,8 +309,10 @@ def cmd_stats(args) -> int:
     from ._errors import InvalidArgumentError
     from .telemetry._watch import files_stats, render, url_stats
 
-    if not 0 < args.interval <= 86400 or (args.count is not None and args.count < 1):  # (NaN fails too)
-        raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and at most a day (86400), and --count={args.count} >= 1")
+    if not 0 < args.interval <= 86400:  # (NaN fails too)
+        raise InvalidArgumentError(f"--interval={args.interval} must be > 0 and at most a day (86400)")
+    if args.count is not None and args.count < 1:
+        raise InvalidArgumentError(f"--count={args.count} must be at least 1")
     if args.path is None and args.url is None:
         raise InvalidArgumentError("mmsb stats needs a state directory PATH or --url URL")
     if args.watch:
@@ -351,6 +377,8 @@ def _derive_fns(args) -> dict:
 
 
 # --------------------------------------------------------------------------- main
+_PATH_HELP = "a state's directory (as given to mmsb_start) or a checkpoint directory"
+
 def build_parser() -> argparse.ArgumentParser:
     from ._cli_trees import _positive_int, cmd_bisect, cmd_diff, cmd_steps
 
@@ -369,14 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --plot: plot these results instead of running the benchmarks")
     b.set_defaults(fn=cmd_bench)
     i = sub.add_parser("inspect", help="epochs, pages, records per kind, segments, checkpoints, bytes")
-    i.add_argument("path")
+    i.add_argument("path", help=_PATH_HELP)
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
     v = sub.add_parser("verify", help="check every CRC and each checkpoint against a replay; exit 1 on any fault")
-    v.add_argument("path")
+    v.add_argument("path", help=_PATH_HELP)
     v.set_defaults(fn=cmd_verify)
     r = sub.add_parser("replay", help="rebuild the state at an epoch (optionally write it as a checkpoint)")
-    r.add_argument("path")
+    r.add_argument("path", help=_PATH_HELP)
     r.add_argument("--epoch", type=int, required=True)
     r.add_argument("--out", default=None, help="write the snapshot as a checkpoint directory")
     r.set_defaults(fn=cmd_replay)
@@ -389,28 +417,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_stats)
 
     rp = sub.add_parser("report", help="PNG plots: epoch rate, log growth, checkpoint timeline, latencies")
-    rp.add_argument("path")
+    rp.add_argument("path", help=_PATH_HELP)
     rp.add_argument("--out", required=True, help="directory for the PNG files")
     rp.set_defaults(fn=cmd_report)
     s = sub.add_parser("steps", help="the journaled steps of a tree: step, epoch, what each wrote")
-    s.add_argument("path")
-    s.add_argument("name")
+    s.add_argument("path", help=_PATH_HELP)
+    s.add_argument("name", help="the tree's name (as given to mmsb.save_tree / tree_ring)")
     s.add_argument("--limit", type=_positive_int, default=20,
                    help="show this many steps, the first and the last half (default 20)")
     s.add_argument("--all", action="store_true", help="show every step")
     s.set_defaults(fn=cmd_steps)
     df = sub.add_parser("diff", help="per leaf of a tree: elements changed, max |change|, norm, between two steps")
-    df.add_argument("path")
-    df.add_argument("name")
-    df.add_argument("a", type=int)
-    df.add_argument("b", type=int)
+    df.add_argument("path", help=_PATH_HELP)
+    df.add_argument("name", help="the tree's name (as given to mmsb.save_tree / tree_ring)")
+    df.add_argument("a", type=int, help="the step to compare from")
+    df.add_argument("b", type=int, help="the step to compare to")
     df.set_defaults(fn=cmd_diff)
     bi = sub.add_parser("bisect", help="the first step of a tree where a condition holds (bisection over replay)")
-    bi.add_argument("path")
-    bi.add_argument("name")
+    bi.add_argument("path", help=_PATH_HELP)
+    bi.add_argument("name", help="the tree's name (as given to mmsb.save_tree / tree_ring)")
     cond = bi.add_mutually_exclusive_group(required=True)
     cond.add_argument("--nonfinite", action="store_true", help="a leaf holds a NaN or an infinity")
-    cond.add_argument("--above", nargs=2, metavar=("LEAF", "VALUE"), help="max of leaf LEAF (e.g. \"['loss']\") > VALUE")
+    cond.add_argument("--above", nargs=2, metavar=("LEAF", "VALUE"),
+                      help="max of leaf LEAF (e.g. \"['loss']\") > VALUE (a number: 2.5, -1e3, -inf)")
+    # VALUE may be negative: "-1e3" and "-inf" are numbers here, not options (argparse itself
+    # takes only -5 and -.5 so)
+    bi._negative_number_matcher = re.compile(r"^-(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf|infinity)$", re.I)
     bi.set_defaults(fn=cmd_bisect)
     for sp in (v, r, st, s, df, bi):
         sp.add_argument("--derive", action="append", metavar="NAME=MODULE:FUNCTION",
@@ -425,7 +457,7 @@ def main(argv=None) -> int:
     try:
         return int(args.fn(args) or 0)
     except MMSBError as e:
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}", soft_wrap=True)  # one line, never wrapped
         return 2
 
 

@@ -224,6 +224,23 @@ def test_replay_out_checkpoint(state_dir, capsys, tmp_path, epoch):
         s.close()
 
 
+@pytest.mark.parametrize("where", ["the state itself", "its log", "below a file", "not creatable"])
+def test_replay_out_refuses_a_directory_it_cannot_take(state_dir, capsys, tmp_path, where):
+    """--out must be a new or an empty directory: one line, exit 2, nothing written."""
+    path, digest = state_dir
+    (tmp_path / "afile").write_text("x")
+    out_dir = {"the state itself": path, "its log": path / "log", "below a file": tmp_path / "afile" / "x",
+               "not creatable": "/proc/mmsb-no/x"}[where]
+    before = sorted(os.listdir(path))
+    code, out = run(capsys, "replay", path, "--epoch", 5, "--out", out_dir)
+    assert code == 2 and out.startswith("error: SerializationError") and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert sorted(os.listdir(path)) == before
+    s = mmsb.mmsb_open(path)
+    assert mmsb.state_digest(s) == digest
+    s.close()
+
+
 def test_replay_bad_epoch(state_dir, capsys):
     path, _ = state_dir
     code, out = run(capsys, "replay", path, "--epoch", -1)
@@ -306,6 +323,44 @@ def test_bench_runs_from_a_pip_installed_package(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads(out_json.read_text())["results"]
     assert {r["module"] for r in results} == {"bench_pages"} and len(results) >= 4
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--only", "no-such-bench"], "no benchmark module's name contains any of these (the modules: bench_"),
+    (["--only", "pages", "--out", "{f}/r.json"], "is below '{f}', which is not a directory"),
+    (["--only", "pages", "--out", "{d}"], "exists and is a directory"),
+    (["--only", "pages", "--plot", "{f}"], "exists and is not a directory"),
+])
+def test_bench_refuses_bad_arguments_before_running(tmp_path, capsys, argv, needle):
+    """Checked before any benchmark runs (each takes minutes): one line, exit 2."""
+    f, d = tmp_path / "afile", tmp_path / "adir"
+    f.write_text("x")
+    d.mkdir()
+    argv = [a.format(f=f, d=d) for a in argv]
+    code, out = run(capsys, "bench", *argv)
+    assert code == 2 and needle.format(f=f) in out and "bench_pages ..." not in out, out
+    assert f.read_text() == "x" and not os.listdir(d)
+
+
+def test_errors_are_one_line_with_nothing_before_them(tmp_path, capsys):
+    """No blank line from a progress bar outside a terminal, no wrapping of a long message."""
+    (tmp_path / "afile").write_text("x")
+    deep = tmp_path / ("d" * 150)
+    for argv in (["verify", tmp_path / "afile"], ["verify", deep], ["demo", "--path", tmp_path / "afile" / "x"]):
+        code, out = run(capsys, *argv)
+        assert code == 2 and out.startswith("error: ") and out.count("\n") == 1, (argv, out)
+    assert "is below" in out and "afile'" in out  # the demo names the file in the way
+
+
+def test_positional_arguments_have_help():
+    from mmsb_jax.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "cmd").choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if not action.option_strings:
+                assert action.help, (name, action.dest)
 
 
 def test_bench_ratio_words_say_the_direction():

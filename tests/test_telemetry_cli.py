@@ -102,6 +102,8 @@ def test_stats_url_reads_a_live_endpoint(capsys):
 def test_stats_refuses_bad_interval(state_dir, capsys):
     code, out = run(capsys, "stats", state_dir, "--watch", "--interval", "0")
     assert code == 2 and "--interval=0" in out
+    code, out = run(capsys, "stats", state_dir, "--watch", "--count", "0")
+    assert code == 2 and "--count=0 must be at least 1" in out and "--interval" not in out
 
 
 def test_report_writes_pngs(state_dir, tmp_path, capsys):

@@ -125,6 +125,15 @@ def test_mmsbsave_of_a_stopped_state_is_refused_before_orbax_starts(tmp_path):
 def test_cli_bisect_refuses_a_bound_that_is_not_a_number(nan_run, capsys):
     code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "abc")
     assert code == 2 and "must be a number" in out  # a usage error: exit 2, like the others
+    code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "nan")
+    assert code == 2 and "not NaN" in out  # nothing is above NaN: it would never be found
+
+
+@pytest.mark.parametrize("bound, first", [("-inf", 100), ("-1e3", 100), ("-2.5", 100), ("-5", 100), ("1.5e1", 116)])
+def test_cli_bisect_takes_negative_and_exponent_bounds(nan_run, capsys, bound, first):
+    """A negative bound is a number, not an option (argparse alone takes only -5 and -.5)."""
+    code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['n']", bound)
+    assert code == 0 and f"first step with max(['n']) > {float(bound)}: {first}" in out
 
 
 def test_find_step_after_compaction_searches_the_steps_that_can_be_restored():

@@ -51,7 +51,9 @@ class Checkpointing:
         and returns the directory (or raises its failure). Safe to call from several threads.
 
         Raises:
-          SerializationError: ``directory`` already holds a checkpoint (or, with ``block=True``,
+          SerializationError: ``directory`` already holds a checkpoint or anything else (it must
+            be new, empty, or left by a crashed checkpoint; never a state's own directory), is
+            below a file, or cannot be made (or, with ``block=True``,
             a background checkpoint of another epoch is writing it); writing failed; or an
             earlier background checkpoint failed.
           StateClosedError: the state is stopped.

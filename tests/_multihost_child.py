@@ -138,6 +138,21 @@ def scenario_diverge(mmsb, mesh, me, work, params):
     return out
 
 
+def _lock_is_free(path) -> bool:
+    """Whether nothing in this process (a leaked log) holds the flock of ``path``."""
+    import fcntl
+
+    if not os.path.exists(path):
+        return True
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
 def scenario_bad_input(mmsb, mesh, me, work, params):
     """Bad input to a distributed state: a clear error in every process, nothing created or
     changed (a wrong page id inside an agreed operation, options only a distributed state has)."""
@@ -147,6 +162,7 @@ def scenario_bad_input(mmsb, mesh, me, work, params):
     for name, call in [
         ("path_none", lambda: mmsb.mmsb_start(None, mesh=mesh)),
         ("peer_timeout", lambda: mmsb.mmsb_start(os.path.join(work, "bad"), mesh=mesh, peer_timeout=-1)),
+        ("per_host", lambda: mmsb.mmsb_start(os.path.join(work, f"host{me}"), mesh=mesh)),
     ]:
         try:
             call()
@@ -154,6 +170,7 @@ def scenario_bad_input(mmsb, mesh, me, work, params):
         except mmsb.MMSBError as e:
             out[name] = [type(e).__name__, str(e)]
     out["bad_dir_created"] = os.path.exists(os.path.join(work, "bad", "mmsb-state.json"))
+    out["per_host_lock_free"] = _lock_is_free(os.path.join(work, f"host{me}", "log", "tlog.lock"))
     state = mmsb.mmsb_start(os.path.join(work, "good"), mesh=mesh, peer_timeout=60)
     page = mmsb.create_page(state, size=4, dtype=jnp.float32)
     digest = mmsb.state_digest(state)

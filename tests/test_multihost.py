@@ -205,6 +205,9 @@ def test_bad_input_to_a_distributed_state(two):
         assert res["path_none"][0] == "InvalidArgumentError" and "path=" in res["path_none"][1]
         assert res["peer_timeout"][0] == "InvalidArgumentError" and "peer_timeout=-1" in res["peer_timeout"][1]
         assert not res["bad_dir_created"]
+        kind, msg = res["per_host"]  # a directory per host: the same error in every process
+        assert kind == "SerializationError" and "process 1 of 2 does not see the stamp" in msg, msg
+        assert res["per_host_lock_free"]  # process 0 let go of its log (and its lock)
         assert res["page"][0] == "PageNotFoundError" and "page_id=7" in res["page"][1]
         assert res["unchanged"] and res["after"] == 2
         assert res["policy"] == "fixed"

@@ -321,18 +321,21 @@ class Coordinator:
         _, shared = self.everywhere("open the log", open_writer, share=lambda nonce: nonce)
         self.nonce = shared[0]
 
-        def check_stamp():
+        def sees_stamp() -> bool:
             try:
-                seen = read_checked_json(stamp, "writer stamp").get("nonce")
+                return read_checked_json(stamp, "writer stamp").get("nonce") == self.nonce
             except SerializationError:
-                seen = None
-            if seen != self.nonce:
-                raise SerializationError(
-                    f"process {self.index} does not see the stamp process 0 just wrote to {stamp!r}: a "
-                    "distributed state's directory must lie on a filesystem every process shares"
-                )
+                return False
 
-        self.everywhere("check the shared directory", check_stamp)
+        _, seen = self.everywhere("check the shared directory", sees_stamp, share=lambda ok: "1" if ok else "0")
+        blind = [q for q, ok in enumerate(seen) if ok != "1"]
+        if blind:  # the same error in every process (not a divergence: they agree on who is blind)
+            raise SerializationError(
+                f"process{'es' if len(blind) > 1 else ''} {', '.join(map(str, blind))} of {self.count} "
+                f"{'do' if len(blind) > 1 else 'does'} not see the stamp process 0 just wrote to {stamp!r}: "
+                "a distributed state's directory must lie on a filesystem every process shares (a "
+                "directory per host is refused: the processes would replay different logs)"
+            )
 
 
 _PEER_WORDS = ("gloo", "nccl", "connection", "unavailable", "deadline_exceeded", "coordination service", "peer")

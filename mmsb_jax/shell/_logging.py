@@ -88,7 +88,13 @@ class Logging:
         """Start journaling into ``<path>/log`` (after any replay); in a distributed state,
         process 0 writes the log and the others follow (see ``shell/_distributed``)."""
         if self._dist is not None:
-            self._dist.open_log(self, recovery)
+            try:
+                self._dist.open_log(self, recovery)
+            except BaseException:  # e.g. a directory per host: process 0 lets go of its log
+                if self._log is not None:
+                    self._log.close()
+                    self._log = None
+                raise
         else:
             self._open_writer_log(recovery)
 

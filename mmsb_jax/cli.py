@@ -162,6 +162,30 @@ def _writable(option: str, path: Path, *, directory: bool) -> None:
         raise InvalidArgumentError(f"{option}={str(path)!r} is below {part!r}, which is not a directory")
 
 
+def _bench_table(results: list[dict], quick: bool) -> Table:
+    """The results as a table that fits 100 columns (cells wrap; the JSON has every full name
+    and field); a skipped case's reason is printed below it."""
+    table = Table(title="mmsb bench" + (" (quick)" if quick else ""), expand=False)
+    widths = {"case": (18, 30), "value": (8, 12), "baseline": (8, 12), "ratio": (9, 14), "target": (12, 24),
+              "met": (3, 3)}
+    for col, (least, most) in widths.items():
+        table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold",
+                         min_width=least, max_width=most)
+    for r in results:
+        if r.get("skipped"):  # its reason goes below the table (see _skip_notes)
+            table.add_row(r["case"], "skipped", "-", "-", r.get("target", ""), "-")
+            continue
+        table.add_row(
+            r["case"],
+            f"{r['value']:.4g} {r['unit']}",
+            f"{r['baseline_value']:.4g} {r.get('baseline_unit', r['unit'])}",
+            _ratio_words(r),
+            r["target"],
+            "yes" if r["met"] else "NO",
+        )
+    return table
+
+
 def cmd_bench(args) -> int:
     if args.from_json is not None:
         if args.plot is None:
@@ -195,24 +219,11 @@ def cmd_bench(args) -> int:
             r["module"] = name
         results.extend(rows)
         console.print(f"  done in {time.perf_counter() - t0:.1f} s")
-    # The table fits 100 columns (cells wrap); the JSON has every full name and field.
-    table = Table(title="mmsb bench" + (" (quick)" if args.quick else ""), expand=False)
-    for col in ("case", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold",
-                         min_width=28 if col == "case" else None)
+    table = _bench_table(results, args.quick)
+    _narrow.print(table)
     for r in results:
         if r.get("skipped"):
-            table.add_row(r["case"], "-", "-", "-", r.get("target", ""), f"skipped: {r['skipped']}")
-            continue
-        table.add_row(
-            r["case"],
-            f"{r['value']:.4g} {r['unit']}",
-            f"{r['baseline_value']:.4g} {r.get('baseline_unit', r['unit'])}",
-            _ratio_words(r),
-            r["target"],
-            "yes" if r["met"] else "NO",
-        )
-    _narrow.print(table)
+            _narrow.print(f"skipped: {r['case']}: {r['skipped']}")
     _narrow.print("baselines (same process, same run): " + "; ".join(
         dict.fromkeys(f"{r['baseline']}" for r in results if not r.get("skipped"))))
     out.parent.mkdir(parents=True, exist_ok=True)

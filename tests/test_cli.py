@@ -379,3 +379,32 @@ def test_bench_ratio_words_say_the_direction():
     assert _ratio_words(row(4.49, 1.0, higher_is_better=False, ratio_as="time")) == "4.49x the time"
     assert _ratio_words(row(1.0, 100.0, higher_is_better=False, ratio_as="size")) == "0.01x the size"
     assert _ratio_words(row(3.0, 0.0, ratio_as="none")) == "-"
+
+
+def test_bench_table_fits_100_columns_with_every_met_cell():
+    """The bench table outside a terminal: no line past 100 columns (rich crops, it does not
+    wrap, a table wider than its console: the "met" column was cut off), a met cell per row,
+    long case names and skip reasons included (a skip reason is printed below the table)."""
+    from rich.console import Console
+
+    from benchmarks._harness import result
+    from mmsb_jax.cli import _bench_table
+
+    rows = [result("journal/MLP 1M params + Adam, record_tree every step, drain every 16: loop time per step",
+                   value=46.83, unit="ms", baseline="max(unlogged loop, plain writes of the same bytes)",
+                   baseline_value=37.2, higher_is_better=False, ratio_as="time", target="<= 1.10x the bound",
+                   met=False),
+            result("journal/embedding 100k x 64, 256 rows per step, 1000 steps: journal bytes per step",
+                   value=2.8e5, unit="B", baseline="one orbax checkpoint", baseline_value=2.366e7,
+                   higher_is_better=False, ratio_as="size", target="<= 1/50 of one orbax checkpoint per step",
+                   met=True),
+            {"case": "pages/a case whose name is long enough to wrap over several lines of the table",
+             "skipped": "needs a GPU: no accelerator on this machine, so nothing was measured", "target": "<= 5 us"}]
+    console = Console(width=100, record=True)
+    with console.capture() as cap:
+        console.print(_bench_table(rows, quick=False))
+    lines = cap.get().splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    assert lines[2].rstrip().endswith("┃ met ┃")
+    cells = [ln.split("│")[-2].strip() for ln in lines if ln.startswith("│") and ln.split("│")[-2].strip()]
+    assert cells == ["NO", "yes", "-"]

@@ -156,8 +156,15 @@ def host_rows(array: jax.Array, rows, sharding=None) -> np.ndarray:
     every process gets the rows.
     """
     rows = np.asarray(rows, np.int64).reshape(-1)
-    if array.is_fully_addressable:  # one row: gathered on the device; many: the arena copied once
-        return np.asarray(array[int(rows[0])])[None] if rows.size == 1 else np.asarray(array)[rows]
+    if array.is_fully_addressable:  # one row: read on its device; many: the arena copied once
+        if rows.size == 1:
+            row = int(rows[0])
+            for shard in array.addressable_shards:  # (indexing a sharded array on the devices
+                # is an all-reduce of the shards' parts, which flushes subnormal floats to zero)
+                start, stop, _ = shard.index[0].indices(array.shape[0]) if shard.index else (0, 1, 1)
+                if start <= row < stop:
+                    return np.asarray(shard.data[row - start])[None]
+        return np.asarray(array)[rows]
     read = _read_rows(sharding)
     row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
     per = max(1, _HOST_CHUNK_BYTES // row_bytes)

@@ -288,6 +288,10 @@ class PagePool:
         checkpoint stores, whatever the layout (free slots read as zeros)."""
         n = max(self.high_water, 1)
         if self._map is None:
+            if self.sharding is not None:  # assembled on the host from the shards, bit for bit
+                # (XLA partitions a device slice of a sharded arena into an all-reduce of the
+                # shards' parts, which flushes subnormal floats to zero: they were saved as zeros)
+                return np.array(np.asarray(self.array)[:n])
             return np.asarray(self.array[:n])
         out = np.zeros((n, *self.shape), self.dtype)
         rows = np.flatnonzero(self._map.slot_of[: self.capacity] >= 0)

@@ -27,7 +27,8 @@ from jax.sharding import PartitionSpec as P
 
 from ._delta import apply_delta, bit_equal
 from ..pages import bucket, moved, pool_jit, unmoved
-from ._router import apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_rows, zero_slots
+from ._router import (apply_at, apply_rows, read_slot, scatter_unique, write_diff, write_page_rows, write_rows,
+                      zero_slots)
 
 
 class PoolOps(NamedTuple):
@@ -40,9 +41,11 @@ class PoolOps(NamedTuple):
     write_rows: Any  # (pool, slots, rows) -> pool; distinct slots, padding past the end
     scatter_unique: Any  # (pool, flat targets, values) -> pool; unique targets, padding past the end
     zero_slots: Any  # (pool, slots) -> pool; padding past the end
+    write_page_rows: Any  # (pool, slot, rows, values) -> pool; distinct rows of one page, padding past its end
 
 
-SINGLE_DEVICE = PoolOps(write_diff, apply_at, read_slot, apply_rows, write_rows, scatter_unique, zero_slots)
+SINGLE_DEVICE = PoolOps(write_diff, apply_at, read_slot, apply_rows, write_rows, scatter_unique, zero_slots,
+                        write_page_rows)
 
 
 def _as_bits(x):
@@ -129,6 +132,12 @@ def sharded_ops(sharding) -> PoolOps:
         flat = moved(p.reshape(-1)).at[local].set(moved(values.astype(p.dtype)), mode="drop", unique_indices=True)
         return unmoved(flat, p.dtype).reshape(p.shape)
 
+    def _write_page_rows(p, slot, rows, values):
+        row, mine = owned(p, slot)
+        rows = jnp.where(mine, rows, p.shape[1])  # not this shard's page: every row is padding
+        out = moved(p).at[row, rows].set(moved(values.astype(p.dtype)), mode="drop", unique_indices=True)
+        return unmoved(out, p.dtype)
+
     def on_shards(fn, n_rest: int, out_specs, *, update: bool = True):
         mapped = jax.shard_map(fn, mesh=mesh, in_specs=(pool_spec,) + (P(),) * n_rest, out_specs=out_specs)
         return pool_jit(mapped) if update else jax.jit(mapped)
@@ -141,6 +150,7 @@ def sharded_ops(sharding) -> PoolOps:
         write_rows=on_shards(_write_rows, 2, pool_spec),
         scatter_unique=on_shards(_scatter_unique, 2, pool_spec),
         zero_slots=on_shards(_zero_slots, 1, pool_spec),
+        write_page_rows=on_shards(_write_page_rows, 3, pool_spec),
     )
 
 

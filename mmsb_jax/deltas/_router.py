@@ -306,6 +306,15 @@ def write_rows(pool, slots, rows):
 
 
 @pool_jit
+def write_page_rows(pool, slot, rows, values):
+    """``pool[slot][rows[i]] = values[i]`` along the page's leading axis, for distinct rows;
+    rows past the page's end are padding (dropped): a write of many rows of one large page
+    without taking the page off the device (e.g. a replayed tail of tree steps)."""
+    out = moved(pool).at[slot, rows].set(moved(values.astype(pool.dtype)), mode="drop", unique_indices=True)
+    return unmoved(out, pool.dtype)
+
+
+@pool_jit
 def zero_slots(pool, slots):
     """Zero ``pool[slots]``; slots past the end are padding (they may repeat)."""
     bits = moved(pool)  # (a bfloat16 scatter would quiet the NaN payloads of every other slot)

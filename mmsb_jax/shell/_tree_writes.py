@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..pages import bucket
+
 _SAMPLE = 64  # elements probed before scanning a large leaf
 
 
@@ -178,6 +180,17 @@ class PageWrites:
                 targets, values = _resolved(rest)  # (the scatter runs the observers itself)
                 state._apply_sparse_rows(np.array([pid], np.int64), targets.astype(np.int32)[None],
                                          values[None], kernel)
+            elif lead is None and _leading_rows(rest, pool):
+                # many rows of the page's leading axis (e.g. a replayed tail of an embedding's
+                # steps): written on the device, the page never taken off it and back
+                rows, values = _resolved_rows(rest)
+                m = bucket(rows.size, minimum=1, steps=8)
+                padded = np.full(m, pool.shape[0], np.int32)  # padding: past the page's end, dropped
+                padded[: rows.size] = rows
+                block = np.zeros((m, *pool.shape[1:]), pool.dtype)
+                block[: rows.size] = values.reshape(-1, *pool.shape[1:])
+                pool.array = pool.ops.write_page_rows(pool.array, np.int32(slot), padded, block)
+                state._after_write(pool, [slot])
             else:
                 page = lead.values.copy() if lead is not None else state._page_base(pid).reshape(-1)
                 for _, w in rest:
@@ -204,6 +217,24 @@ def _assign(page: np.ndarray, w: Write) -> None:
         page.reshape(-1, w.row_len)[idx] = values.reshape(-1, w.row_len)
     else:
         page[idx] = values
+
+
+def _leading_rows(writes, pool) -> bool:
+    """Whether every one of ``writes`` writes whole rows of the page's leading axis."""
+    return len(pool.shape) >= 2 and all(
+        w.kind == "rows" and w.row_len * pool.shape[0] == pool.page_elems for _, w in writes)
+
+
+def _resolved_rows(writes) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (ascending, each once: its last value) and their values, ``(rows, row_len)``,
+    of row writes ``[(epoch, Write), ...]`` in order."""
+    row_len = writes[0][1].row_len
+    rows = np.concatenate([w.rows for _, w in writes]).astype(np.int32, copy=False)
+    values = np.concatenate([w.values.reshape(-1, row_len) for _, w in writes])
+    if len(writes) > 1 or not bool(np.all(rows[1:] > rows[:-1])):
+        keep = _last_per_target(rows)
+        rows, values = rows[keep], values[keep]
+    return rows, values
 
 
 def _resolved(writes) -> tuple[np.ndarray, np.ndarray]:

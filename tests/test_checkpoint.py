@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -166,7 +167,17 @@ def test_checkpoint_roundtrip_twice(copy_of, tmp_path):
 def test_arrays_restore_with_orbax_alone(saved):
     path, before = saved
     tree = ocp.StandardCheckpointer().restore(os.path.join(path, "arrays"))
-    pools, table = tree["pools"], tree["page_table"]
+    with open(os.path.join(path, "manifest.json")) as f:
+        layout = {e["key"]: e for e in json.load(f)["tables"]}
+    packed = np.asarray(tree["tables"])  # the small arrays, as the manifest's "tables" lists them
+
+    def unpack(key):
+        e = layout[key]
+        size = int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize
+        return packed[e["offset"]: e["offset"] + size].view(e["dtype"]).reshape(e["shape"])
+
+    pools, table = tree["pools"], {c: unpack(f"page_table/{c}") for c in ("id", "pool", "slot", "epoch")}
+    assert sorted(tree) == ["pools", "tables"] and unpack("epoch").tolist() == [before["epoch"]]
     assert sorted(pools) == ["pool_0", "pool_1", "pool_2"]
     specs = {"pool_0": ((5,), np.int32), "pool_1": ((2, 3), np.float32), "pool_2": ((3,), np.bool_)}
     for name, (shape, dtype) in specs.items():
@@ -185,6 +196,77 @@ def test_manifest_is_json_with_epoch(saved):
         manifest = json.load(f)
     assert manifest["epoch"] == before["epoch"]
     assert manifest["next_page_id"] == 7
+
+
+def test_version_2_checkpoints_still_open(tmp_path, monkeypatch):
+    """A checkpoint written before the small arrays were packed (version 2: each its own orbax
+    array) opens as it did, trees and dependencies included."""
+    from mmsb_jax.log import _checkpoint
+
+    s = mmsb.mmsb_start(tmp_path / "s")
+    a, b = (int(i) for i in mmsb.create_pages(s, 2, size=4, dtype=jnp.float32))
+    mmsb.add_dependency(s, a, b, weight=2.0)
+    mmsb.update_page(s, a, np.arange(4, dtype=np.float32))
+    mmsb.save_tree(s, "t", {"w": np.ones(3, np.float32), "n": np.int32(1)}, step=5)
+    digest = mmsb.state_digest(s)
+    with monkeypatch.context() as m:  # written as version 2 did
+        m.setattr(_checkpoint, "VERSION", 2)
+        m.setattr(_checkpoint, "packed", lambda tree, manifest: (tree, manifest))
+        old = mmsb.checkpoint(s, tmp_path / "v2")
+    mmsb.mmsb_stop(s)
+    tree = ocp.StandardCheckpointer().restore(os.path.join(old, "arrays"))
+    assert "page_table" in tree and "tables" not in tree and json.loads(_read(old))["version"] == 2
+    reopened = mmsb.mmsb_open(old)
+    assert mmsb.state_digest(reopened) == digest and reopened.recovery_report.skipped_checkpoints == []
+    assert mmsb.load_tree(reopened, "t")["n"] == 1 and mmsb.tree_steps(reopened, "t") == [(5, 4)]
+    reopened.close()
+
+
+BAD_LAYOUTS = {
+    "not a list": ({"key": "epoch"}, "is not a list"),
+    "missing field": ([{"key": "epoch", "dtype": "int64", "shape": [1]}], "is not {key, dtype, shape, offset}"),
+    "past the end": ([{"key": "epoch", "dtype": "int64", "shape": [1], "offset": 16}], "does not lie in order"),
+    "a huge shape": ([{"key": "epoch", "dtype": "int64", "shape": [2**40], "offset": 0}], "does not lie in order"),
+    "overlapping": ([{"key": "a", "dtype": "int64", "shape": [2], "offset": 0},
+                     {"key": "b", "dtype": "int64", "shape": [1], "offset": 8}], "does not lie in order"),
+    "unaligned": ([{"key": "a", "dtype": "uint8", "shape": [1], "offset": 3}], "does not lie in order"),
+    "negative shape": ([{"key": "a", "dtype": "int64", "shape": [-1], "offset": 0}], "has shape"),
+    "unknown dtype": ([{"key": "a", "dtype": "object", "shape": [1], "offset": 0}], "has dtype 'object'"),
+    "a pool's key": ([{"key": "pools/pool_0", "dtype": "int64", "shape": [1], "offset": 0}], "entry key"),
+    "a path key": ([{"key": "../x", "dtype": "int64", "shape": [1], "offset": 0}], "entry key"),
+    "listed twice": ([{"key": "a", "dtype": "int64", "shape": [1], "offset": 0},
+                      {"key": "a", "dtype": "int64", "shape": [1], "offset": 8}], "listed twice"),
+    "below an array": ([{"key": "a", "dtype": "int64", "shape": [1], "offset": 0},
+                        {"key": "a/b", "dtype": "int64", "shape": [1], "offset": 8}], "below an array"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LAYOUTS))
+def test_packed_tables_never_trust_the_layout(case):
+    """The manifest's layout of the packed arrays is checked against the packed bytes: an
+    entry outside them, overlapping another, or naming an unknown dtype is refused, named."""
+    from mmsb_jax.log._tables import unpack_tables
+
+    layout, needle = BAD_LAYOUTS[case]
+    with pytest.raises(SerializationError, match=re.escape(needle)):
+        unpack_tables({"tables": np.zeros(16, np.uint8)}, layout, "ck")
+
+
+def test_packed_tables_round_trip_every_dtype_and_shape():
+    from mmsb_jax.log._tables import pack_tables, unpack_tables
+
+    rng = np.random.default_rng(0)
+    tree = {"pools": {"pool_0": np.ones((2, 3), np.float32)}, "epoch": np.array([9], np.int64),
+            "g": {"w": rng.standard_normal(5), "t": np.arange(3, dtype=np.int8), "e": np.zeros(0, np.int64),
+                  "big_endian": np.arange(4, dtype=">i4"), "b": np.array([True, False])},
+            "s": np.arange(7, dtype=np.uint8)}
+    packed, layout = pack_tables(tree)
+    assert sorted(packed) == ["pools", "tables"] and packed["pools"] is tree["pools"]
+    back = unpack_tables(packed, layout, "ck")
+    for key in ("w", "t", "e", "big_endian", "b"):
+        want = tree["g"][key]
+        assert back["g"][key].shape == want.shape and np.array_equal(back["g"][key], want), key
+    assert back["epoch"].tolist() == [9] and back["s"].tolist() == list(range(7))
 
 
 # --------------------------------------------------------------------------- empty states

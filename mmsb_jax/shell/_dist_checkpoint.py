@@ -35,9 +35,11 @@ from ..log._checkpoint import (
     ARRAYS,
     checked_rows,
     leaves_by_key,
+    packed,
     prepare_directory,
     restore_arrays,
     saved_leaves,
+    unpacked,
     write_arrays,
     write_manifest,
 )
@@ -79,6 +81,7 @@ def submit(state, directory: str, manifest: dict, tree: dict):
         lambda: prepare_directory(directory) if dist.is_writer else os.path.abspath(directory),
     )
     ticket = f"ckpt{next(dist.tickets)}"
+    tree, manifest = packed(tree, manifest)
     return state._ckpt_pool.submit(_write, dist, ticket, directory, manifest, tree)
 
 
@@ -189,7 +192,7 @@ def load(state, directory: str, manifest: dict) -> dict:
         for k in path:
             node = node.setdefault(k, {})
         node[leaf] = arr
-    return out
+    return unpacked(out, manifest, directory)
 
 
 def _high_water(manifest: dict, key: str) -> int:

@@ -10,6 +10,7 @@ from . import _inputs
 from ._distributed import collective
 
 from ..deltas._delta import AccumulateDelta, DenseDelta, SparseDelta, touches_nothing
+from .._compat import is_tracer
 from .._errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from ..pages import bucket
 from ..deltas._rounds import ROUNDS_FROM, apply_rounds
@@ -207,7 +208,8 @@ class BatchRouting:
         from ..deltas._ring import DeltaRing, ring_cleared, ring_contents
 
         if isinstance(ring, TreeRing):
-            _inputs.refuse_tracers("the ring", ring)
+            if any(is_tracer(x) for x in (ring.count, ring.steps, *ring.buffers)):  # its only arrays
+                _inputs.refuse_tracers("the ring", ring)
             return self._drain_tree_ring(ring)
         if not isinstance(ring, DeltaRing):
             raise InvalidArgumentError(

@@ -14,6 +14,7 @@ the journaled values later, when an operation needs them (:meth:`._tree_jobs.Tre
 from __future__ import annotations
 
 import bisect
+import math
 
 import jax
 import numpy as np
@@ -336,7 +337,7 @@ class TreeJournal(TreeJobs):
         return empty_tree_ring(name, spec.text, td, shapes, dtypes, steps, device)
 
     def _drain_tree_ring(self, ring):
-        if np.ndim(ring.count) != 0:
+        if getattr(ring.count, "ndim", None) != 0 and np.ndim(ring.count) != 0:  # (the attribute: 10x faster)
             raise InvalidArgumentError(
                 f"this tree ring has a batch axis (count of shape {np.shape(ring.count)}): it went through "
                 "jax.vmap, which cannot share one ring; record each step from the unbatched loop")
@@ -350,7 +351,7 @@ class TreeJournal(TreeJobs):
         if count == 0:
             return None, ring
         steps = steps.tolist()
-        nbytes = sum(b.nbytes // ring.capacity * count for b in ring.buffers)
+        nbytes = count * sum(math.prod(b.shape[1:]) * b.dtype.itemsize for b in ring.buffers)
         with self._lock.journaling(nbytes):
             self._check_open()
             name = check_name(ring.name)

@@ -15,7 +15,8 @@ main function's name, so the package does not re-export those)::
     from pallas_kernels.segment_reduce import gather_segment_reduce_csr
 
 Every kernel runs anywhere with ``interpret=True``; compiled, it targets NVIDIA GPUs through
-Pallas' Triton lowering. This package depends on ``mmsb_jax.semirings`` only (the shell
+Pallas' Triton lowering. This package depends on ``mmsb_jax.semirings`` and ``mmsb_jax._errors`` only
+(bad arguments raise ``InvalidArgumentError``, an ``MMSBError`` and a ``ValueError``; the shell
 imports it lazily, when the policy picks a kernel).
 """
 

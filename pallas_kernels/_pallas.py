@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from mmsb_jax._errors import InvalidArgumentError
+
 try:  # the Triton lowering and its masked load/store (deprecated on jax 0.11, still there)
     from jax.experimental.pallas import triton as _plt
 
@@ -86,7 +88,7 @@ def next_pow2(n: int) -> int:
 def check_pow2(name: str, value: int) -> int:
     value = int(value)
     if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 1 (GPU blocks are), got {name}={value}")
+        raise InvalidArgumentError(f"{name} must be a power of two >= 1 (GPU blocks are), got {name}={value}")
     return value
 
 

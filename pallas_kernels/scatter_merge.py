@@ -52,6 +52,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from mmsb_jax._errors import InvalidArgumentError
 from mmsb_jax.semirings import Semiring
 
 from . import _pallas
@@ -71,9 +72,9 @@ def delta_kind(mask=None, indices=None, semiring=None) -> str:
     """``"dense"``, ``"sparse"``, ``"accumulate"`` or ``"overwrite"`` from the given arguments."""
     given = [n for n, v in (("mask", mask), ("indices", indices), ("semiring", semiring)) if v is not None]
     if len(given) > 1:
-        raise ValueError(f"scatter_merge takes at most one of mask=, indices=, semiring=; got {given}")
+        raise InvalidArgumentError(f"scatter_merge takes at most one of mask=, indices=, semiring=; got {given}")
     if semiring is not None and not isinstance(semiring, Semiring):
-        raise ValueError(f"semiring must be a mmsb_jax.semirings.Semiring record, got {semiring!r}")
+        raise InvalidArgumentError(f"semiring must be a mmsb_jax.semirings.Semiring record, got {semiring!r}")
     return {"mask": "dense", "indices": "sparse", "semiring": "accumulate"}.get(given[0] if given else "", "overwrite")
 
 
@@ -86,27 +87,27 @@ def _coerce(pool, slots, payload, mask, indices):
 def _check(pool, slots, payload, mask, indices, semiring) -> str:
     kind = delta_kind(mask, indices, semiring)
     if pool.ndim < 1:
-        raise ValueError(f"pool must be (num_slots, *page_shape), got pool.shape={pool.shape}")
+        raise InvalidArgumentError(f"pool must be (num_slots, *page_shape), got pool.shape={pool.shape}")
     if slots.ndim != 1 or not jnp.issubdtype(slots.dtype, jnp.integer):
-        raise ValueError(f"slots must be a 1-D integer array, got slots.shape={slots.shape}, slots.dtype={slots.dtype}")
+        raise InvalidArgumentError(f"slots must be a 1-D integer array, got slots.shape={slots.shape}, slots.dtype={slots.dtype}")
     n = slots.shape[0]
     if payload.dtype != pool.dtype:
-        raise ValueError(f"payload.dtype={payload.dtype} must equal pool.dtype={pool.dtype}")
+        raise InvalidArgumentError(f"payload.dtype={payload.dtype} must equal pool.dtype={pool.dtype}")
     page = pool.shape[1:]
     if kind == "sparse":
         if indices.ndim != 2 or indices.shape[0] != n or not jnp.issubdtype(indices.dtype, jnp.integer):
-            raise ValueError(f"indices must be integer (len(slots), k)=({n}, k), got indices.shape={indices.shape}, "
+            raise InvalidArgumentError(f"indices must be integer (len(slots), k)=({n}, k), got indices.shape={indices.shape}, "
                              f"indices.dtype={indices.dtype}")
         if payload.shape != indices.shape:
-            raise ValueError(f"sparse payload (values) must have indices' shape {indices.shape}, got payload.shape={payload.shape}")
+            raise InvalidArgumentError(f"sparse payload (values) must have indices' shape {indices.shape}, got payload.shape={payload.shape}")
         return kind
     if payload.shape != (n,) + page:
-        raise ValueError(f"payload must be (len(slots), *page_shape)={(n,) + page}, got payload.shape={payload.shape}")
+        raise InvalidArgumentError(f"payload must be (len(slots), *page_shape)={(n,) + page}, got payload.shape={payload.shape}")
     if kind == "dense" and (mask.shape != payload.shape or mask.dtype != jnp.bool_):
-        raise ValueError(f"mask must be bool with payload's shape {payload.shape}, got mask.shape={mask.shape}, "
+        raise InvalidArgumentError(f"mask must be bool with payload's shape {payload.shape}, got mask.shape={mask.shape}, "
                          f"mask.dtype={mask.dtype}")
     if kind == "accumulate" and not semiring.accepts(pool.dtype):
-        raise ValueError(f"semiring {semiring.name!r} works on {semiring.dtype_kind} pages, got pool.dtype={pool.dtype}")
+        raise InvalidArgumentError(f"semiring {semiring.name!r} works on {semiring.dtype_kind} pages, got pool.dtype={pool.dtype}")
     return kind
 
 
@@ -118,7 +119,7 @@ def _check_unique(slots, num_slots: int) -> None:
     s = s[(s >= 0) & (s < num_slots)]
     vals, counts = np.unique(s, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unique_slots=True but slots repeat: slot(s) {vals[counts > 1][:8].tolist()} appear more than once; "
             "merge the deltas per page first or pass unique_slots=False"
         )
@@ -454,7 +455,7 @@ def scatter_merge(pool, slots, payload, *, mask=None, indices=None, semiring=Non
       The new pool (in place when the caller's ``jit`` donates ``pool``).
 
     Raises:
-      ValueError: shapes/dtypes do not fit, conflicting delta kinds, a block size that is not a
+      InvalidArgumentError (an MMSBError and a ValueError): shapes/dtypes do not fit, conflicting delta kinds, a block size that is not a
         power of two, or ``unique_slots=True`` with repeated concrete slots.
     """
     pool, slots, payload, mask, indices = _coerce(pool, slots, payload, mask, indices)

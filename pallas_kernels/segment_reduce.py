@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from mmsb_jax._errors import InvalidArgumentError
 from mmsb_jax.semirings import Semiring
 
 from . import _pallas
@@ -77,10 +78,10 @@ def csr_from_segment_ids(segment_ids, num_segments: int, *, indices_are_sorted: 
     """
     ids = jnp.asarray(segment_ids)
     if ids.ndim != 1 or not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise ValueError(f"segment_ids must be a 1-D integer array, got shape={ids.shape}, dtype={ids.dtype}")
+        raise InvalidArgumentError(f"segment_ids must be a 1-D integer array, got shape={ids.shape}, dtype={ids.dtype}")
     num_segments = int(num_segments)
     if num_segments < 0:
-        raise ValueError(f"num_segments must be >= 0, got num_segments={num_segments}")
+        raise InvalidArgumentError(f"num_segments must be >= 0, got num_segments={num_segments}")
     ids = ids.astype(jnp.int32)
     bounds = jnp.arange(num_segments + 1, dtype=jnp.int32)
     if indices_are_sorted:
@@ -104,24 +105,24 @@ def segment_ids_from_csr(offsets, num_entries: int):
 # --------------------------------------------------------------------------- checks
 def _check_semiring(semiring, dtype, what: str):
     if not isinstance(semiring, Semiring):
-        raise ValueError(f"semiring must be a mmsb_jax.semirings.Semiring record, got {semiring!r}")
+        raise InvalidArgumentError(f"semiring must be a mmsb_jax.semirings.Semiring record, got {semiring!r}")
     if not semiring.accepts(dtype):
-        raise ValueError(f"semiring {semiring.name!r} works on {semiring.dtype_kind} arrays, got {what}.dtype={dtype}")
+        raise InvalidArgumentError(f"semiring {semiring.name!r} works on {semiring.dtype_kind} arrays, got {what}.dtype={dtype}")
 
 
 def _check_weights(weights, num_edges: int, feat: tuple, dtype):
     if weights is None:
         return
     if weights.dtype != dtype:
-        raise ValueError(f"weights.dtype={weights.dtype} must equal the data dtype {dtype}")
+        raise InvalidArgumentError(f"weights.dtype={weights.dtype} must equal the data dtype {dtype}")
     if weights.shape not in ((num_edges,), (num_edges,) + feat):
-        raise ValueError(f"weights must be (E,)={(num_edges,)} or (E, *features)={(num_edges,) + feat}, "
+        raise InvalidArgumentError(f"weights must be (E,)={(num_edges,)} or (E, *features)={(num_edges,) + feat}, "
                          f"got weights.shape={weights.shape}")
 
 
 def _check_int(name, a, ndim=1):
     if a.ndim != ndim or not jnp.issubdtype(a.dtype, jnp.integer):
-        raise ValueError(f"{name} must be a {ndim}-D integer array, got {name}.shape={a.shape}, {name}.dtype={a.dtype}")
+        raise InvalidArgumentError(f"{name} must be a {ndim}-D integer array, got {name}.shape={a.shape}, {name}.dtype={a.dtype}")
 
 
 def _bcast_w(w, ndim: int):
@@ -305,7 +306,7 @@ def segment_reduce_csr(data, offsets, semiring: Semiring, *, block_segments=None
     _check_semiring(semiring, data.dtype, "data")
     _check_int("offsets", offsets)
     if data.ndim < 1 or offsets.shape[0] < 1:
-        raise ValueError(f"need data (E, *features) and offsets (N + 1,), got {data.shape=}, {offsets.shape=}")
+        raise InvalidArgumentError(f"need data (E, *features) and offsets (N + 1,), got {data.shape=}, {offsets.shape=}")
     cfg = _cfg(semiring, block_segments, block_features, num_warps, interpret)
     return _csr_jit(data, None, None, offsets, cfg=cfg)
 
@@ -332,7 +333,7 @@ def gather_segment_reduce_csr(x, src, weights, offsets, semiring: Semiring, *, b
     _check_int("src", src)
     _check_int("offsets", offsets)
     if x.ndim < 1 or offsets.shape[0] < 1:
-        raise ValueError(f"need x (R, *features) and offsets (N + 1,), got {x.shape=}, {offsets.shape=}")
+        raise InvalidArgumentError(f"need x (R, *features) and offsets (N + 1,), got {x.shape=}, {offsets.shape=}")
     _check_weights(weights, src.shape[0], x.shape[1:], x.dtype)
     cfg = _cfg(semiring, block_segments, block_features, num_warps, interpret)
     return _csr_jit(x, src, weights, offsets, cfg=cfg)
@@ -350,7 +351,7 @@ def segment_reduce(data, segment_ids, num_segments: int, semiring: Semiring, *, 
     _check_semiring(semiring, data.dtype, "data")
     _check_int("segment_ids", ids)
     if data.ndim < 1 or data.shape[0] != ids.shape[0]:
-        raise ValueError(f"data must be (len(segment_ids), *features), got {data.shape=}, {ids.shape=}")
+        raise InvalidArgumentError(f"data must be (len(segment_ids), *features), got {data.shape=}, {ids.shape=}")
     cfg = _cfg(semiring, block_segments, block_features, num_warps, interpret)
     return _by_ids_jit(data, None, None, ids, num_segments=int(num_segments), sorted_ids=bool(indices_are_sorted),
                        cfg=cfg)
@@ -367,12 +368,12 @@ def gather_segment_reduce(x, src, weights, segment_ids, num_segments: int, semir
     _check_int("src", src)
     _check_int("segment_ids", ids)
     if src.shape != ids.shape:
-        raise ValueError(f"src and segment_ids must have one shape, got {src.shape=}, {ids.shape=}")
+        raise InvalidArgumentError(f"src and segment_ids must have one shape, got {src.shape=}, {ids.shape=}")
     x = jnp.asarray(x)
     weights = None if weights is None else jnp.asarray(weights)
     _check_semiring(semiring, x.dtype, "x")
     if x.ndim < 1:
-        raise ValueError(f"x must be (R, *features), got {x.shape=}")
+        raise InvalidArgumentError(f"x must be (R, *features), got {x.shape=}")
     _check_weights(weights, src.shape[0], x.shape[1:], x.dtype)
     cfg = _cfg(semiring, block_segments, block_features, num_warps, interpret)
     return _by_ids_jit(x, src, weights, ids, num_segments=int(num_segments), sorted_ids=bool(indices_are_sorted),

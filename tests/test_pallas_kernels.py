@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmsb_jax import semirings
+from mmsb_jax import InvalidArgumentError, semirings
 from mmsb_jax import adaptive as backend
 from pallas_kernels.scatter_merge import scatter_merge, scatter_merge_reference, scatter_merge_xla
 from pallas_kernels.segment_reduce import (
@@ -161,16 +161,16 @@ def test_scatter_merge_validates():
     pool = jnp.zeros((4, 3), jnp.float32)
     payload = jnp.ones((2, 3), jnp.float32)
     for fn in (scatter_merge, scatter_merge_xla):
-        with pytest.raises(ValueError, match="unique_slots=True but slots repeat"):
+        with pytest.raises(InvalidArgumentError, match="unique_slots=True but slots repeat"):
             fn(pool, jnp.array([1, 1], jnp.int32), payload, unique_slots=True)
-    with pytest.raises(ValueError, match="at most one of"):
+    with pytest.raises(InvalidArgumentError, match="at most one of"):
         scatter_merge(pool, jnp.array([0, 1]), payload, mask=jnp.ones((2, 3), bool),
                       indices=jnp.zeros((2, 1), jnp.int32), interpret=True)
-    with pytest.raises(ValueError, match="payload.dtype"):
+    with pytest.raises(InvalidArgumentError, match="payload.dtype"):
         scatter_merge(pool, jnp.array([0, 1]), payload.astype(jnp.int32), interpret=True)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(InvalidArgumentError, match="power of two"):
         scatter_merge(pool, jnp.array([0, 1]), payload, block_lanes=3, interpret=True)
-    with pytest.raises(ValueError, match="works on bool pages"):
+    with pytest.raises(InvalidArgumentError, match="works on bool pages"):
         scatter_merge(pool, jnp.array([0, 1]), payload, semiring=semirings.BOOLEAN, interpret=True)
     # -1 padding never counts as a repeat
     out = scatter_merge(pool, jnp.array([-1, -1], jnp.int32), payload, unique_slots=True, interpret=True)
@@ -291,12 +291,12 @@ def test_segment_grad_matches_reference(semiring):
 
 
 def test_segment_reduce_validates():
-    with pytest.raises(ValueError, match="works on bool"):
+    with pytest.raises(InvalidArgumentError, match="works on bool"):
         segment_reduce(jnp.ones((3,), jnp.float32), jnp.zeros((3,), jnp.int32), 2, semirings.BOOLEAN, interpret=True)
-    with pytest.raises(ValueError, match="weights must be"):
+    with pytest.raises(InvalidArgumentError, match="weights must be"):
         gather_segment_reduce_csr(jnp.ones((3, 2)), jnp.zeros((4,), jnp.int32), jnp.ones((4, 3)),
                                   jnp.array([0, 4]), semirings.REAL, interpret=True)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(InvalidArgumentError, match="power of two"):
         segment_reduce(jnp.ones((3,)), jnp.zeros((3,), jnp.int32), 2, semirings.REAL, block_segments=6)
 
 

@@ -262,8 +262,9 @@ def cmd_inspect(args) -> int:
         print(json.dumps(info, indent=1, default=str))
         return 0
     rows = [
-        ("epochs", f"{info['first_epoch']} .. {info['last_epoch']}"),
-        ("pages created / deleted", f"{info['pages_created']:,} / {info['pages_deleted']:,}"),
+        ("log epochs", f"{info['first_epoch']} .. {info['last_epoch']}" if info["first_epoch"] is not None
+         else "none (no log records)"),
+        ("pages created / deleted in the log", f"{info['pages_created']:,} / {info['pages_deleted']:,}"),
         *[(f"records: {k}", f"{v:,}") for k, v in info["records_by_kind"].items()],
         ("segments", len(info["segments"])),
         *[(f"  {s['file']}", f"{s['bytes']:,} B") for s in info["segments"]],

@@ -84,6 +84,12 @@ def test_inspect_table(state_dir, capsys):
     assert "DAMAGED" not in out
 
 
+def test_inspect_a_checkpoint_without_a_log(state_dir, capsys, tmp_path):
+    path, _ = state_dir
+    code, out = run(capsys, "inspect", path / "checkpoints" / "epoch-000000000007")
+    assert code == 0 and "none (no log records)" in out and "None" not in out, out
+
+
 def test_inspect_reports_damage(state_dir, capsys):
     path, _ = state_dir
     rec = mmsb.query_log(path, epochs=(5, 5))[0]

@@ -300,17 +300,17 @@ class _Reader:
                 if off > os.fstat(f.fileno()).st_size or (plen and (plen > off - SEGMENT_HEADER_SIZE or plen & 7)):
                     return False
                 f.seek(off - plen)
+                prev = f.read(plen)  # (read apart from the rest: slicing 100 MB of bytes copies them)
                 buf = f.read()
         except OSError:
             return False
         if plen:  # the record the writer last wrote before the point must end exactly there
             try:
-                length = _check(buf, memoryview(buf), 0, plen)[0]
+                length = _check(prev, memoryview(prev), 0, plen)[0]
             except BadRecord:
                 return False
-            if length != plen or _U32.unpack_from(buf, 4)[0] != point.prev_crc:
+            if length != plen or _U32.unpack_from(prev, 4)[0] != point.prev_crc:
                 return False
-            buf = buf[plen:]
         rep = self.report
         saved = (len(self.records), dict(rep.kind_counts), len(rep.segments), rep.end, rep.last_epoch,
                  self.last_unit, self.done)

@@ -9,6 +9,7 @@ so compile time does not grow with it; a derived node's step is a branch of a ``
 
 from __future__ import annotations
 
+import contextvars
 import functools
 
 import jax
@@ -43,19 +44,48 @@ def check_pages(cg: CompiledGraph, b, name: str = "b"):
     return b
 
 
-def gather_rows(x, idx, *, expanded: bool = False):
-    """``x[idx]`` along the leading axis (``idx`` of any shape, every entry in range), as one
-    XLA gather without the bounds handling of ``x[idx]`` (measurably faster on CPU).
-
-    ``expanded``: ``idx`` already has a trailing axis of 1 (inside ``lax.scan`` this lets
-    autodiff forward the scanned indices instead of stacking a reshaped copy per step).
-    """
+def _plain_gather(x, idx, expanded: bool):
     page = x.shape[1:]
     idx = idx if expanded else idx[..., None]
     dims = lax.GatherDimensionNumbers(
         offset_dims=tuple(range(idx.ndim - 1, idx.ndim - 1 + len(page))), collapsed_slice_dims=(0,), start_index_map=(0,)
     )
     return lax.gather(x, idx, dims, (1,) + page, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _bit_gather(x, idx, expanded: bool):
+    bits = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
+    return lax.bitcast_convert_type(_plain_gather(lax.bitcast_convert_type(x, bits), idx, expanded), x.dtype)
+
+
+@_bit_gather.defjvp
+def _bit_gather_jvp(expanded, primals, tangents):
+    x, idx = primals
+    return _bit_gather(x, idx, expanded), _plain_gather(tangents[0], idx, expanded)
+
+
+def gather_rows(x, idx, *, expanded: bool = False):
+    """``x[idx]`` along the leading axis (``idx`` of any shape, every entry in range), as one
+    XLA gather without the bounds handling of ``x[idx]`` (measurably faster on CPU).
+
+    In the program for sharded pages (:func:`propagate`), floats are gathered as their bits:
+    XLA partitions a gather over a sharded ``x`` into an all-reduce of the shards' parts,
+    which flushes subnormals to zero, turns -0.0 into 0.0 and quiets signalling NaNs; an
+    all-reduce of integers is exact. (Differentiable: the tangent is gathered as values. Not
+    everywhere: on one device the bitcasts kept XLA from fusing a scalar pass, 1.8 -> 14.7 ms
+    for 100k / 500k.)
+
+    ``expanded``: ``idx`` already has a trailing axis of 1 (inside ``lax.scan`` this lets
+    autodiff forward the scanned indices instead of stacking a reshaped copy per step).
+    """
+    if _BIT_GATHERS.get() and jnp.issubdtype(x.dtype, jnp.floating):
+        return _bit_gather(x, idx, expanded)
+    return _plain_gather(x, idx, expanded)
+
+
+#: Set while the program for sharded pages is traced (see :func:`gather_rows`).
+_BIT_GATHERS = contextvars.ContextVar("mmsb_bit_gathers", default=False)
 
 
 def fold_left(sr, parts: list):
@@ -203,9 +233,17 @@ def propagate_impl(cg: CompiledGraph, b):
 _propagate_jit = jax.jit(propagate_impl)
 
 
+def _propagate_sharded_impl(key, b):
+    token = _BIT_GATHERS.set(True)  # while this is traced: its gathers move bits
+    try:
+        return propagate_impl(key, b)
+    finally:
+        _BIT_GATHERS.reset(token)
+
+
 @functools.lru_cache(maxsize=64)
 def _propagate_jit_sharded(sharding):
-    return jax.jit(propagate_impl, out_shardings=sharding)
+    return jax.jit(_propagate_sharded_impl, out_shardings=sharding)
 
 
 def propagate(cg: CompiledGraph, b):

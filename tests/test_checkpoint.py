@@ -227,6 +227,8 @@ BAD_LAYOUTS = {
     "missing field": ([{"key": "epoch", "dtype": "int64", "shape": [1]}], "is not {key, dtype, shape, offset}"),
     "past the end": ([{"key": "epoch", "dtype": "int64", "shape": [1], "offset": 16}], "does not lie in order"),
     "a huge shape": ([{"key": "epoch", "dtype": "int64", "shape": [2**40], "offset": 0}], "does not lie in order"),
+    "an overflowing shape": ([{"key": "e", "dtype": "int64", "shape": [2**40, 2**40, 2**40], "offset": 0}],
+                             "does not lie in order"),
     "overlapping": ([{"key": "a", "dtype": "int64", "shape": [2], "offset": 0},
                      {"key": "b", "dtype": "int64", "shape": [1], "offset": 8}], "does not lie in order"),
     "unaligned": ([{"key": "a", "dtype": "uint8", "shape": [1], "offset": 3}], "does not lie in order"),

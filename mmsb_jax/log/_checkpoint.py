@@ -36,7 +36,7 @@ from .._errors import SerializationError
 from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
 from ._report import ResumePoint
-from ._tables import pack_tables, unpack_tables
+from ._tables import leaves_by_key, pack_tables, unpack_tables
 
 FORMAT = "mmsb-checkpoint"
 VERSION = 3  # 2: the manifest carries a crc32c of its own fields; 3: the small arrays are packed
@@ -191,16 +191,6 @@ def read_manifest(directory: str) -> dict:
         raise SerializationError(f"{path!r} has checkpoint version {manifest.get('version')!r}; expected one of "
                                  f"{', '.join(map(str, READABLE))}")
     return manifest
-
-
-def leaves_by_key(tree, prefix=""):
-    """``(key, leaf)`` of a checkpoint tree, keys as ``"group/name"``, in sorted order."""
-    for k in sorted(tree):
-        v = tree[k]
-        if isinstance(v, dict):
-            yield from leaves_by_key(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def checked_rows(manifest: dict, key: str) -> int | None:

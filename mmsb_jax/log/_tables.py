@@ -1,9 +1,9 @@
 """A checkpoint's small arrays packed into one: the page table, the epoch, the dependencies
 and the trees' step maps travel as one ``uint8`` array ``tables`` beside the pools.
 
-orbax pays about a millisecond per array it restores, whatever its size; a checkpoint of a
-state with trees held ten small arrays beside its pools, a tenth of the restore of a 25 MB
-table. Packed, they cost one. The manifest lists each array's key, dtype, shape and byte
+orbax pays for every array it restores, whatever its size; a checkpoint of a state with a
+tree held eight small arrays beside its pools (restoring the embedding benchmark's 25 MB
+checkpoint took 53-55 ms packed, 56-59 ms unpacked, this machine). Packed, they cost one. The manifest lists each array's key, dtype, shape and byte
 offset (``"tables"``); the packed bytes are covered by a CRC-32C like every other array, and
 unpacking never trusts a length: every entry must lie inside the packed bytes, in order, each
 at an 8-byte boundary, with a dtype of the log's known names.
@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._checks import is_int
@@ -31,11 +33,12 @@ POOLS = "pools"
 _ALIGN = 8
 
 
-def _leaves(tree: dict, prefix: str = ""):
+def leaves_by_key(tree, prefix=""):
+    """``(key, leaf)`` of a checkpoint tree, keys as ``"group/name"``, in sorted order."""
     for k in sorted(tree):
         v = tree[k]
         if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}/")
+            yield from leaves_by_key(v, f"{prefix}{k}/")
         else:
             yield f"{prefix}{k}", v
 
@@ -45,7 +48,7 @@ def pack_tables(tree: dict) -> tuple[dict, list[dict]]:
     endian, each at an 8-byte boundary), and the layout the manifest keeps for unpacking."""
     out = {POOLS: tree[POOLS]} if POOLS in tree else {}
     layout, chunks, offset = [], [], 0
-    for key, value in _leaves({k: v for k, v in tree.items() if k != POOLS}):
+    for key, value in leaves_by_key({k: v for k, v in tree.items() if k != POOLS}):
         a = np.asarray(value)
         a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
         raw = a.reshape(-1).view(np.uint8)
@@ -91,7 +94,7 @@ def unpack_tables(tree: dict, layout, directory: str) -> dict:
             dtype = dtype_from_name(name)
         except BadRecord:
             bad(f"entry {key!r} has dtype {name!r}")
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = math.prod(int(n) for n in shape) * dtype.itemsize  # (Python ints: no overflow)
         if not is_int(offset) or offset < end or offset % _ALIGN or offset + size > packed.size:
             bad(f"entry {key!r} at offset {offset!r} ({size} bytes) does not lie in order inside the "
                 f"{packed.size} packed bytes")

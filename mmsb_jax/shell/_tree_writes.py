@@ -187,8 +187,9 @@ class PageWrites:
                 m = bucket(rows.size, minimum=1, steps=8)
                 padded = np.full(m, pool.shape[0], np.int32)  # padding: past the page's end, dropped
                 padded[: rows.size] = rows
-                block = np.zeros((m, *pool.shape[1:]), pool.dtype)
+                block = np.empty((m, *pool.shape[1:]), pool.dtype)
                 block[: rows.size] = values.reshape(-1, *pool.shape[1:])
+                block[rows.size :] = 0  # (the padding rows are dropped; zeros, never stale memory)
                 pool.array = pool.ops.write_page_rows(pool.array, np.int32(slot), padded, block)
                 state._after_write(pool, [slot])
             else:

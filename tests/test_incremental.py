@@ -37,9 +37,10 @@ def _id(v):
 
 def _draw_weights(sr, dt):
     def draw(rng, m):
-        if dt.kind == "f":
+        if jnp.issubdtype(dt, jnp.floating):  # (bfloat16's numpy kind is "V")
             return rng.uniform(0.1, 2.0, m)
-        w = rng.integers(0 if dt.kind in "ub" else -2, 4, m).astype(np.float64)
+        # max_times is defined on values >= 0: its graphs refuse negative weights
+        w = rng.integers(0 if dt.kind in "ub" or sr.nonnegative else -2, 4, m).astype(np.float64)
         return np.where(rng.random(m) < 0.1, float(sr.zero), w)
 
     return draw
@@ -47,8 +48,9 @@ def _draw_weights(sr, dt):
 
 def _pages(sr, dt, rng, shape=(N,)):
     b = random_pages(rng, dt, shape, sr.zero_for(dt))
-    if sr.name == "max_times" and dt.kind in "if":  # its domain is x >= 0
-        b = np.abs(b).astype(dt) if dt.kind == "f" else np.where(b < 0, -(b + 1), b).astype(dt)
+    floating = jnp.issubdtype(dt, jnp.floating)
+    if sr.name == "max_times" and (floating or dt.kind == "i"):  # its domain is x >= 0
+        b = np.abs(b).astype(dt) if floating else np.where(b < 0, -(b + 1), b).astype(dt)
     if dt.kind == "f" and not sr.idempotent:  # keep REAL / LOG sums in a moderate range
         b = np.clip(b, -2.0, 2.0).astype(dt)
     return b

@@ -160,6 +160,13 @@ def _writable(option: str, path: Path, *, directory: bool) -> None:
     part = existing_part(path if directory else path.parent)
     if not os.path.isdir(part):
         raise InvalidArgumentError(f"{option}={str(path)!r} is below {part!r}, which is not a directory")
+    probe = (path if directory else path.parent) / f".mmsb-bench-probe-{os.getpid()}"
+    try:  # can a file be made there (e.g. not below /proc)? made, then removed
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise InvalidArgumentError(f"{option}={str(path)!r} cannot be written: {e.strerror or e}") from None
 
 
 def _bench_table(results: list[dict], quick: bool) -> Table:
@@ -201,6 +208,8 @@ def cmd_bench(args) -> int:
         console.print("[red]no benchmarks: neither mmsb_jax.benchmarks (an installed package) nor a checkout's benchmarks/[/red]")
         return 2
     every = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+    if args.only is not None and not all(args.only):
+        raise InvalidArgumentError(f"--only {args.only!r}: an empty name matches every module; leave --only out instead")
     names = [n for n in every if any(o in n for o in args.only)] if args.only else every
     if not names:
         raise InvalidArgumentError(f"--only {' '.join(args.only)}: no benchmark module's name contains any of "
@@ -305,7 +314,10 @@ def cmd_verify(args) -> int:
 
 def cmd_replay(args) -> int:
     import mmsb_jax as mmsb
+    from .log._checkpoint import check_new_directory
 
+    if args.out:
+        check_new_directory(args.out)  # before the replay, which may take long
     snap = mmsb.replay_to_epoch(args.path, args.epoch, derive=_derive_fns(args))
     stats = snap.stats()
     rows = [("epoch", snap.epoch), ("pages", f"{stats['pages']:,}"), ("bytes", f"{stats['bytes']:,}"),
@@ -401,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="run the benchmarks (each against its baseline) and write JSON")
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
-    b.add_argument("--only", nargs="*", help="run only modules whose name contains one of these")
+    b.add_argument("--only", nargs="+", help="run only modules whose name contains one of these")
     b.add_argument("--out", default="bench-results/results.json", help="JSON output path")
     b.add_argument("--plot", nargs="?", const="bench-results/plots", default=None, metavar="DIR",
                    help="also write one PNG per benchmark family (default DIR: bench-results/plots)")
@@ -454,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="max of leaf LEAF (e.g. \"['loss']\") > VALUE (a number: 2.5, -1e3, -inf)")
     # VALUE may be negative: "-1e3" and "-inf" are numbers here, not options (argparse itself
     # takes only -5 and -.5 so)
-    bi._negative_number_matcher = re.compile(r"^-(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf|infinity)$", re.I)
+    bi._negative_number_matcher = re.compile(r"^-(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf|infinity|nan)$", re.I)
     bi.set_defaults(fn=cmd_bisect)
     for sp in (v, r, st, s, df, bi):
         sp.add_argument("--derive", action="append", metavar="NAME=MODULE:FUNCTION",

@@ -227,19 +227,20 @@ BAD_LAYOUTS = {
     "missing field": ([{"key": "epoch", "dtype": "int64", "shape": [1]}], "is not {key, dtype, shape, offset}"),
     "past the end": ([{"key": "epoch", "dtype": "int64", "shape": [1], "offset": 16}], "does not lie in order"),
     "a huge shape": ([{"key": "epoch", "dtype": "int64", "shape": [2**40], "offset": 0}], "does not lie in order"),
-    "an overflowing shape": ([{"key": "e", "dtype": "int64", "shape": [2**40, 2**40, 2**40], "offset": 0}],
-                             "does not lie in order"),
-    "overlapping": ([{"key": "a", "dtype": "int64", "shape": [2], "offset": 0},
-                     {"key": "b", "dtype": "int64", "shape": [1], "offset": 8}], "does not lie in order"),
-    "unaligned": ([{"key": "a", "dtype": "uint8", "shape": [1], "offset": 3}], "does not lie in order"),
-    "negative shape": ([{"key": "a", "dtype": "int64", "shape": [-1], "offset": 0}], "has shape"),
-    "unknown dtype": ([{"key": "a", "dtype": "object", "shape": [1], "offset": 0}], "has dtype 'object'"),
+    "two axes, one of them 0": ([{"key": "epoch", "dtype": "int64", "shape": [0, 2**70], "offset": 0}], "not [n]"),
+    "overlapping": ([{"key": "page_table/id", "dtype": "int64", "shape": [2], "offset": 0},
+                     {"key": "page_table/slot", "dtype": "int64", "shape": [1], "offset": 8}], "does not lie in order"),
+    "unaligned": ([{"key": "trees/tree_0/structure", "dtype": "uint8", "shape": [1], "offset": 3}],
+                  "does not lie in order"),
+    "negative shape": ([{"key": "epoch", "dtype": "int64", "shape": [-1], "offset": 0}], "has shape"),
+    "unknown dtype": ([{"key": "epoch", "dtype": "object", "shape": [1], "offset": 0}], "has dtype 'object'"),
+    "a dtype of the same size swapped": ([{"key": "graph/weight", "dtype": "int64", "shape": [1], "offset": 0}],
+                                         "a checkpoint writes it as float64"),
     "a pool's key": ([{"key": "pools/pool_0", "dtype": "int64", "shape": [1], "offset": 0}], "entry key"),
     "a path key": ([{"key": "../x", "dtype": "int64", "shape": [1], "offset": 0}], "entry key"),
-    "listed twice": ([{"key": "a", "dtype": "int64", "shape": [1], "offset": 0},
-                      {"key": "a", "dtype": "int64", "shape": [1], "offset": 8}], "listed twice"),
-    "below an array": ([{"key": "a", "dtype": "int64", "shape": [1], "offset": 0},
-                        {"key": "a/b", "dtype": "int64", "shape": [1], "offset": 8}], "below an array"),
+    "an unknown key": ([{"key": "page_table/owner", "dtype": "int64", "shape": [1], "offset": 0}], "entry key"),
+    "listed twice": ([{"key": "epoch", "dtype": "int64", "shape": [1], "offset": 0},
+                      {"key": "epoch", "dtype": "int64", "shape": [1], "offset": 8}], "listed twice"),
 }
 
 
@@ -254,21 +255,26 @@ def test_packed_tables_never_trust_the_layout(case):
         unpack_tables({"tables": np.zeros(16, np.uint8)}, layout, "ck")
 
 
-def test_packed_tables_round_trip_every_dtype_and_shape():
+def test_packed_tables_round_trip_every_array_a_checkpoint_packs():
     from mmsb_jax.log._tables import pack_tables, unpack_tables
 
     rng = np.random.default_rng(0)
     tree = {"pools": {"pool_0": np.ones((2, 3), np.float32)}, "epoch": np.array([9], np.int64),
-            "g": {"w": rng.standard_normal(5), "t": np.arange(3, dtype=np.int8), "e": np.zeros(0, np.int64),
-                  "big_endian": np.arange(4, dtype=">i4"), "b": np.array([True, False])},
-            "s": np.arange(7, dtype=np.uint8)}
+            "page_table": {"id": np.arange(3), "pool": np.arange(3, dtype=">i4"), "slot": np.arange(3),
+                           "epoch": np.arange(1, 4)},
+            "graph": {"parent": np.arange(2), "child": np.arange(1, 3), "weight": rng.standard_normal(2),
+                      "type": np.zeros(2, np.int32)},
+            "trees": {"tree_0": {"structure": np.arange(7, dtype=np.uint8), "steps": np.zeros(0, np.int64),
+                                 "epochs": np.zeros(0, np.int64)}}}
     packed, layout = pack_tables(tree)
     assert sorted(packed) == ["pools", "tables"] and packed["pools"] is tree["pools"]
     back = unpack_tables(packed, layout, "ck")
-    for key in ("w", "t", "e", "big_endian", "b"):
-        want = tree["g"][key]
-        assert back["g"][key].shape == want.shape and np.array_equal(back["g"][key], want), key
-    assert back["epoch"].tolist() == [9] and back["s"].tolist() == list(range(7))
+    for group in ("page_table", "graph"):
+        for key, want in tree[group].items():
+            got = back[group][key]
+            assert got.shape == want.shape and np.array_equal(got, want) and got.dtype == want.dtype.newbyteorder("="), key
+    assert back["epoch"].tolist() == [9] and back["trees"]["tree_0"]["structure"].tolist() == list(range(7))
+    assert back["trees"]["tree_0"]["steps"].shape == (0,)
 
 
 # --------------------------------------------------------------------------- empty states
@@ -398,7 +404,8 @@ def _listing(root):
     return sorted((os.path.relpath(d, root), tuple(sorted(fs))) for d, _, fs in os.walk(root))
 
 
-@pytest.mark.parametrize("where", ["state root", "log", "other files", "below a file"])
+@pytest.mark.parametrize("where", ["state root", "log", "other files", "below a file", "a file named arrays",
+                                   "a link named arrays", "names like a leftover"])
 @pytest.mark.parametrize("block", [True, False])
 def test_checkpoint_refuses_a_directory_it_would_write_among(tmp_path, where, block):
     """A checkpoint goes into a new or an empty directory: never among a state's files (its
@@ -414,7 +421,17 @@ def test_checkpoint_refuses_a_directory_it_would_write_among(tmp_path, where, bl
         "log": (tmp_path / "s" / "log", "is not empty"),
         "other files": (tmp_path / "mine", "is not empty \\(it holds 'notes.txt'\\)"),
         "below a file": (tmp_path / "afile" / "ckpt", "is below .*afile', which is not a directory"),
+        "a file named arrays": (tmp_path / "f", "is not empty \\(it holds 'arrays'\\)"),
+        "a link named arrays": (tmp_path / "l", "is not empty \\(it holds 'arrays'\\)"),
+        "names like a leftover": (tmp_path / "u", "it holds 'arrays.bak', 'manifest.json.orig'"),
     }[where]
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "arrays").write_text("x")
+    (tmp_path / "l").mkdir()
+    os.symlink(tmp_path / "mine", tmp_path / "l" / "arrays")  # rmtree of it would fail, or worse
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "arrays.bak").mkdir()
+    (tmp_path / "u" / "manifest.json.orig").write_text("{}")
     before, files = (mmsb.state_digest(s), s.epoch), _listing(tmp_path)
     try:
         with pytest.raises(SerializationError, match=needle):

@@ -247,6 +247,14 @@ def test_replay_out_refuses_a_directory_it_cannot_take(state_dir, capsys, tmp_pa
     s.close()
 
 
+def test_replay_out_is_checked_before_the_replay(state_dir, capsys, tmp_path):
+    path, _ = state_dir
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code, out = run(capsys, "replay", path, "--epoch", 10**6, "--out", tmp_path / "full")
+    assert code == 2 and "is not empty" in out and "epoch" not in out.split("not empty")[1], out
+
+
 def test_replay_bad_epoch(state_dir, capsys):
     path, _ = state_dir
     code, out = run(capsys, "replay", path, "--epoch", -1)
@@ -336,6 +344,9 @@ def test_bench_runs_from_a_pip_installed_package(tmp_path):
     (["--only", "pages", "--out", "{f}/r.json"], "is below '{f}', which is not a directory"),
     (["--only", "pages", "--out", "{d}"], "exists and is a directory"),
     (["--only", "pages", "--plot", "{f}"], "exists and is not a directory"),
+    (["--only", "pages", "--out", "/proc/mmsb-no/r.json"], "cannot be written"),
+    (["--only", "pages", "--plot", "/proc/mmsb-no"], "cannot be written"),
+    (["--only", ""], "an empty name matches every module"),
 ])
 def test_bench_refuses_bad_arguments_before_running(tmp_path, capsys, argv, needle):
     """Checked before any benchmark runs (each takes minutes): one line, exit 2."""

@@ -125,8 +125,9 @@ def test_mmsbsave_of_a_stopped_state_is_refused_before_orbax_starts(tmp_path):
 def test_cli_bisect_refuses_a_bound_that_is_not_a_number(nan_run, capsys):
     code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "abc")
     assert code == 2 and "must be a number" in out  # a usage error: exit 2, like the others
-    code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", "nan")
-    assert code == 2 and "not NaN" in out  # nothing is above NaN: it would never be found
+    for nan in ("nan", "-nan", "NaN"):
+        code, out = run_cli(capsys, "bisect", nan_run, "train", "--above", "['loss']", nan)
+        assert code == 2 and "not NaN" in out, nan  # nothing is above NaN: it would never be found
 
 
 @pytest.mark.parametrize("bound, first", [("-inf", 100), ("-1e3", 100), ("-2.5", 100), ("-5", 100), ("1.5e1", 116)])

@@ -98,8 +98,19 @@ def read_resume(directory: str, epoch: int) -> ResumePoint | None:
 
 
 #: What a checkpoint attempt that crashed before its manifest can leave in its directory (the
-#: arrays, orbax's temporary directories beside them, the resume hint, a temporary manifest).
-_LEFTOVER_PREFIXES = (ARRAYS, RESUME, MANIFEST)
+#: arrays, orbax's temporary directories beside them, the resume hint, temporary JSON files):
+#: exactly these names, nothing that merely starts like them (``arrays.bak`` is the user's).
+_LEFTOVERS = (ARRAYS, RESUME, RESUME + ".tmp", MANIFEST + ".tmp")
+_ORBAX_TMP = ARRAYS + ".orbax-checkpoint-tmp"
+
+
+def _leftover(directory: str, name: str) -> bool:
+    if name.startswith(_ORBAX_TMP):
+        return True
+    if name == ARRAYS:  # a directory of its own: not a file, not a link to someone else's
+        path = os.path.join(directory, name)
+        return os.path.isdir(path) and not os.path.islink(path)
+    return name in _LEFTOVERS
 
 
 def check_new_directory(directory: str) -> str:
@@ -116,7 +127,7 @@ def check_new_directory(directory: str) -> str:
     if os.path.exists(os.path.join(directory, MANIFEST)):
         raise SerializationError(f"{directory!r} already holds a checkpoint; choose a new directory")
     if os.path.isdir(directory):
-        other = sorted(e for e in os.listdir(directory) if not e.startswith(_LEFTOVER_PREFIXES))
+        other = sorted(e for e in os.listdir(directory) if not _leftover(directory, e))
         if other:
             shown = ", ".join(repr(e) for e in other[:3]) + (", ..." if len(other) > 3 else "")
             raise SerializationError(

@@ -5,8 +5,9 @@ orbax pays for every array it restores, whatever its size; a checkpoint of a sta
 tree held eight small arrays beside its pools (restoring the embedding benchmark's 25 MB
 checkpoint took 53-55 ms packed, 56-59 ms unpacked, this machine). Packed, they cost one. The manifest lists each array's key, dtype, shape and byte
 offset (``"tables"``); the packed bytes are covered by a CRC-32C like every other array, and
-unpacking never trusts a length: every entry must lie inside the packed bytes, in order, each
-at an 8-byte boundary, with a dtype of the log's known names.
+unpacking never trusts the layout: every entry must be one of the arrays a checkpoint packs,
+1-D, in the dtype the writer uses for it, and lie inside the packed bytes, in order, each at
+an 8-byte boundary.
 
 Example:
   >>> import numpy as np
@@ -21,16 +22,35 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
 from .._checks import is_int
 from .._errors import SerializationError
-from ._encode import BadRecord, dtype_from_name
+from ._encode import dtype_from_name
 
 TABLES = "tables"
 POOLS = "pools"
 _ALIGN = 8
+
+#: Every array a checkpoint packs, by key, with the one dtype it is written in: the layout is
+#: in the manifest, and a dtype edited there (float64 weights read as int64, same bytes) would
+#: pass every checksum, so the layout may only say what the writer would have said.
+_SCHEMA = [
+    (re.compile(r"epoch"), "int64"),
+    (re.compile(r"page_table/(id|slot|epoch)"), "int64"),
+    (re.compile(r"page_table/pool"), "int32"),
+    (re.compile(r"graph/(parent|child)"), "int64"),
+    (re.compile(r"graph/weight"), "float64"),
+    (re.compile(r"graph/type"), "int32"),
+    (re.compile(r"trees/tree_[0-9]+/structure"), "uint8"),
+    (re.compile(r"trees/tree_[0-9]+/(steps|epochs)"), "int64"),
+]
+
+
+def _schema_dtype(key: str) -> str | None:
+    return next((d for pattern, d in _SCHEMA if pattern.fullmatch(key)), None)
 
 
 def leaves_by_key(tree, prefix=""):
@@ -86,14 +106,14 @@ def unpack_tables(tree: dict, layout, directory: str) -> dict:
             bad(f"entry {entry!r} is not {{key, dtype, shape, offset}}")
         key, name, shape, offset = entry["key"], entry["dtype"], entry["shape"], entry["offset"]
         parts = key.split("/") if isinstance(key, str) else []
-        if not parts or not all(p and p.replace("_", "").isalnum() for p in parts) or parts[0] in (POOLS, TABLES):
-            bad(f"entry key {key!r}")
-        if not (isinstance(shape, list) and all(is_int(s) and s >= 0 for s in shape)) or not isinstance(name, str):
-            bad(f"entry {key!r} has shape {shape!r} and dtype {name!r}")
-        try:
-            dtype = dtype_from_name(name)
-        except BadRecord:
-            bad(f"entry {key!r} has dtype {name!r}")
+        want = _schema_dtype(key) if isinstance(key, str) else None
+        if want is None:
+            bad(f"entry key {key!r} is not one a checkpoint packs")
+        if not (isinstance(shape, list) and len(shape) == 1 and is_int(shape[0]) and shape[0] >= 0):
+            bad(f"entry {key!r} has shape {shape!r}, not [n] with n >= 0")
+        if name != want:
+            bad(f"entry {key!r} has dtype {name!r}; a checkpoint writes it as {want}")
+        dtype = dtype_from_name(want)
         size = math.prod(int(n) for n in shape) * dtype.itemsize  # (Python ints: no overflow)
         if not is_int(offset) or offset < end or offset % _ALIGN or offset + size > packed.size:
             bad(f"entry {key!r} at offset {offset!r} ({size} bytes) does not lie in order inside the "

@@ -475,14 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ._errors import MMSBError
+    from ._errors import CorruptLogError, MMSBError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except MMSBError as e:
         console.print(f"[red]error:[/red] {type(e).__name__}: {e}", soft_wrap=True)  # one line, never wrapped
-        return 2
+        return 1 if isinstance(e, CorruptLogError) else 2  # a damaged state is a fault found, not a usage error
 
 
 if __name__ == "__main__":

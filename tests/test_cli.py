@@ -425,3 +425,15 @@ def test_bench_table_fits_100_columns_with_every_met_cell():
     assert lines[2].rstrip().endswith("┃ met ┃")
     cells = [ln.split("│")[-2].strip() for ln in lines if ln.startswith("│") and ln.split("│")[-2].strip()]
     assert cells == ["NO", "yes", "-"]
+
+
+def test_a_damaged_log_is_a_fault_exit_1_not_a_usage_error(state_dir, capsys):
+    path, _ = state_dir
+    seg = sorted((path / "log").glob("*.mmsblog"))[0]
+    _flip(seg, 200)
+    for p in (path / "checkpoints").glob("*"):
+        shutil.rmtree(p)  # the log alone: its damage is met
+    code, out = run(capsys, "replay", path, "--epoch", 8)
+    assert code == 1 and "CorruptLogError" in out, out
+    code, out = run(capsys, "replay", path, "--epoch", -1)
+    assert code == 2, out

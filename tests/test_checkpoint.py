@@ -444,6 +444,19 @@ def test_checkpoint_refuses_a_directory_it_would_write_among(tmp_path, where, bl
     reopened.close()
 
 
+@pytest.mark.parametrize("block", [True, False])
+def test_checkpoint_into_a_path_that_cannot_be_made_is_refused_at_the_call(tmp_path, block):
+    s = mmsb.mmsb_start(tmp_path / "s")
+    mmsb.create_page(s, size=4, dtype=jnp.float32)
+    before = (mmsb.state_digest(s), s.epoch)
+    for bad in ("/proc/mmsb-no/ckpt", str(tmp_path / ("x" * 300))):
+        with pytest.raises(SerializationError, match="cannot create the checkpoint directory"):
+            mmsb.checkpoint(s, bad, block=block)
+    assert (mmsb.state_digest(s), s.epoch) == before
+    mmsb.checkpoint(s)  # no background failure left to report
+    mmsb.mmsb_stop(s)
+
+
 def test_checkpoint_into_an_empty_or_crashed_directory(tmp_path):
     """An empty directory, and one a crashed attempt left (arrays, no manifest), are taken."""
     s = mmsb.mmsb_start(tmp_path / "s")

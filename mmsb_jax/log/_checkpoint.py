@@ -142,6 +142,19 @@ def check_new_directory(directory: str) -> str:
     return directory
 
 
+def make_directory(directory: str) -> str:
+    """Create ``directory`` (and its parents) if it is absent; returns it.
+
+    Raises:
+      SerializationError: it cannot be made (e.g. below /proc, a name too long).
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise SerializationError(f"cannot create the checkpoint directory {directory!r}: {e.strerror or e}") from None
+    return directory
+
+
 def prepare_directory(directory: str) -> str:
     """Make ``directory`` ready for a new checkpoint (removing arrays a crashed attempt left);
     returns it as an absolute path.
@@ -149,11 +162,7 @@ def prepare_directory(directory: str) -> str:
     Raises:
       SerializationError: see :func:`check_new_directory`, or it cannot be created.
     """
-    directory = check_new_directory(directory)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise SerializationError(f"cannot create the checkpoint directory {directory!r}: {e.strerror or e}") from None
+    directory = make_directory(check_new_directory(directory))
     arrays = os.path.join(directory, ARRAYS)
     if os.path.exists(arrays):  # left over from a crashed attempt: no manifest, so not valid
         shutil.rmtree(arrays)

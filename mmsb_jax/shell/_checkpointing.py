@@ -10,7 +10,8 @@ import numpy as np
 
 from .._errors import DeriveFunctionError, InvalidArgumentError, MMSBError, SerializationError, StateClosedError
 from ._tree_restore import check_checkpoint_trees
-from ..log._checkpoint import check_new_directory, is_checkpoint, load_arrays, read_manifest, save_checkpoint
+from ..log._checkpoint import (check_new_directory, is_checkpoint, load_arrays, make_directory, read_manifest,
+                               save_checkpoint)
 from ..log._directory import prune_checkpoints
 from . import _dist_checkpoint, _inputs
 from ._distributed import collective
@@ -80,6 +81,8 @@ class Checkpointing:
                 if default and is_checkpoint(directory):  # it already holds this state
                     return directory if block else _done(directory)
                 check_new_directory(directory)  # here, not only in the writer (block=False)
+                if self._dist is None:  # (several processes: process 0 makes it, agreed)
+                    make_directory(directory)  # a path that cannot be made is refused here too
                 return self._write_checkpoint(directory, block, prune=default)
             if not block:
                 return joined

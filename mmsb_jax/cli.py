@@ -158,7 +158,7 @@ def _writable(option: str, path: Path, *, directory: bool) -> None:
     if path.is_dir() != directory and path.exists():
         raise InvalidArgumentError(f"{option}={str(path)!r} exists and is {'not ' if directory else ''}a directory")
     part = existing_part(path if directory else path.parent)
-    if not os.path.isdir(part):
+    if not os.path.isdir(part):  # (a file where a parent directory would be)
         raise InvalidArgumentError(f"{option}={str(path)!r} is below {part!r}, which is not a directory")
     probe = (path if directory else path.parent) / f".mmsb-bench-probe-{os.getpid()}"
     try:  # can a file be made there (e.g. not below /proc)? made, then removed
@@ -179,7 +179,7 @@ def _bench_table(results: list[dict], quick: bool) -> Table:
         table.add_column(col, justify="right" if col in ("value", "ratio") else "left", overflow="fold",
                          min_width=least, max_width=most)
     for r in results:
-        if r.get("skipped"):  # its reason goes below the table (see _skip_notes)
+        if r.get("skipped"):  # its reason is printed below the table (cmd_bench)
             table.add_row(r["case"], "skipped", "-", "-", r.get("target", ""), "-")
             continue
         table.add_row(
@@ -402,6 +402,7 @@ def _derive_fns(args) -> dict:
 
 # --------------------------------------------------------------------------- main
 _PATH_HELP = "a state's directory (as given to mmsb_start) or a checkpoint directory"
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ._cli_trees import _positive_int, cmd_bisect, cmd_diff, cmd_steps

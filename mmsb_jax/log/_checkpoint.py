@@ -11,8 +11,8 @@ A checkpoint directory holds::
                     ``tables`` packs every smaller array (the epoch, the page table
                     ``page_table/{id,pool,slot,epoch}``, the dependencies ``graph/...``, the
                     trees' ``trees/tree_<i>/{structure,steps,epochs}``) into one, as the
-                    manifest's ``tables`` lists them (:mod:`._tables`: one array restores in
-                    about a millisecond less than each of ten). Version 2 checkpoints hold
+                    manifest's ``tables`` lists them (:mod:`._tables`: orbax pays for each
+                    array it restores). Version 2 checkpoints hold
                     them as arrays of their own, and are read as they are.
 
 ``arrays/`` is restorable with orbax alone
@@ -31,7 +31,7 @@ import shutil
 
 import numpy as np
 
-from .._checks import existing_part
+from .._checks import not_a_directory
 from .._errors import SerializationError
 from ._crc import array_crc, crc_hex
 from ._files import read_checked_json, write_checked_json
@@ -135,9 +135,8 @@ def check_new_directory(directory: str) -> str:
                 "empty directory"
             )
         return directory
-    part = existing_part(directory)
-    if not os.path.isdir(part):
-        what = "exists and is not a directory" if part == directory else f"is below {part!r}, which is not a directory"
+    what = not_a_directory(directory)
+    if what is not None:
         raise SerializationError(f"{directory!r} {what}")
     return directory
 

@@ -20,7 +20,7 @@ from ..adaptive import backend_report
 from ..log._directory import update_state_file
 from ..log._writer import FSYNC_MODES, MIN_SEGMENT_BYTES
 from ..deltas._delta import touches_nothing
-from .._checks import existing_part, is_int
+from .._checks import is_int, not_a_directory
 from .._errors import (
     InvalidArgumentError,
     MMSBError,
@@ -114,9 +114,7 @@ class MMSBState(PageLifecycle, BatchRouting, Dependencies, Checkpointing, TreeJo
             try:
                 os.makedirs(self.path, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
-                part = existing_part(self.path)
-                what = "exists and is not a directory" if part == self.path else f"is below {part!r}, which is not a directory"
-                raise InvalidArgumentError(f"path={self.path!r} {what}") from None
+                raise InvalidArgumentError(f"path={self.path!r} {not_a_directory(self.path) or 'is not a directory'}") from None
             except OSError as e:
                 raise InvalidArgumentError(f"path={self.path!r} cannot be made a directory: {e.strerror or e}") from None
         # reentrant; waits for the background tree writer, then applies its deferred page writes
